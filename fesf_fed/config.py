@@ -1,0 +1,212 @@
+"""A site's configuration: one YAML file, validated when loaded.
+
+Every field has the paper's default (DESIGN.md section 1) or a CPU-friendly one
+where the paper gives none. Relative paths in a file are read relative to that
+file's folder, so a config works from any working directory.
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fesf_fed.errors import ConfigError
+
+#: The surrogate stages a build can keep (DESIGN.md: x_sy, x_su and x_su').
+SurrogateKind = Literal["x_sy", "x_su", "x_su_prime"]
+SURROGATE_KINDS: tuple[str, ...] = ("x_sy", "x_su", "x_su_prime")
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Where a site's plaintext images come from and how they are prepared."""
+
+    source: Literal["phantom", "folder", "medmnist", "csv"] = "phantom"
+    path: Path | None = None
+    image_size: int = Field(64, ge=8, le=4096)
+    channels: Literal["auto", 1, 3] = "auto"
+    test_fraction: float = Field(0.4, gt=0, lt=1)
+    seed: int = 0
+    max_per_class: int | None = Field(None, ge=1)
+    phantom_per_class: int = Field(60, ge=2)
+
+    @model_validator(mode="after")
+    def _path_given(self) -> "DataConfig":
+        if self.source != "phantom" and self.path is None:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+        return self
+
+
+class HostConfig(_Section):
+    """The host bank: non-patient images whose phase every surrogate carries."""
+
+    path: Path | None = None
+    phantom_count: int = Field(8, ge=1)
+    secret_file: Path | None = None
+
+
+class PipelineConfig(_Section):
+    """IHM strengths (Eq. 2-3) of the first and the refining hiding step."""
+
+    alpha: float = Field(0.5, gt=0, le=0.5)
+    beta: float = Field(0.5, ge=0, le=1)
+    refine_alpha: float = Field(0.5, gt=0, le=0.5)
+    refine_beta: float = Field(0.1, ge=0, le=1)
+    outputs: tuple[SurrogateKind, ...] = SURROGATE_KINDS
+    batch_size: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _outputs_given(self) -> "PipelineConfig":
+        if not self.outputs:
+            raise ValueError(f"pipeline.outputs must name at least one of {list(SURROGATE_KINDS)}")
+        return self
+
+
+class IqemConfig(_Section):
+    """The IQEM generator, its discriminator and their training (DESIGN.md, IQEM)."""
+
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    lambda_adv: float = Field(1.0, ge=0)
+    lambda_content: float = Field(10.0, ge=0)
+    lambda_amplitude: float = Field(0.0, ge=0)
+    base_channels: int = Field(16, ge=4)
+    res_blocks: int = Field(4, ge=0)
+    disc_channels: int = Field(32, ge=4)
+    disc_layers: int = Field(3, ge=1, le=6)
+    checkpoint_every: int = Field(50, ge=1)
+    seed: int = 0
+
+
+class QualityConfig(_Section):
+    """The image-quality figures of the paper's Tables 2 and 3."""
+
+    max_images: int = Field(200, ge=0)
+    lpips_weights: Path | None = None
+
+
+class SiteConfig(_Section):
+    """Everything one site needs to build its surrogates."""
+
+    site: str = Field("A", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    device: str = "auto"
+    data: DataConfig = DataConfig()
+    hosts: HostConfig = HostConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    iqem: IqemConfig = IqemConfig()
+    quality: QualityConfig = QualityConfig()
+
+    @model_validator(mode="after")
+    def _hosts_named_for_real_data(self) -> "SiteConfig":
+        # DESIGN.md: no patient image becomes a host silently; only phantoms ship hosts.
+        if self.data.source != "phantom" and self.hosts.path is None:
+            raise ValueError(
+                "hosts.path is required for real data: name a folder of non-patient images "
+                "of the same modality"
+            )
+        return self
+
+
+def _relative_to(base: Path, value: Any) -> Any:
+    if isinstance(value, Path) and not value.is_absolute():
+        return (base / value).resolve()
+    return value
+
+
+def _resolve_paths(config: SiteConfig, base: Path) -> SiteConfig:
+    sections = {}
+    for name in ("data", "hosts", "quality"):
+        section = getattr(config, name)
+        updates = {field: _relative_to(base, getattr(section, field)) for field in type(section).model_fields}
+        sections[name] = section.model_copy(update=updates)
+    return config.model_copy(update=sections)
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    field = ".".join(str(part) for part in error["loc"]) or "config"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        section: Any = model
+        for part in error["loc"][:-1]:
+            section = section.model_fields[str(part)].annotation
+        allowed = ", ".join(section.model_fields)
+        return f"{field}: unknown field; allowed here: {allowed}"
+    if error["type"] == "model_type":
+        return f"{field}: expected a mapping of fields, got {error['input']!r}"
+    got = f" (got {error['input']!r})" if not isinstance(error.get("input"), dict) else ""
+    return f"{field}: {message}{got}"
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree.setdefault(part, {})
+        if not isinstance(tree, dict):
+            raise ConfigError(f"override {dotted}: {part} is not a section")
+    tree[leaf] = value
+
+
+def parse_config(
+    raw: dict[str, Any] | None,
+    *,
+    source: str = "config",
+    base_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> SiteConfig:
+    """Validate a config mapping and return the site's configuration.
+
+    Parameters
+    ----------
+    raw : dict or None
+        The parsed YAML (``None`` for an empty file: all defaults).
+    source : str
+        What to call the config in error messages (usually its path).
+    base_dir : Path, optional
+        Folder that relative paths are resolved against (default: the working directory).
+    overrides : dict, optional
+        Dotted field names and values that replace the file's, e.g. ``{"data.image_size": 128}``.
+
+    Raises
+    ------
+    ConfigError
+        Naming the field, the allowed values and the value given.
+    """
+    if not isinstance(raw or {}, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    tree: dict[str, Any] = dict(raw or {})
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(tree, dotted, value)
+    try:
+        config = SiteConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error, SiteConfig) for error in exc.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+    return _resolve_paths(config, (base_dir or Path.cwd()).resolve())
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SiteConfig:
+    """Read and validate a site config file; ``None`` gives the built-in phantom demo.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not YAML, or a field is invalid.
+    """
+    if path is None:
+        return parse_config({}, source="built-in defaults", overrides=overrides)
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing YAML file") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None
+    return parse_config(raw, source=str(path), base_dir=path.parent, overrides=overrides)
