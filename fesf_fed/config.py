@@ -43,11 +43,23 @@ class DataConfig(_Section):
 
 
 class HostConfig(_Section):
-    """The host bank: non-patient images whose phase every surrogate carries."""
+    """The host bank: non-patient images whose phase every surrogate carries.
 
+    ``source`` is ``folder`` (images under ``path``) or ``phantom`` (generated head
+    phantoms, ``phantom_count`` of them). Left empty, it is ``phantom`` for the phantom
+    dataset only: real data must name its bank.
+    """
+
+    source: Literal["phantom", "folder"] | None = None
     path: Path | None = None
     phantom_count: int = Field(8, ge=1)
     secret_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _path_given(self) -> "HostConfig":
+        if self.source == "folder" and self.path is None:
+            raise ValueError("hosts.path is required for hosts.source 'folder'")
+        return self
 
 
 class PipelineConfig(_Section):
@@ -105,11 +117,13 @@ class SiteConfig(_Section):
     @model_validator(mode="after")
     def _hosts_named_for_real_data(self) -> "SiteConfig":
         # DESIGN.md: no patient image becomes a host silently; only phantoms ship hosts.
-        if self.data.source != "phantom" and self.hosts.path is None:
-            raise ValueError(
-                "hosts.path is required for real data: name a folder of non-patient images "
-                "of the same modality"
-            )
+        if self.hosts.source is None:
+            if self.data.source != "phantom":
+                raise ValueError(
+                    "hosts.source is required for real data: 'folder' with hosts.path (non-patient images "
+                    "of the same modality) or 'phantom' (generated head phantoms)"
+                )
+            return self.model_copy(update={"hosts": self.hosts.model_copy(update={"source": "phantom"})})
         return self
 
 

@@ -1,0 +1,24 @@
+# Every target sets itself up: a fresh machine needs only python3 (3.11+) and make.
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Flower must not phone home or install app dependencies (see the README).
+export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0
+
+.PHONY: demo br35h test benchmark
+
+$(BIN)/fesf: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --editable '.[test]'
+	touch $@
+
+demo: $(BIN)/fesf  ## build surrogates for the built-in phantom data
+	$(BIN)/fesf surrogates --config configs/phantom.yaml
+
+br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 128 px (CPU-friendly)
+	$(BIN)/fesf surrogates --config configs/br35h.yaml --image-size 128
+
+test: $(BIN)/fesf  ## the whole test suite
+	$(BIN)/pytest -q
+
+benchmark: $(BIN)/fesf  ## IHM and pipeline throughput (see docs/benchmarks.md)
+	$(BIN)/python benchmarks/ihm.py

@@ -1,0 +1,190 @@
+"""The ``fesf`` command: build a site's surrogates, show their quality, check a data folder."""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fesf_fed.build import SiteBuild, build_surrogates, site_cache
+from fesf_fed.config import DataConfig, SiteConfig, load_config
+from fesf_fed.data import ImageSet, SkippedFile, load_dataset
+from fesf_fed.errors import ConfigError, FesfError
+
+console = Console()
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for flag, field in (
+        ("site", "site"),
+        ("device", "device"),
+        ("data", "data.path"),
+        ("source", "data.source"),
+        ("hosts", "hosts.path"),
+        ("host_source", "hosts.source"),
+        ("image_size", "data.image_size"),
+    ):
+        if getattr(args, flag, None) is not None:
+            overrides[field] = getattr(args, flag)
+    for assignment in args.set or []:
+        field, separator, value = assignment.partition("=")
+        if not separator or not field:
+            raise ConfigError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. --set pipeline.beta=0.3")
+        overrides[field] = yaml.safe_load(value)
+    for field in ("data.path", "hosts.path"):
+        if field in overrides:  # paths given on the command line are relative to the working directory
+            overrides[field] = str(Path(overrides[field]).resolve())
+    return overrides
+
+
+def _site_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="site config (YAML); default: the built-in phantom demo")
+    parser.add_argument("--site", help="site name (config field site)")
+    parser.add_argument("--data", help="data folder, .npz or .csv (config field data.path)")
+    parser.add_argument("--source", help="phantom, folder, medmnist or csv (config field data.source)")
+    parser.add_argument("--hosts", help="folder of host images (config field hosts.path)")
+    parser.add_argument("--host-source", help="folder or phantom (config field hosts.source)")
+    parser.add_argument("--image-size", type=int, help="square image size in pixels (data.image_size)")
+    parser.add_argument("--device", help="auto, cpu or cuda:N")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override any config field")
+
+
+def _site_config(args: argparse.Namespace) -> SiteConfig:
+    return load_config(args.config, _overrides(args))
+
+
+def _skipped_table(title: str, skipped: list[dict[str, str]] | list[SkippedFile]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("file")
+    table.add_column("reason")
+    for entry in skipped:
+        path, reason = (entry["path"], entry["reason"]) if isinstance(entry, dict) else (entry.path, entry.reason)
+        table.add_row(path, reason)
+    return table
+
+
+def _quality_table(quality: dict[str, Any]) -> Table:
+    table = Table(title=f"Surrogate quality (paper Tables 2 and 3; {quality['images']} test images)", title_justify="left")
+    for column in ("pair", "SSIM", "PSNR (dB)", "LPIPS"):
+        table.add_column(column, justify="left" if column == "pair" else "right")
+    for pair in quality["pairs"]:
+        lpips = "n/a" if pair["lpips_mean"] is None else f"{pair['lpips_mean']:.4f} ± {pair['lpips_std']:.4f}"
+        table.add_row(
+            pair["pair"],
+            f"{pair['ssim_mean']:.4f} ± {pair['ssim_std']:.4f}",
+            f"{pair['psnr_mean']:.2f} ± {pair['psnr_std']:.2f}",
+            lpips,
+        )
+    if quality["lpips_unavailable"]:
+        table.caption = f"LPIPS unavailable: {quality['lpips_unavailable']}"
+    return table
+
+
+def _print_build(build: SiteBuild) -> None:
+    manifest = build.manifest
+    counts = Table(title=f"Site {manifest['site']}: surrogates", title_justify="left")
+    counts.add_column("class")
+    for split in manifest["splits"]:
+        counts.add_column(split, justify="right")
+    for name in manifest["classes"]:
+        counts.add_row(name, *(str(manifest["splits"][split]["counts"][name]) for split in manifest["splits"]))
+    counts.add_row("total", *(str(len(manifest["splits"][split]["labels"])) for split in manifest["splits"]))
+    console.print(counts)
+    if manifest["skipped"]:
+        console.print(_skipped_table(f"Skipped files ({len(manifest['skipped'])})", manifest["skipped"]))
+    if manifest["hosts"]["skipped"]:
+        console.print(_skipped_table("Skipped host images", manifest["hosts"]["skipped"]))
+    console.print(_quality_table(build.quality))
+    size = "x".join(str(n) for n in manifest["image_shape"])
+    timing = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in build.timings.items())
+    state = "reused from the cache (no work done)" if build.reused else f"built ({timing})"
+    console.print(
+        f"{state} in {build.seconds:.1f} s on {manifest['device']}; images {size}; "
+        f"{manifest['hosts']['count']} hosts; IHM window covers {100 * manifest['mask_coverage']['hide']:.0f}% "
+        f"of the spectrum\nstages kept: {', '.join(manifest['outputs'])}\ncache: {build.cache.directory}"
+    )
+
+
+def _run_surrogates(args: argparse.Namespace) -> None:
+    build = build_surrogates(_site_config(args), progress=not args.quiet)
+    _print_build(build)
+
+
+def _run_quality(args: argparse.Namespace) -> None:
+    config = _site_config(args)
+    if not site_cache(config).complete:
+        raise FesfError(
+            f"no surrogates built for site {config.site} with this config; run `fesf surrogates` with the same options first"
+        )
+    console.print(_quality_table(build_surrogates(config, progress=not args.quiet).quality))
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    path = Path(args.path).resolve()
+    source = args.source or ("medmnist" if path.suffix == ".npz" else "csv" if path.suffix == ".csv" else "folder")
+    try:
+        return DataConfig(source=source, path=path, image_size=args.image_size)
+    except ValueError as exc:
+        raise ConfigError(f"data check: {exc.errors()[0]['msg']}") from None
+
+
+def _run_data_check(args: argparse.Namespace) -> None:
+    data: ImageSet = load_dataset(_data_config(args), progress=not args.quiet)
+    table = Table(title=f"{args.path}: {len(data)} usable images, {data.images.shape[1]} channel(s)", title_justify="left")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    for name, count in data.class_counts().items():
+        table.add_row(name, str(count))
+    console.print(table)
+    if data.skipped:
+        console.print(_skipped_table(f"Bad or skipped files ({len(data.skipped)})", data.skipped))
+    else:
+        console.print("no bad files")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fesf`` argument parser (exposed for the docs and tests)."""
+    parser = argparse.ArgumentParser(prog="fesf", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    surrogates = commands.add_parser("surrogates", help="build (or reuse) a site's FESF surrogates")
+    _site_arguments(surrogates)
+    surrogates.set_defaults(run=_run_surrogates)
+
+    quality = commands.add_parser("quality", help="print the Table 2/3 quality figures of built surrogates")
+    _site_arguments(quality)
+    quality.set_defaults(run=_run_quality)
+
+    data = commands.add_parser("data", help="inspect a data source")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    check = data_commands.add_parser("check", help="count images per class and list bad files")
+    check.add_argument("path", help="a folder with one sub-folder per class, a MedMNIST .npz or a CSV manifest")
+    check.add_argument("--source", choices=["folder", "medmnist", "csv"], help="default: from the path")
+    check.add_argument("--image-size", type=int, default=64, help="size to decode at (default 64)")
+    check.set_defaults(run=_run_data_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``fesf``; user errors print one line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args.run(args)
+    except FesfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

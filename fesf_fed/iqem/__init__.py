@@ -1,0 +1,22 @@
+"""IQEM, the Image Quality Enhancement Module: a generator G that carries IHM
+surrogates into the host-image domain, trained against a patch discriminator
+(paper Eq. 5; DESIGN.md, IQEM)."""
+
+from fesf_fed.iqem.networks import Discriminator, Generator
+from fesf_fed.iqem.training import (
+    augment_hosts,
+    discriminator_loss,
+    generator_loss,
+    load_generator,
+    train_iqem,
+)
+
+__all__ = [
+    "Discriminator",
+    "Generator",
+    "augment_hosts",
+    "discriminator_loss",
+    "generator_loss",
+    "load_generator",
+    "train_iqem",
+]

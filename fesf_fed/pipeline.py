@@ -1,0 +1,72 @@
+"""The FESF surrogate pipeline: x_pl --IHM--> x_sy --G--> x_su --IHM--> x_su' (DESIGN.md section 1)."""
+
+import numpy as np
+import torch
+
+from fesf_fed.config import PipelineConfig
+from fesf_fed.ihm import HostSpectrum, hide
+
+
+def to_unit_float(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move uint8 images to ``device`` as float32 in [0, 1] (float input is only moved)."""
+    batch = torch.as_tensor(images).to(device)
+    return batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Quantise float images in [0, 1] to uint8 on the CPU, as an image file would."""
+    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+class SurrogatePipeline:
+    """Turn plaintext batches into all three surrogate stages on one device.
+
+    Parameters
+    ----------
+    hosts : HostSpectrum
+        Spectra of the whole host bank ``(N, C, H, W)``, computed once.
+    generator : torch.nn.Module
+        The trained IQEM generator G (eval mode), on the hosts' device.
+    config : PipelineConfig
+        IHM strengths of the first (alpha, beta) and the refining (alpha', beta') step.
+    """
+
+    def __init__(self, hosts: HostSpectrum, generator: torch.nn.Module, config: PipelineConfig) -> None:
+        if hosts.amplitude.ndim != 4:
+            raise ValueError("hosts must be the spectra of a host bank (N, C, H, W)")
+        self.hosts = hosts
+        self.generator = generator
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        """The device every step runs on."""
+        return self.hosts.amplitude.device
+
+    def hide(self, plain: torch.Tensor, host_index: np.ndarray) -> torch.Tensor:
+        """First IHM step: x_sy of each plaintext image, in its assigned host."""
+        return hide(plain, self.hosts[host_index], self.config.alpha, self.config.beta)
+
+    @torch.no_grad()
+    def __call__(self, plain: torch.Tensor, host_index: np.ndarray) -> dict[str, torch.Tensor]:
+        """Run all three steps on a batch.
+
+        Parameters
+        ----------
+        plain : torch.Tensor
+            ``(B, C, H, W)`` float in [0, 1] on the pipeline's device.
+        host_index : np.ndarray
+            ``(B,)`` the host bank index assigned to each image.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            ``"x_sy"``, ``"x_su"`` and ``"x_su_prime"``, each float32 like ``plain``.
+        """
+        x_sy = self.hide(plain, host_index)
+        x_su = self.generator(x_sy)
+        # Refinement: x_su is the host (its phase and base amplitude), the plaintext
+        # is injected again at low intensity (DESIGN.md: the reading under which the
+        # paper's accuracy rises from x_su to x_su').
+        x_su_prime = hide(plain, x_su, self.config.refine_alpha, self.config.refine_beta)
+        return {"x_sy": x_sy, "x_su": x_su, "x_su_prime": x_su_prime}

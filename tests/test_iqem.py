@@ -1,0 +1,285 @@
+"""IQEM: the generator and discriminator, their losses, and resumable deterministic training."""
+
+import os
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pytest
+import torch
+
+from fesf_fed.config import IqemConfig
+from fesf_fed.data.phantom import phantom_dataset, phantom_hosts
+from fesf_fed.errors import ConfigError, DataError
+from fesf_fed.ihm import hide
+from fesf_fed.iqem import (
+    Discriminator,
+    Generator,
+    augment_hosts,
+    discriminator_loss,
+    generator_loss,
+    load_generator,
+    train_iqem,
+)
+from fesf_fed.iqem import training
+
+CPU = torch.device("cpu")
+# Tiny networks: the smallest widths the config allows, one residual block.
+TINY = {"batch_size": 4, "base_channels": 4, "res_blocks": 1, "disc_channels": 8, "disc_layers": 2}
+
+
+def _surrogates(size: int, per_class: int = 8, host_count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Phantom slices hidden in phantom hosts (the first IHM), and the host bank (uint8)."""
+    plain = torch.from_numpy(phantom_dataset(per_class, size, seed=0).images).float() / 255
+    hosts = torch.from_numpy(phantom_hosts(host_count, size, seed=0))
+    assigned = hosts[torch.arange(len(plain)) % host_count].float() / 255
+    return hide(plain, assigned, 0.5, 0.5), hosts
+
+
+def _weights(generator: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().cpu() for name, value in generator.state_dict().items()}
+
+
+def _assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("height,width", [(8, 8), (17, 31), (28, 28)])
+def test_untrained_generator_is_the_identity(channels: int, height: int, width: int) -> None:
+    images = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(Generator(channels, base_channels=4, res_blocks=1)(images), images)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("height,width", [(9, 13), (17, 31), (28, 28)])
+def test_networks_keep_shapes_at_odd_and_small_sizes(channels: int, height: int, width: int) -> None:
+    images = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    generator = Generator(channels, base_channels=4, res_blocks=2)
+    # A trained G has a non-zero last layer; its output must still be an image in [0, 1].
+    torch.nn.init.normal_(generator.head.weight, std=1.0)
+    with torch.no_grad():
+        output = generator(images)
+    assert output.shape == images.shape
+    assert 0 <= output.min() and output.max() <= 1 and not torch.equal(output, images)
+
+    layers = Discriminator.layers_for(min(height, width), 3)
+    logits = Discriminator(channels, base_channels=8, layers=layers)(images)
+    assert logits.shape[:2] == (2, 1) and min(logits.shape[-2:]) >= 1
+
+
+def test_default_discriminator_takes_medmnist_size() -> None:
+    assert Discriminator.layers_for(28, 3) == 3
+    assert Discriminator(3)(torch.rand(2, 3, 28, 28)).shape == (2, 1, 1, 1)
+
+
+def test_discriminator_refuses_images_too_small_for_its_depth() -> None:
+    assert Discriminator.layers_for(28, 6) == 3
+    with pytest.raises(ValueError, match="at least 48 px"):
+        Discriminator(1, layers=4)(torch.rand(1, 1, 28, 28))
+    with pytest.raises(ValueError, match="too small"):
+        Discriminator.layers_for(5, 3)
+
+
+def test_losses_are_zero_at_their_targets_and_positive_elsewhere() -> None:
+    ones, zeros = torch.ones(2, 1, 3, 3), torch.zeros(2, 1, 3, 3)
+    assert discriminator_loss(ones, zeros).item() == 0
+    assert discriminator_loss(zeros, ones).item() == pytest.approx(1.0)
+
+    config = IqemConfig(lambda_adv=1.0, lambda_content=10.0, lambda_amplitude=2.0)
+    x_sy = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    loss, terms = generator_loss(ones, x_sy, x_sy, config)
+    assert loss.item() == 0 and terms == {"adversarial": 0.0, "content": 0.0, "amplitude": 0.0}
+
+    fake = (x_sy + 0.1).clamp(0, 1)
+    loss, terms = generator_loss(zeros, fake, x_sy, config)
+    assert terms["adversarial"] == pytest.approx(1.0)
+    assert terms["content"] > 0 and terms["amplitude"] > 0
+    expected = terms["adversarial"] + 10.0 * terms["content"] + 2.0 * terms["amplitude"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_augment_hosts_crops_and_flips_each_sample_reproducibly() -> None:
+    _, hosts = _surrogates(24)
+    batch = hosts[:1].float().div(255).expand(6, -1, -1, -1)
+    first = augment_hosts(batch, torch.Generator().manual_seed(3))
+    again = augment_hosts(batch, torch.Generator().manual_seed(3))
+    assert first.shape == batch.shape and torch.equal(first, again)
+    # Each copy of the same host gets its own crop.
+    assert all(not torch.equal(first[0], first[i]) for i in range(1, 6))
+    # Crops resample inside the image: no padding, no values outside the host's.
+    assert batch.min() <= first.min() and first.max() <= batch.max()
+
+
+@pytest.fixture(scope="module")
+def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[float, tuple[torch.Tensor, torch.Tensor, dict]]:
+    """G trained on phantom surrogates with a strong content term and with none."""
+    x_sy, hosts = _surrogates(24)
+    # Builds hand over NumPy arrays; training takes them as well as tensors.
+    hosts = hosts.numpy()
+    folder = tmp_path_factory.mktemp("iqem")
+    runs = {}
+    for weight in (100.0, 0.0):
+        config = IqemConfig(steps=60, lambda_content=weight, checkpoint_every=60, **TINY)
+        checkpoint = folder / f"content-{weight}.pt"
+        generator = train_iqem(x_sy, hosts, config, CPU, checkpoint, progress=False)
+        with torch.no_grad():
+            output = generator(x_sy)
+        runs[weight] = (x_sy, output, torch.load(checkpoint, weights_only=True))
+    return runs
+
+
+def test_training_on_phantoms_lowers_both_gan_losses(phantom_runs: dict) -> None:
+    history = phantom_runs[100.0][2]["history"]
+    assert len(history) == 60
+
+    def mean(term: str, steps: list[dict[str, float]]) -> float:
+        return float(np.mean([step[term] for step in steps]))
+
+    # D learns to tell hosts from surrogates; G learns to fool that D.
+    for term in ("discriminator", "adversarial"):
+        assert mean(term, history[-15:]) < mean(term, history[:15]), term
+
+
+def test_content_loss_keeps_the_surrogate_while_adversarial_alone_drifts(phantom_runs: dict) -> None:
+    x_sy, kept, _ = phantom_runs[100.0]
+    _, drifted, _ = phantom_runs[0.0]
+    kept_change = (kept - x_sy).abs().mean().item()
+    drifted_change = (drifted - x_sy).abs().mean().item()
+    assert kept_change < 0.005
+    assert drifted_change > 3 * kept_change
+
+
+@pytest.fixture(scope="module")
+def small_data() -> tuple[torch.Tensor, torch.Tensor]:
+    return _surrogates(16, per_class=4, host_count=3)
+
+
+SHORT = IqemConfig(steps=12, checkpoint_every=4, **TINY)
+
+
+@pytest.fixture(scope="module")
+def finished(small_data: tuple, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A finished short run: its checkpoint and the weights train_iqem returned."""
+    checkpoint = tmp_path_factory.mktemp("finished") / "iqem.pt"
+    generator = train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
+    assert not generator.training
+    return checkpoint, _weights(generator)
+
+
+def test_same_seed_gives_the_same_weights(small_data: tuple, finished: tuple, tmp_path: Path) -> None:
+    again = train_iqem(*small_data, SHORT, CPU, tmp_path / "again.pt", progress=False)
+    _assert_same_weights(_weights(again), finished[1])
+    other_seed = SHORT.model_copy(update={"seed": 1})
+    other = train_iqem(*small_data, other_seed, CPU, tmp_path / "other.pt", progress=False)
+    assert not torch.equal(_weights(other)["stem.0.weight"], finished[1]["stem.0.weight"])
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
+    """Make the ``calls + 1``-th training step raise KeyboardInterrupt, as Ctrl-C would."""
+    count = {"calls": 0}
+
+    def interrupting(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        count["calls"] += 1
+        if count["calls"] > calls:
+            raise KeyboardInterrupt
+        return discriminator_loss(real_logits, fake_logits)
+
+    monkeypatch.setattr(training, "discriminator_loss", interrupting)
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(
+    small_data: tuple, finished: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tmp_path / "iqem.pt"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, calls=6)
+        with pytest.raises(KeyboardInterrupt):
+            train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4
+    resumed = train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
+    _assert_same_weights(_weights(resumed), finished[1])
+    state, reference = torch.load(checkpoint, weights_only=True), torch.load(finished[0], weights_only=True)
+    _assert_same_weights(state["discriminator"], reference["discriminator"])
+    assert state["step"] == 12 and len(state["history"]) == 12
+    assert state.keys() == training.CHECKPOINT_KEYS
+
+
+def test_finished_checkpoint_is_returned_without_training(
+    small_data: tuple, finished: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, weights = finished
+    modified = os.stat(checkpoint).st_mtime_ns
+    _interrupt_after(monkeypatch, calls=0)
+    generator = train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
+    assert not generator.training
+    _assert_same_weights(_weights(generator), weights)
+    assert os.stat(checkpoint).st_mtime_ns == modified
+
+
+def test_checkpoint_of_other_settings_is_refused(small_data: tuple, finished: tuple) -> None:
+    checkpoint = finished[0]
+    with pytest.raises(ConfigError, match=r"lr 0\.0002 -> 0\.001.*delete the file"):
+        train_iqem(*small_data, SHORT.model_copy(update={"lr": 1e-3}), CPU, checkpoint, progress=False)
+    x_sy, hosts = small_data
+    with pytest.raises(ConfigError, match="in_channels 1 -> 3"):
+        train_iqem(x_sy.expand(-1, 3, -1, -1), hosts.expand(-1, 3, -1, -1), SHORT, CPU, checkpoint, progress=False)
+
+
+def test_checkpoint_is_replaced_atomically(small_data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint = tmp_path / "iqem.pt"
+    real_save = torch.save
+    count = {"calls": 0}
+
+    def failing_save(state: dict, stream: BinaryIO) -> None:
+        count["calls"] += 1
+        if count["calls"] == 2:
+            stream.write(b"half a checkpoint")
+            raise OSError("disk full")
+        real_save(state, stream)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
+    assert torch.load(checkpoint, weights_only=True)["step"] == 4
+    assert [path.name for path in tmp_path.iterdir()] == ["iqem.pt"]
+
+
+def test_load_generator_gives_the_trained_generator(finished: tuple) -> None:
+    checkpoint, weights = finished
+    generator = load_generator(checkpoint, CPU)
+    assert isinstance(generator, Generator) and not generator.training
+    _assert_same_weights(_weights(generator), weights)
+
+
+def test_load_generator_refuses_unfinished_missing_and_foreign_files(
+    small_data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unfinished = tmp_path / "unfinished.pt"
+    with monkeypatch.context() as patch:
+        _interrupt_after(patch, calls=5)
+        with pytest.raises(KeyboardInterrupt):
+            train_iqem(*small_data, SHORT, CPU, unfinished, progress=False)
+    with pytest.raises(DataError, match="stopped at step 4 of 12"):
+        load_generator(unfinished, CPU)
+    with pytest.raises(DataError, match="not found"):
+        load_generator(tmp_path / "missing.pt", CPU)
+    foreign = tmp_path / "foreign.pt"
+    foreign.write_text("not a checkpoint")
+    with pytest.raises(DataError, match="not a readable IQEM checkpoint"):
+        load_generator(foreign, CPU)
+
+
+def test_unusable_images_are_refused(small_data: tuple, tmp_path: Path) -> None:
+    x_sy, hosts = small_data
+    checkpoint = tmp_path / "iqem.pt"
+    with pytest.raises(DataError, match=r"x_sy: float images must lie in \[0, 1\]"):
+        train_iqem(x_sy * 255, hosts, SHORT, CPU, checkpoint, progress=False)
+    with pytest.raises(DataError, match="1 channel.*hosts have 3"):
+        train_iqem(x_sy, hosts.expand(-1, 3, -1, -1), SHORT, CPU, checkpoint, progress=False)
+    with pytest.raises(DataError, match="hosts: expected a non-empty"):
+        train_iqem(x_sy, hosts[:0], SHORT, CPU, checkpoint, progress=False)
+    assert not checkpoint.exists()
