@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from fesf_fed.cache import SHARD_SIZE, SurrogateCache, content_key
 from fesf_fed.config import SiteConfig
-from fesf_fed.data import ImageSet, load_dataset, source_fingerprint, stratified_split
+from fesf_fed.data import ImageSet, load_dataset, source_fingerprint, stratified_split, to_channels
 from fesf_fed.device import select_device
 from fesf_fed.home import fesf_home
 from fesf_fed.hosts import HostBank, assign_hosts, key_fingerprint, load_host_bank, load_site_key, phantom_host_bank
@@ -92,7 +92,7 @@ def site_cache(config: SiteConfig) -> SurrogateCache:
 def _load_inputs(config: SiteConfig, bank: HostBank, site_key: bytes, progress: bool) -> _Inputs:
     data = load_dataset(config.data, progress=progress)
     train, test = stratified_split(data.labels, config.data.test_fraction, config.data.seed)
-    bank = HostBank(convert_channels(bank.images, data.images.shape[1]), bank.ids, bank.fingerprint, bank.skipped)
+    bank = HostBank(to_channels(bank.images, data.images.shape[1]), bank.ids, bank.fingerprint, bank.skipped)
     return _Inputs(
         data=data,
         bank=bank,
@@ -201,6 +201,7 @@ def build_surrogates(config: SiteConfig, progress: bool = True) -> SiteBuild:
         ``reused`` is True when nothing had to be computed.
     """
     start = time.perf_counter()
+    select_device(config.device)  # a bad device is an error even when the cache has everything
     site_key = load_site_key(config.hosts.secret_file, config.site)
     bank = _host_bank(config)
     iqem_key, surrogate_key = _keys(config, bank, site_key)

@@ -135,7 +135,8 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 
 def _run_data_check(args: argparse.Namespace) -> None:
     data: ImageSet = load_dataset(_data_config(args), progress=not args.quiet)
-    table = Table(title=f"{args.path}: {len(data)} usable images, {data.images.shape[1]} channel(s)", title_justify="left")
+    console.print(f"{args.path}: {len(data)} usable images, {data.images.shape[1]} channel(s)")
+    table = Table()
     table.add_column("class")
     table.add_column("images", justify="right")
     for name, count in data.class_counts().items():

@@ -1,0 +1,19 @@
+"""A site's plaintext images: decoding files, loading a configured source, splitting it."""
+
+from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, image_from_pixels, read_image, to_channels
+from fesf_fed.data.imageset import ImageSet, SkippedFile
+from fesf_fed.data.sources import load_dataset, source_fingerprint
+from fesf_fed.data.split import stratified_split
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ImageSet",
+    "SkippedFile",
+    "UnreadableImage",
+    "image_from_pixels",
+    "load_dataset",
+    "read_image",
+    "source_fingerprint",
+    "stratified_split",
+    "to_channels",
+]

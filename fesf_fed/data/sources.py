@@ -1,0 +1,364 @@
+"""Load a site's plaintext images from its configured source into an ImageSet.
+
+Four sources (``data.source``):
+
+- ``folder``: one sub-folder per class; class names are the sorted sub-folder names.
+- ``medmnist``: an official MedMNIST ``.npz``; its train, val and test splits are
+  pooled, because every site re-splits its images itself.
+- ``csv``: a manifest with at least the columns ``path`` and ``label``.
+- ``phantom``: the built-in generated dataset.
+
+Files that cannot be used are listed in ``ImageSet.skipped`` with the reason instead
+of stopping the load; a class left without any usable image is an error.
+:func:`source_fingerprint` identifies the same input without decoding it.
+"""
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from fesf_fed.config import DataConfig
+from fesf_fed.data.decode import UnreadableImage, image_from_pixels, read_image, to_channels
+from fesf_fed.data.imageset import ImageSet, SkippedFile
+from fesf_fed.data.phantom import phantom_dataset
+from fesf_fed.errors import DataError
+
+_MEDMNIST_SPLITS = ("train", "val", "test")
+_MANIFEST_COLUMNS = ("path", "label")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One candidate image file: its stable id, where it is, and its label index."""
+
+    id: str
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """The candidate files of a folder or manifest, before anything is decoded."""
+
+    classes: list[str]
+    entries: list[_Entry]
+    skipped: list[SkippedFile]
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _list_folder(root: Path) -> _Listing:
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder; data source 'folder' needs a folder with one sub-folder per class")
+    children = sorted(child for child in root.iterdir() if not child.name.startswith("."))
+    class_folders = [child for child in children if child.is_dir()]
+    if not class_folders:
+        raise DataError(
+            f"{root}: no class sub-folders; put each class's images in its own sub-folder, e.g. {root / 'tumor'}"
+        )
+    skipped = [
+        SkippedFile(child.name, "not inside a class sub-folder; move it into one")
+        for child in children
+        if child.is_file()
+    ]
+    entries = []
+    for label, folder in enumerate(class_folders):
+        files = (file for file in folder.rglob("*") if file.is_file() and not _is_hidden(file.relative_to(root)))
+        found = sorted((file.relative_to(root).as_posix(), file) for file in files)
+        entries.extend(_Entry(image_id, file, label) for image_id, file in found)
+    return _Listing([folder.name for folder in class_folders], entries, skipped)
+
+
+def _list_manifest(manifest: Path) -> _Listing:
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [column for column in _MANIFEST_COLUMNS if column not in columns]
+            if missing:
+                raise DataError(
+                    f"{manifest}: missing column(s) {', '.join(missing)}; "
+                    f"the first line must be a header naming at least {','.join(_MANIFEST_COLUMNS)}"
+                )
+            rows = [(reader.line_num, row["path"] or "", row["label"] or "") for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{manifest}: cannot read the CSV manifest ({exc}); save it as UTF-8 CSV") from None
+    skipped = []
+    listed: dict[str, tuple[Path, str]] = {}
+    for line, raw_path, raw_label in rows:
+        written, label = raw_path.strip(), raw_label.strip()
+        image_id = Path(written).as_posix()
+        if not written or not label:
+            where = f"{manifest.name} line {line}"
+            skipped.append(SkippedFile(where, "empty path or label; fill it in or remove the row"))
+        elif image_id in listed:
+            skipped.append(SkippedFile(image_id, f"listed again on line {line}; remove the duplicate row"))
+        else:
+            # An absolute path stays as it is; a relative one starts at the CSV's folder.
+            listed[image_id] = (manifest.parent / image_id, label)
+    if not listed:
+        raise DataError(f"{manifest}: no image rows; add one line per image with its path and label")
+    classes = sorted({label for _, label in listed.values()})
+    entries = []
+    for image_id, (path, label) in listed.items():
+        if path.is_file():
+            entries.append(_Entry(image_id, path, classes.index(label)))
+        else:
+            reason = "file not found; fix the path (relative paths start at the CSV's folder)"
+            skipped.append(SkippedFile(image_id, reason))
+    return _Listing(classes, entries, skipped)
+
+
+def _class_orders(labels: np.ndarray, n_classes: int, max_per_class: int | None, seed: int) -> list[np.ndarray]:
+    """Per class, the indices in the order they are taken: all of them, or a seeded shuffle."""
+    members = [np.flatnonzero(labels == label) for label in range(n_classes)]
+    if max_per_class is None:
+        return members
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(indices) for indices in members]
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(image * 255.0).astype(np.uint8)
+
+
+def _decode_files(paths: Sequence[Path], size: int, progress: bool) -> list[np.ndarray | UnreadableImage]:
+    def decode(path: Path) -> np.ndarray | UnreadableImage:
+        try:
+            return _to_uint8(read_image(path, size))
+        except UnreadableImage as exc:
+            return exc
+
+    # PIL and NumPy release the GIL while decoding and resizing, so threads use every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        results = pool.map(decode, paths)
+        return list(tqdm(results, total=len(paths), disable=not progress, desc="decoding", unit="image"))
+
+
+def _decode_sample(
+    listing: _Listing, config: DataConfig, progress: bool
+) -> tuple[dict[int, np.ndarray], list[SkippedFile]]:
+    """Decode up to ``max_per_class`` files of each class: images by entry index, and the unreadable files.
+
+    An unreadable file in the sample is replaced by the next file of its class in the
+    seeded order, so a class still gets ``max_per_class`` images when it has enough.
+    """
+    labels = np.array([entry.label for entry in listing.entries], dtype=np.int64)
+    orders = _class_orders(labels, len(listing.classes), config.max_per_class, config.seed)
+    wanted = config.max_per_class or len(listing.entries)
+    taken = [0] * len(orders)
+    usable = [0] * len(orders)
+    decoded: dict[int, np.ndarray] = {}
+    skipped = []
+    while True:
+        batch = []
+        for label, order in enumerate(orders):
+            more = order[taken[label] : taken[label] + wanted - usable[label]]
+            taken[label] += len(more)
+            batch.extend(more.tolist())
+        if not batch:
+            return decoded, skipped
+        results = _decode_files([listing.entries[index].path for index in batch], config.image_size, progress)
+        for index, result in zip(batch, results):
+            if isinstance(result, UnreadableImage):
+                skipped.append(SkippedFile(listing.entries[index].id, result.reason))
+            else:
+                decoded[index] = result
+                usable[labels[index]] += 1
+
+
+def _load_files(listing: _Listing, config: DataConfig, source: Path, progress: bool) -> ImageSet:
+    decoded, unreadable = _decode_sample(listing, config, progress)
+    kept = sorted(decoded)
+    return _assemble(
+        [decoded[index] for index in kept],
+        labels=np.array([listing.entries[index].label for index in kept], dtype=np.int64),
+        ids=[listing.entries[index].id for index in kept],
+        classes=listing.classes,
+        skipped=listing.skipped + unreadable,
+        config=config,
+        source=source,
+    )
+
+
+def _read_medmnist(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    keys = [f"{split}_{kind}" for split in _MEDMNIST_SPLITS for kind in ("images", "labels")]
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in keys if key in archive.files}
+    # A damaged archive can fail in zipfile, zlib or the .npy header parser.
+    except Exception as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc}); download the MedMNIST file again") from None
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        raise DataError(f"{path}: missing array(s) {', '.join(missing)}; a MedMNIST .npz holds {', '.join(keys)}")
+    images, labels, ids = [], [], []
+    for split in _MEDMNIST_SPLITS:
+        split_images, split_labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        grey_or_rgb = split_images.ndim in (3, 4) and split_images.shape[3:] in ((), (3,))
+        if split_images.dtype != np.uint8 or not grey_or_rgb:
+            raise DataError(
+                f"{path}: {split}_images is {split_images.dtype} {split_images.shape}; "
+                "expected uint8 (N, H, W) or (N, H, W, 3) (2-D MedMNIST only)"
+            )
+        if split_labels.shape not in ((len(split_images),), (len(split_images), 1)):
+            raise DataError(
+                f"{path}: {split}_labels has shape {split_labels.shape} for {len(split_images)} images; "
+                "expected one class label per image (multi-label sets are not supported)"
+            )
+        images.append(split_images)
+        labels.append(split_labels.reshape(-1).astype(np.int64))
+        ids.extend(f"{split}/{index}" for index in range(len(split_images)))
+    return np.concatenate(images), np.concatenate(labels), ids
+
+
+def _sample_indices(labels: np.ndarray, n_classes: int, config: DataConfig) -> np.ndarray:
+    """Sorted indices of at most ``max_per_class`` images per class (for sources with nothing to skip)."""
+    orders = _class_orders(labels, n_classes, config.max_per_class, config.seed)
+    return np.sort(np.concatenate([np.empty(0, np.int64), *(order[: config.max_per_class] for order in orders)]))
+
+
+def _load_medmnist(config: DataConfig, progress: bool) -> ImageSet:
+    path = config.path
+    pixels, labels, ids = _read_medmnist(path)
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{path}: negative class labels; labels must be 0 .. K-1")
+    classes = [str(label) for label in range(int(labels.max()) + 1 if len(labels) else 0)]
+    keep = _sample_indices(labels, len(classes), config)
+    images = [
+        _to_uint8(image_from_pixels(pixels[index], config.image_size))
+        for index in tqdm(keep, disable=not progress, desc="resizing", unit="image")
+    ]
+    return _assemble(images, labels[keep], [ids[index] for index in keep], classes, [], config, path)
+
+
+def _load_phantom(config: DataConfig) -> ImageSet:
+    data = phantom_dataset(config.phantom_per_class, config.image_size, config.seed)
+    keep = _sample_indices(data.labels, len(data.classes), config)
+    return _assemble(
+        list(data.images[keep]), data.labels[keep], [data.ids[i] for i in keep], data.classes, [], config, None
+    )
+
+
+def _assemble(
+    images: list[np.ndarray],
+    labels: np.ndarray,
+    ids: list[str],
+    classes: list[str],
+    skipped: list[SkippedFile],
+    config: DataConfig,
+    source: Path | None,
+) -> ImageSet:
+    """Check that every class has images, bring them to one channel count and stack them."""
+    where = source or "phantom data"
+    if not images:
+        raise DataError(f"{where}: no usable image ({len(skipped)} file(s) skipped); add images of each class")
+    counts = np.bincount(labels, minlength=len(classes))
+    for name, count in zip(classes, counts):
+        if count == 0:
+            raise DataError(f"{where}: class {name!r} has no usable image; add images of that class or remove it")
+    if config.channels == "auto":
+        channels = 1 if all(image.shape[0] == 1 for image in images) else 3
+    else:
+        channels = config.channels
+    stacked = np.stack([to_channels(image, channels) for image in images])
+    return ImageSet(images=stacked, labels=labels.astype(np.int64), ids=ids, classes=list(classes), skipped=skipped)
+
+
+def _existing_path(config: DataConfig) -> Path:
+    path = Path(config.path)
+    if not path.exists():
+        expected = {"folder": "folder", "medmnist": ".npz file", "csv": "CSV manifest"}[config.source]
+        raise DataError(f"{path}: data path not found; set data.path to an existing {expected}")
+    return path
+
+
+def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
+    """Load a site's images as configured.
+
+    Parameters
+    ----------
+    config : DataConfig
+        The data section of a site config (``path`` already absolute).
+    progress : bool
+        Show a progress bar over the files.
+
+    Returns
+    -------
+    ImageSet
+        uint8 images ``(N, C, S, S)`` with ``S = config.image_size`` and C from
+        ``config.channels`` ("auto": 1 if every image is grey, else 3). With
+        ``max_per_class``, a seeded random sample of each class, in source order.
+
+    Raises
+    ------
+    DataError
+        If the path is missing, the source is malformed, or a class (or the whole
+        set) has no usable image. Single unreadable files are listed in ``skipped``.
+    """
+    if config.source == "phantom":
+        return _load_phantom(config)
+    path = _existing_path(config)
+    if config.source == "medmnist":
+        return _load_medmnist(config, progress)
+    listing = _list_folder(path) if config.source == "folder" else _list_manifest(path)
+    return _load_files(listing, config, path, progress)
+
+
+def _file_digest(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
+
+
+def source_fingerprint(config: DataConfig) -> str:
+    """Identify the exact input of :func:`load_dataset` without decoding any image.
+
+    Parameters
+    ----------
+    config : DataConfig
+        The data section of a site config.
+
+    Returns
+    -------
+    str
+        SHA-256 hex digest of the settings that shape the loaded images (all but
+        ``path`` and ``test_fraction``) and of every candidate file's id and bytes.
+        Editing, adding or removing a file changes it; the same input gives the same
+        digest wherever it lives.
+
+    Raises
+    ------
+    DataError
+        If the path is missing or the folder or manifest is malformed.
+    """
+    # test_fraction only moves images between the splits; the caller keys the split itself.
+    ignored = {"path", "test_fraction"} | ({"phantom_per_class"} if config.source != "phantom" else set())
+    digest = hashlib.sha256(json.dumps(config.model_dump(mode="json", exclude=ignored), sort_keys=True).encode())
+    if config.source == "phantom":
+        return digest.hexdigest()
+    path = _existing_path(config)
+    if config.source == "medmnist":
+        digest.update(_file_digest(path))
+        return digest.hexdigest()
+    if config.source == "csv":
+        digest.update(_file_digest(path))
+        listing = _list_manifest(path)
+    else:
+        listing = _list_folder(path)
+    for entry in listing.entries:
+        # NUL separators keep ("a", "bc") and ("ab", "c") apart.
+        digest.update(f"{entry.id}\0{listing.classes[entry.label]}\0".encode())
+        digest.update(_file_digest(entry.path))
+    for skipped in listing.skipped:
+        digest.update(f"{skipped.path}\0{skipped.reason}\0".encode())
+    return digest.hexdigest()
