@@ -38,7 +38,7 @@ def _best_seconds(run, repeats: int, synchronize) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--reference-images", type=int, default=8, help="images timed with the slow reference")
     args = parser.parse_args()
     device = select_device(args.device)

@@ -88,12 +88,13 @@ def _quality_table(quality: dict[str, Any]) -> Table:
 def _print_build(build: SiteBuild) -> None:
     manifest = build.manifest
     counts = Table(title=f"Site {manifest['site']}: surrogates", title_justify="left")
+    splits = [split for split in ("train", "test") if split in manifest["splits"]]
     counts.add_column("class")
-    for split in manifest["splits"]:
+    for split in splits:
         counts.add_column(split, justify="right")
     for name in manifest["classes"]:
-        counts.add_row(name, *(str(manifest["splits"][split]["counts"][name]) for split in manifest["splits"]))
-    counts.add_row("total", *(str(len(manifest["splits"][split]["labels"])) for split in manifest["splits"]))
+        counts.add_row(name, *(str(manifest["splits"][split]["counts"][name]) for split in splits))
+    counts.add_row("total", *(str(len(manifest["splits"][split]["labels"])) for split in splits))
     console.print(counts)
     if manifest["skipped"]:
         console.print(_skipped_table(f"Skipped files ({len(manifest['skipped'])})", manifest["skipped"]))
@@ -151,20 +152,21 @@ def _run_data_check(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fesf`` argument parser (exposed for the docs and tests)."""
     parser = argparse.ArgumentParser(prog="fesf", description=__doc__)
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    surrogates = commands.add_parser("surrogates", help="build (or reuse) a site's FESF surrogates")
+    surrogates = commands.add_parser("surrogates", parents=[common], help="build (or reuse) a site's FESF surrogates")
     _site_arguments(surrogates)
     surrogates.set_defaults(run=_run_surrogates)
 
-    quality = commands.add_parser("quality", help="print the Table 2/3 quality figures of built surrogates")
+    quality = commands.add_parser("quality", parents=[common], help="print the Table 2/3 quality figures of built surrogates")
     _site_arguments(quality)
     quality.set_defaults(run=_run_quality)
 
     data = commands.add_parser("data", help="inspect a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    check = data_commands.add_parser("check", help="count images per class and list bad files")
+    check = data_commands.add_parser("check", parents=[common], help="count images per class and list bad files")
     check.add_argument("path", help="a folder with one sub-folder per class, a MedMNIST .npz or a CSV manifest")
     check.add_argument("--source", choices=["folder", "medmnist", "csv"], help="default: from the path")
     check.add_argument("--image-size", type=int, default=64, help="size to decode at (default 64)")

@@ -148,3 +148,15 @@ def test_quality_settings_are_remeasured_without_rebuilding(fesf_home: Path, mon
 def test_reading_an_unfinished_build_says_what_to_run(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run `fesf surrogates` first"):
         SurrogateCache(tmp_path).manifest()
+
+
+def test_real_br35h_images_build_with_the_shipped_config(shared_data: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    overrides = {**TINY_BUILD, "data.max_per_class": 6, "data.path": str(shared_data / "br35h")}
+    build = build_surrogates(load_config(repo / "configs" / "br35h.yaml", overrides), progress=False)
+    manifest = build.manifest
+    assert manifest["classes"] == ["no_tumor", "tumor"] and manifest["image_shape"] == [1, 16, 16]
+    assert manifest["skipped"] == [] and manifest["hosts"]["count"] == TINY_BUILD["hosts.phantom_count"]
+    assert manifest["splits"]["train"]["counts"] == {"no_tumor": 4, "tumor": 4}
+    images, labels = build.cache.load("test", "x_su_prime")
+    assert images.shape == (4, 1, 16, 16) and sorted(labels.tolist()) == [0, 0, 1, 1]

@@ -16,7 +16,7 @@ TINY_FLAGS = [arg for field, value in TINY_BUILD.items() for arg in ("--set", f"
 
 def fesf(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fesf_fed.cli", "--quiet", *args],
+        [sys.executable, "-m", "fesf_fed.cli", *args, "--quiet"],
         capture_output=True,
         text=True,
         env={"FESF_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "160"},
