@@ -1,4 +1,5 @@
-# Every target sets itself up: a fresh machine needs only python3 (3.11+) and make.
+# Every target sets itself up: a fresh machine needs only Python 3.11+ and make.
+PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Flower must not phone home or install app dependencies (see the README).
@@ -7,7 +8,9 @@ export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME
 .PHONY: demo br35h test benchmark
 
 $(BIN)/fesf: pyproject.toml
-	python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "error: $(PYTHON) is older than Python 3.11; run make PYTHON=python3.11 (or newer)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --editable '.[test]'
 	touch $@
 
@@ -20,5 +23,5 @@ br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 128 px (CPU-
 test: $(BIN)/fesf  ## the whole test suite
 	$(BIN)/pytest -q
 
-benchmark: $(BIN)/fesf  ## IHM and pipeline throughput (see docs/benchmarks.md)
+benchmark: $(BIN)/fesf  ## IHM, pipeline and IQEM speed (see docs/benchmarks.md)
 	$(BIN)/python benchmarks/ihm.py

@@ -10,6 +10,7 @@ Eq. 1-4) in the same run, so the ratio holds on a shared, noisy machine.
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +23,21 @@ from fesf_fed.iqem import Generator, train_iqem
 from fesf_fed.pipeline import SurrogatePipeline
 
 
-def _best_seconds(run, repeats: int, synchronize) -> float:
-    """Fastest of ``repeats`` timed calls after one warm-up: the least disturbed by other load."""
-    run()
-    synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        synchronize()
-        best = min(best, time.perf_counter() - start)
+def _best_seconds(runs: list[Callable[[], object]], repeats: int, synchronize: Callable[[], None]) -> list[float]:
+    """Fastest of ``repeats`` timed calls of each run, after one warm-up.
+
+    The runs take turns, so a burst of load from other processes on a shared machine
+    slows all of them alike instead of skewing their ratio; the minimum is the time
+    least disturbed by that load.
+    """
+    best = [float("inf")] * len(runs)
+    for repeat in range(repeats + 1):
+        for index, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            synchronize()
+            if repeat:  # the first round warms up caches and FFT plans
+                best[index] = min(best[index], time.perf_counter() - start)
     return best
 
 
@@ -50,9 +56,12 @@ def main() -> None:
     host = torch.rand(3, 256, 256, generator=generator)
     spectrum = host_spectrum(host.to(device))
     plain_on_device = plain.to(device)
-    fast = _best_seconds(lambda: hide(plain_on_device, spectrum), args.repeats, synchronize)
     sample, host_np = plain[: args.reference_images].double().numpy(), host.double().numpy()
-    naive = _best_seconds(lambda: [hide_reference(image, host_np) for image in sample], args.repeats, lambda: None)
+    fast, naive = _best_seconds(
+        [lambda: hide(plain_on_device, spectrum), lambda: [hide_reference(image, host_np) for image in sample]],
+        args.repeats,
+        synchronize,
+    )
     fast_rate, naive_rate = len(plain) / fast, len(sample) / naive
     print(f"IHM hide, 64 x 3 x 256 x 256: {fast_rate:8.1f} images/s")
     print(f"naive NumPy reference:        {naive_rate:8.1f} images/s (per image, Eq. 1-4 literally)")
@@ -64,7 +73,7 @@ def main() -> None:
         network = Generator(channels, IqemConfig().base_channels, IqemConfig().res_blocks).to(device).eval()
         pipeline = SurrogatePipeline(bank, network, PipelineConfig())
         assigned = np.arange(16) % 8
-        seconds = _best_seconds(lambda: pipeline(batch, assigned), args.repeats, synchronize)
+        (seconds,) = _best_seconds([lambda: pipeline(batch, assigned)], args.repeats, synchronize)
         print(f"pipeline IHM + G + IHM, 16 x {channels} x 128 x 128: {16 / seconds:8.1f} images/s")
 
     steps = 10

@@ -8,19 +8,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from fesf_fed.home import private_folder
+
 
 @contextmanager
-def atomic_writer(path: Path, mode: int = 0o644) -> Iterator[IO[bytes]]:
+def atomic_writer(path: Path) -> Iterator[IO[bytes]]:
     """Open a temporary file beside ``path`` for binary writing; move it into place on success.
 
     The temporary file lives in the same folder, so the final ``os.replace`` is atomic
     on POSIX file systems. If the block raises (or the process dies), ``path`` is
     untouched and the temporary file is removed (or left with a ``.tmp`` suffix).
+    The file (mkstemp's mode 0600) and any folder made for it (0700) are private to
+    their owner: what FESF-Fed writes derives from patient images.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(handle, mode)
         with os.fdopen(handle, "wb") as stream:
             yield stream
             stream.flush()

@@ -1,12 +1,14 @@
 """Build a site's surrogates: data -> host bank -> IQEM -> pipeline -> cache, and their quality.
 
 This is the one entry point the CLI and the federation call. A build whose inputs
-are unchanged returns the cached result without loading a single image; an
-interrupted one resumes (IQEM from its checkpoint, conversion from its last shard).
+are unchanged returns the cached result without decoding a single image (its keys
+hash file bytes and settings); an interrupted one resumes (IQEM from its
+checkpoint, conversion from its last shard).
 """
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,15 +17,27 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fesf_fed.cache import SHARD_SIZE, SurrogateCache, content_key
+from fesf_fed.cache import SurrogateCache, content_key
 from fesf_fed.config import SiteConfig
 from fesf_fed.data import ImageSet, load_dataset, source_fingerprint, stratified_split, to_channels
 from fesf_fed.device import select_device
-from fesf_fed.home import fesf_home
-from fesf_fed.hosts import HostBank, assign_hosts, key_fingerprint, load_host_bank, load_site_key, phantom_host_bank
-from fesf_fed.ihm import host_spectrum, mask_coverage
+from fesf_fed.errors import DataError
+from fesf_fed.home import fesf_home, private_folder
+from fesf_fed.hosts import (
+    HostBank,
+    assign_hosts,
+    folder_bank_fingerprint,
+    key_fingerprint,
+    load_host_bank,
+    load_site_key,
+    phantom_bank_fingerprint,
+    phantom_bank_seed,
+    phantom_host_bank,
+)
+from fesf_fed.ihm import HostSpectrum, host_spectrum, mask_coverage
 from fesf_fed.iqem import load_generator, train_iqem
-from fesf_fed.pipeline import SurrogatePipeline, to_uint8, to_unit_float
+from fesf_fed.pipeline import SurrogatePipeline
+from fesf_fed.pixels import tensor_to_uint8, to_unit_float
 from fesf_fed.quality import load_lpips, measure_quality
 
 logger = logging.getLogger(__name__)
@@ -41,95 +55,121 @@ class SiteBuild:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """Where a build's results go, decided from fingerprints alone (no image decoded)."""
+
+    site_key: bytes
+    cache: SurrogateCache
+    checkpoint: Path
+
+
 @dataclass
 class _Inputs:
-    """A site's inputs, loaded: what conversion and quality measurement need."""
+    """A site's inputs, loaded: what IQEM training, conversion and quality need."""
 
     data: ImageSet
     bank: HostBank
+    spectra: HostSpectrum
     host_index: np.ndarray
     splits: dict[str, np.ndarray]
     device: torch.device
 
 
-def _site_dir(config: SiteConfig) -> Path:
-    return fesf_home() / "cache" / config.site
-
-
-def _host_bank(config: SiteConfig) -> HostBank:
-    """The site's host bank, before it is matched to the data's channel count.
-
-    A folder bank is read in colour: replicating a grey image is lossless, so its
-    fingerprint identifies the bank before the data (and so its channels) is loaded.
-    """
+def _plan(config: SiteConfig) -> _Plan:
+    """Compute the content keys of the IQEM weights and of the surrogates (which also depend on G)."""
+    site_key = load_site_key(config.hosts.secret_file, config.site)
     if config.hosts.source == "phantom":
-        return phantom_host_bank(config.hosts.phantom_count, config.data.image_size, config.data.seed)
-    return load_host_bank(config.hosts.path, config.data.image_size, channels=3)
+        bank = phantom_bank_fingerprint(config.hosts.phantom_count, config.data.image_size, phantom_bank_seed(site_key))
+    else:
+        bank = folder_bank_fingerprint(config.hosts.path)
+    iqem_key = content_key(
+        {
+            "data": source_fingerprint(config.data),
+            "split": [config.data.test_fraction, config.data.seed],
+            "hosts": bank,
+            "site_key": key_fingerprint(site_key),
+            "hide": [config.pipeline.alpha, config.pipeline.beta],
+            # How often a checkpoint is written does not change the weights.
+            "iqem": config.iqem.model_dump(exclude={"checkpoint_every"}),
+        }
+    )
+    refine = [config.pipeline.refine_alpha, config.pipeline.refine_beta, sorted(set(config.pipeline.outputs))]
+    site_dir = _site_dir(config)
+    return _Plan(
+        site_key=site_key,
+        cache=SurrogateCache(site_dir / f"surrogates-{content_key({'iqem': iqem_key, 'refine': refine})[:20]}"),
+        checkpoint=site_dir / f"iqem-{iqem_key[:20]}" / "checkpoint.pt",
+    )
 
 
-def _keys(config: SiteConfig, bank: HostBank, site_key: bytes) -> tuple[str, str]:
-    """Content keys of the IQEM weights and of the surrogates (which also depend on G)."""
-    iqem_inputs = {
-        "data": source_fingerprint(config.data),
-        "split": [config.data.test_fraction, config.data.seed],
-        "hosts": bank.fingerprint,
-        "site_key": key_fingerprint(site_key),
-        "hide": [config.pipeline.alpha, config.pipeline.beta],
-        "iqem": config.iqem.model_dump(),
-    }
-    iqem_key = content_key(iqem_inputs)
-    pipeline = config.pipeline.model_dump(exclude={"batch_size"})
-    return iqem_key, content_key({"iqem": iqem_key, "pipeline": pipeline})
+def _site_dir(config: SiteConfig) -> Path:
+    return private_folder(fesf_home() / "cache" / config.site)
 
 
 def site_cache(config: SiteConfig) -> SurrogateCache:
-    """The cache folder that a build of ``config`` uses (finished or not), found without loading images."""
-    site_key = load_site_key(config.hosts.secret_file, config.site)
-    _, surrogate_key = _keys(config, _host_bank(config), site_key)
-    return SurrogateCache(_site_dir(config) / f"surrogates-{surrogate_key[:20]}")
+    """The cache folder that a build of ``config`` uses (finished or not), found without decoding images."""
+    return _plan(config).cache
 
 
-def _load_inputs(config: SiteConfig, bank: HostBank, site_key: bytes, progress: bool) -> _Inputs:
+def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
+
+
+def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs:
     data = load_dataset(config.data, progress=progress)
+    too_few = {name: count for name, count in data.class_counts().items() if count < 2}
+    if too_few:
+        name, count = next(iter(too_few.items()))
+        raise DataError(
+            f"{config.data.path or 'phantom data'}: class {name!r} has {count} usable image(s); every class needs "
+            "at least 2 (one to train on, one to test on): add images or raise data.max_per_class"
+        )
     train, test = stratified_split(data.labels, config.data.test_fraction, config.data.seed)
-    bank = HostBank(to_channels(bank.images, data.images.shape[1]), bank.ids, bank.fingerprint, bank.skipped)
+    channels = data.images.shape[1]
+    if config.hosts.source == "phantom":
+        seed = phantom_bank_seed(site_key)
+        bank = phantom_host_bank(config.hosts.phantom_count, config.data.image_size, seed)
+        bank.images = to_channels(bank.images, channels)
+    else:
+        bank = load_host_bank(config.hosts.path, config.data.image_size, channels)
+    device = select_device(config.device)
     return _Inputs(
         data=data,
         bank=bank,
+        spectra=host_spectrum(to_unit_float(bank.images, device)),
         host_index=assign_hosts(data.ids, len(bank.ids), site_key),
         splits={"train": train, "test": test},
-        device=select_device(config.device),
+        device=device,
     )
 
 
-def _pipeline(config: SiteConfig, inputs: _Inputs, checkpoint: Path, progress: bool) -> SurrogatePipeline:
-    spectra = host_spectrum(to_unit_float(inputs.bank.images, inputs.device))
-    first_hiding = SurrogatePipeline(spectra, torch.nn.Identity(), config.pipeline)
-    train = inputs.splits["train"]
+def _train_generator(config: SiteConfig, inputs: _Inputs, checkpoint: Path, progress: bool) -> torch.nn.Module:
+    """Train IQEM on the training split's x_sy (the first IHM step) only."""
+    first_hiding = SurrogatePipeline(inputs.spectra, torch.nn.Identity(), config.pipeline)
     x_sy = np.concatenate(
         [
-            to_uint8(first_hiding.hide(to_unit_float(inputs.data.images[batch], inputs.device), inputs.host_index[batch]))
-            for batch in np.array_split(train, max(1, -(-len(train) // config.pipeline.batch_size)))
+            tensor_to_uint8(first_hiding.hide(to_unit_float(inputs.data.images[batch], inputs.device), inputs.host_index[batch]))
+            for batch in _batches(inputs.splits["train"], config.pipeline.batch_size)
         ]
     )
-    generator = train_iqem(x_sy, inputs.bank.images, config.iqem, inputs.device, checkpoint, progress=progress)
-    return SurrogatePipeline(spectra, generator, config.pipeline)
+    return train_iqem(x_sy, inputs.bank.images, config.iqem, inputs.device, checkpoint, progress=progress)
 
 
 def _convert(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline, cache: SurrogateCache, progress: bool) -> None:
     total = sum(len(indices) for indices in inputs.splits.values())
     with tqdm(total=total, desc="surrogates", unit="img", disable=not progress) as bar:
         for split, indices in inputs.splits.items():
-            for number, start in enumerate(range(0, len(indices), SHARD_SIZE)):
-                shard = indices[start : start + SHARD_SIZE]
+            for number, shard in cache.shards(indices):
                 if cache.has_shard(split, number):  # finished before an interruption
                     bar.update(len(shard))
                     continue
                 stages: dict[str, list[np.ndarray]] = {kind: [] for kind in config.pipeline.outputs}
-                for batch in np.array_split(shard, -(-len(shard) // config.pipeline.batch_size)):
+                for batch in _batches(shard, config.pipeline.batch_size):
                     outputs = pipeline(to_unit_float(inputs.data.images[batch], pipeline.device), inputs.host_index[batch])
                     for kind in stages:
-                        stages[kind].append(to_uint8(outputs[kind]))
+                        stages[kind].append(tensor_to_uint8(outputs[kind]))
                     bar.update(len(batch))
                 cache.write_shard(split, number, {kind: np.concatenate(parts) for kind, parts in stages.items()})
 
@@ -140,7 +180,7 @@ def _quality(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline) -
     limit = config.quality.max_images or len(test)
     sample = np.sort(np.random.default_rng(config.data.seed).permutation(test)[:limit])
     images: dict[str, list[np.ndarray]] = {"x_pl": [], "host": [], "x_sy": [], "x_su_prime": []}
-    for batch in np.array_split(sample, max(1, -(-len(sample) // config.pipeline.batch_size))):
+    for batch in _batches(sample, config.pipeline.batch_size):
         plain = to_unit_float(inputs.data.images[batch], pipeline.device)
         outputs = pipeline(plain, inputs.host_index[batch])
         images["x_pl"].append(plain.cpu().numpy())
@@ -163,7 +203,7 @@ def _manifest(config: SiteConfig, inputs: _Inputs, timings: dict[str, float]) ->
         name: {
             "ids": [data.ids[i] for i in indices],
             "labels": data.labels[indices].tolist(),
-            "counts": data.subset(indices).class_counts(),
+            "counts": dict(zip(data.classes, np.bincount(data.labels[indices], minlength=len(data.classes)).tolist())),
         }
         for name, indices in inputs.splits.items()
     }
@@ -199,49 +239,47 @@ def build_surrogates(config: SiteConfig, progress: bool = True) -> SiteBuild:
     -------
     SiteBuild
         ``reused`` is True when nothing had to be computed.
+
+    Raises
+    ------
+    FesfError
+        For unusable data, hosts, device or key, with a message that says what to do.
     """
     start = time.perf_counter()
     select_device(config.device)  # a bad device is an error even when the cache has everything
-    site_key = load_site_key(config.hosts.secret_file, config.site)
-    bank = _host_bank(config)
-    iqem_key, surrogate_key = _keys(config, bank, site_key)
-    cache = SurrogateCache(_site_dir(config) / f"surrogates-{surrogate_key[:20]}")
-    quality_settings = config.quality.model_dump(mode="json")
-    stored_quality = cache.read_quality()
-    if cache.complete and stored_quality and stored_quality["settings"] == quality_settings:
-        return SiteBuild(cache, cache.manifest(), stored_quality, reused=True, seconds=time.perf_counter() - start)
+    plan = _plan(config)
+    stored_quality = plan.cache.read_quality()
+    if plan.cache.complete and stored_quality and stored_quality["settings"] == config.quality.model_dump(mode="json"):
+        return SiteBuild(plan.cache, plan.cache.manifest(), stored_quality, True, time.perf_counter() - start)
 
     timings: dict[str, float] = {}
     mark = time.perf_counter()
-    inputs = _load_inputs(config, bank, site_key, progress)
+    inputs = _load_inputs(config, plan.site_key, progress)
+    size = config.data.image_size
     logger.info(
         "site %s: IHM window covers %.1f%% of the spectrum (alpha=%s), refinement %.1f%% (alpha'=%s)",
         config.site,
-        100 * mask_coverage(config.data.image_size, config.data.image_size, config.pipeline.alpha),
+        100 * mask_coverage(size, size, config.pipeline.alpha),
         config.pipeline.alpha,
-        100 * mask_coverage(config.data.image_size, config.data.image_size, config.pipeline.refine_alpha),
+        100 * mask_coverage(size, size, config.pipeline.refine_alpha),
         config.pipeline.refine_alpha,
     )
     timings["load"] = time.perf_counter() - mark
-    checkpoint = _site_dir(config) / f"iqem-{iqem_key[:20]}" / "checkpoint.pt"
     mark = time.perf_counter()
-    if cache.complete:
-        # Only the quality settings changed: reuse G, measure again.
-        pipeline = SurrogatePipeline(
-            host_spectrum(to_unit_float(inputs.bank.images, inputs.device)),
-            load_generator(checkpoint, inputs.device),
-            config.pipeline,
-        )
+    if plan.cache.complete:  # only the quality settings changed: reuse G, measure again
+        generator = load_generator(plan.checkpoint, inputs.device)
     else:
-        pipeline = _pipeline(config, inputs, checkpoint, progress)
+        generator = _train_generator(config, inputs, plan.checkpoint, progress)
         timings["iqem"] = time.perf_counter() - mark
+    pipeline = SurrogatePipeline(inputs.spectra, generator, config.pipeline)
+    if not plan.cache.complete:
         mark = time.perf_counter()
-        _convert(config, inputs, pipeline, cache, progress)
+        _convert(config, inputs, pipeline, plan.cache, progress)
         timings["convert"] = time.perf_counter() - mark
     mark = time.perf_counter()
     quality = _quality(config, inputs, pipeline)
     timings["quality"] = time.perf_counter() - mark
-    cache.write_quality(quality)
-    if not cache.complete:
-        cache.finish(_manifest(config, inputs, timings))
-    return SiteBuild(cache, cache.manifest(), quality, reused=False, seconds=time.perf_counter() - start, timings=timings)
+    plan.cache.write_quality(quality)
+    if not plan.cache.complete:
+        plan.cache.finish(_manifest(config, inputs, timings))
+    return SiteBuild(plan.cache, plan.cache.manifest(), quality, False, time.perf_counter() - start, timings)

@@ -16,6 +16,7 @@ interrupted build resumes from the last finished shard.
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +45,12 @@ class SurrogateCache:
 
     @property
     def manifest_path(self) -> Path:
+        """The manifest, written last: the mark of a complete build."""
         return self.directory / "manifest.json"
 
     @property
     def quality_path(self) -> Path:
+        """The Table 2/3 figures and the quality settings that produced them."""
         return self.directory / "quality.json"
 
     @property
@@ -62,10 +65,18 @@ class SurrogateCache:
         return json.loads(self.manifest_path.read_text(encoding="utf-8"))
 
     def shard_path(self, split: str, number: int) -> Path:
+        """Where shard ``number`` of ``split`` is stored."""
         return self.directory / f"{split}-{number:05d}.npz"
 
     def has_shard(self, split: str, number: int) -> bool:
+        """True when that shard was written completely (writes are atomic)."""
         return self.shard_path(split, number).is_file()
+
+    @staticmethod
+    def shards(indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """Split a split's image indices into numbered shards, in order."""
+        for number, start in enumerate(range(0, len(indices), SHARD_SIZE)):
+            yield number, indices[start : start + SHARD_SIZE]
 
     def write_shard(self, split: str, number: int, arrays: dict[str, np.ndarray]) -> None:
         """Store one shard of surrogates (uint8 arrays by stage name), atomically."""
@@ -81,6 +92,7 @@ class SurrogateCache:
         return json.loads(self.quality_path.read_text(encoding="utf-8"))
 
     def write_quality(self, quality: dict[str, Any]) -> None:
+        """Store the Table 2/3 figures, atomically."""
         write_json(self.quality_path, quality)
 
     def finish(self, manifest: dict[str, Any]) -> None:
@@ -111,6 +123,8 @@ class SurrogateCache:
                 "add it to pipeline.outputs and build again"
             )
         labels = np.asarray(manifest["splits"][split]["labels"], dtype=np.int64)
-        shards = -(-len(labels) // SHARD_SIZE)
-        images = [np.load(self.shard_path(split, number))[kind] for number in range(shards)]
+        images = []
+        for number, _ in self.shards(labels):
+            with np.load(self.shard_path(split, number)) as shard:
+                images.append(shard[kind])
         return np.concatenate(images) if images else np.empty((0, *manifest["image_shape"]), np.uint8), labels

@@ -16,6 +16,8 @@ from fesf_fed.data import ImageSet, SkippedFile, load_dataset
 from fesf_fed.errors import ConfigError, FesfError
 
 console = Console()
+#: Config fields that hold paths; in a file they are relative to the file.
+_PATH_FIELDS = ("data.path", "hosts.path", "hosts.secret_file", "quality.lpips_weights")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -36,9 +38,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if not separator or not field:
             raise ConfigError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. --set pipeline.beta=0.3")
         overrides[field] = yaml.safe_load(value)
-    for field in ("data.path", "hosts.path"):
-        if field in overrides:  # paths given on the command line are relative to the working directory
-            overrides[field] = str(Path(overrides[field]).resolve())
+    for field in _PATH_FIELDS:
+        if overrides.get(field) is not None:  # paths typed on the command line start at the working directory
+            overrides[field] = str(Path(str(overrides[field])).expanduser().resolve())
     return overrides
 
 

@@ -31,7 +31,7 @@ class DataConfig(_Section):
     image_size: int = Field(64, ge=8, le=4096)
     channels: Literal["auto", 1, 3] = "auto"
     test_fraction: float = Field(0.4, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     max_per_class: int | None = Field(None, ge=1)
     phantom_per_class: int = Field(60, ge=2)
 
@@ -93,7 +93,7 @@ class IqemConfig(_Section):
     disc_channels: int = Field(32, ge=4)
     disc_layers: int = Field(3, ge=1, le=6)
     checkpoint_every: int = Field(50, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class QualityConfig(_Section):
@@ -128,8 +128,9 @@ class SiteConfig(_Section):
 
 
 def _relative_to(base: Path, value: Any) -> Any:
-    if isinstance(value, Path) and not value.is_absolute():
-        return (base / value).resolve()
+    if isinstance(value, Path):
+        value = value.expanduser()
+        return value if value.is_absolute() else (base / value).resolve()
     return value
 
 

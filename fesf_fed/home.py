@@ -11,3 +11,15 @@ def fesf_home() -> Path:
     (the key of the host assignment) and, from the federation on, ``runs/``.
     """
     return Path(os.environ.get("FESF_HOME") or Path.home() / ".fesf").expanduser().resolve()
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` and its missing parents readable by the owner only (mode 0700).
+
+    Everything under FESF_HOME derives from patient images (surrogates, file ids, IQEM
+    weights) or is secret (site keys), so other users of the machine must not read it.
+    """
+    for folder in [*reversed(path.parents), path]:
+        if not folder.exists():
+            folder.mkdir(mode=0o700, exist_ok=True)
+    return path

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, read_image, to_channels
+from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, to_channels
+from fesf_fed.data.sources import decode_files, file_digest, image_files
 from fesf_fed.data.imageset import SkippedFile
 from fesf_fed.data.phantom import phantom_hosts
 from fesf_fed.errors import DataError
-from fesf_fed.home import fesf_home
+from fesf_fed.home import fesf_home, private_folder
 
 #: Bytes of a newly made site key.
 KEY_BYTES = 32
@@ -30,6 +31,7 @@ KEY_BYTES = 32
 MIN_KEY_BYTES = 16
 # Domain separation: the fingerprint hashes the key under a prefix of its own, apart from its HMAC use.
 _FINGERPRINT_DOMAIN = b"fesf-fed/host-key-fingerprint/v1\x00"
+_PHANTOM_SEED_DOMAIN = b"fesf-fed/phantom-host-seed/v1\x00"
 
 
 @dataclass
@@ -43,7 +45,8 @@ class HostBank:
     ids : list of str
         One id per host: its path relative to the bank folder, or ``"phantom-host/003"``.
     fingerprint : str
-        SHA-256 hex digest of the ids and pixels; it keys caches built with this bank.
+        SHA-256 hex digest of the files' ids and bytes (or of a phantom bank's
+        parameters); it keys caches built with this bank.
     skipped : list of SkippedFile
         Files of the folder that could not be decoded, with the reason.
     """
@@ -57,17 +60,29 @@ class HostBank:
         return len(self.ids)
 
 
-def _content_fingerprint(images: np.ndarray, ids: Sequence[str]) -> str:
-    digest = hashlib.sha256(repr(images.shape).encode())
-    for host_id, image in zip(ids, images):
+def folder_bank_fingerprint(path: Path) -> str:
+    """Identify a host bank folder by its files' ids and bytes, without decoding them.
+
+    Raises
+    ------
+    DataError
+        If the folder is missing or holds no image file.
+    """
+    digest = hashlib.sha256(b"folder\x00")
+    for file in _bank_files(path):
         # The separator keeps "a" + "bc" and "ab" + "c" apart.
-        digest.update(host_id.encode() + b"\x00")
-        digest.update(np.ascontiguousarray(image).tobytes())
+        digest.update(file.relative_to(path).as_posix().encode() + b"\x00" + file_digest(file))
     return digest.hexdigest()
 
 
-def _is_hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _bank_files(path: Path) -> list[Path]:
+    what_to_put = f"put non-patient images of the same modality there ({', '.join(sorted(IMAGE_SUFFIXES))})"
+    if not path.is_dir():
+        raise DataError(f"{path}: host bank folder not found; create it and {what_to_put}")
+    files = image_files(path)
+    if not files:
+        raise DataError(f"{path}: no host image files; {what_to_put}")
+    return files
 
 
 def load_host_bank(path: Path, size: int, channels: int) -> HostBank:
@@ -95,28 +110,29 @@ def load_host_bank(path: Path, size: int, channels: int) -> HostBank:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     path = Path(path)
-    what_to_put = f"put non-patient images of the same modality there ({', '.join(sorted(IMAGE_SUFFIXES))})"
-    if not path.is_dir():
-        raise DataError(f"{path}: host bank folder not found; create it and {what_to_put}")
-    files = sorted(
-        file
-        for file in path.rglob("*")
-        if file.suffix.lower() in IMAGE_SUFFIXES and not _is_hidden(file.relative_to(path)) and file.is_file()
-    )
+    files = _bank_files(path)
     images, ids, skipped = [], [], []
-    for file in files:
-        try:
-            image = to_channels(read_image(file, size), channels)
-        except UnreadableImage as exc:
-            skipped.append(SkippedFile(path=str(file), reason=exc.reason))
-            continue
-        images.append(np.round(image * 255.0).astype(np.uint8))
-        ids.append(file.relative_to(path).as_posix())
+    for file, result in zip(files, decode_files(files, size, progress=False)):
+        if isinstance(result, UnreadableImage):
+            skipped.append(SkippedFile(path=str(file), reason=result.reason))
+        else:
+            images.append(to_channels(result, channels))
+            ids.append(file.relative_to(path).as_posix())
     if not images:
-        unreadable = f" ({len(skipped)} unreadable file(s) skipped)" if skipped else ""
-        raise DataError(f"{path}: no usable host image{unreadable}; {what_to_put}")
-    stacked = np.stack(images)
-    return HostBank(images=stacked, ids=ids, fingerprint=_content_fingerprint(stacked, ids), skipped=skipped)
+        raise DataError(
+            f"{path}: no usable host image ({len(skipped)} unreadable file(s) skipped); "
+            "put readable non-patient images of the same modality there"
+        )
+    return HostBank(images=np.stack(images), ids=ids, fingerprint=folder_bank_fingerprint(path), skipped=skipped)
+
+
+def phantom_bank_seed(key: bytes) -> int:
+    """The seed of a site's generated phantom hosts, derived from its secret key.
+
+    A bank that anyone can regenerate would let them find each surrogate's host and
+    recover the plaintext amplitude (DESIGN.md, threat model), so the seed is secret too.
+    """
+    return int.from_bytes(hmac.new(key, _PHANTOM_SEED_DOMAIN, hashlib.sha256).digest()[:8], "big")
 
 
 def phantom_host_bank(count: int, size: int, seed: int = 0) -> HostBank:
@@ -129,16 +145,22 @@ def phantom_host_bank(count: int, size: int, seed: int = 0) -> HostBank:
     size : int
         Height and width in pixels (at least 8).
     seed : int, optional
-        Non-negative seed of :func:`fesf_fed.data.phantom.phantom_hosts`.
+        Non-negative seed of :func:`fesf_fed.data.phantom.phantom_hosts`; a site uses
+        :func:`phantom_bank_seed` of its key.
     """
     images = phantom_hosts(count, size, seed)
     ids = [f"phantom-host/{index:03d}" for index in range(count)]
-    return HostBank(images=images, ids=ids, fingerprint=_content_fingerprint(images, ids))
+    return HostBank(images=images, ids=ids, fingerprint=phantom_bank_fingerprint(count, size, seed))
+
+
+def phantom_bank_fingerprint(count: int, size: int, seed: int) -> str:
+    """Identify a generated host bank by its parameters, without generating it."""
+    return hashlib.sha256(f"phantom\x00{count}\x00{size}\x00{seed}".encode()).hexdigest()
 
 
 def _create_key(path: Path) -> None:
     """Write a fresh random key to ``path`` unless a key is already there."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_folder(path.parent)
     # mkstemp makes the file readable by its owner only (mode 0600).
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -211,10 +211,10 @@ def hide(
     for start in range(0, len(plain), step):
         chunk = slice(start, start + step)
         host = spectrum[chunk] if len(host_shape) == 4 else spectrum
-        plain_amplitude = torch.fft.rfft2(plain[chunk].float()).abs()
+        amplitude = torch.fft.rfft2(plain[chunk].float()).abs()
         # Eq. 3 rearranged: A_host + beta * M * (A_plain - A_host), one fused pass.
-        amplitude = torch.lerp(host.amplitude, plain_amplitude, weight)
-        hidden[chunk] = torch.fft.irfft2(amplitude * host.phasor, s=(height, width))  # Eq. 4
+        torch.lerp(host.amplitude, amplitude, weight, out=amplitude)
+        torch.fft.irfft2(amplitude * host.phasor, s=(height, width), out=hidden[chunk])  # Eq. 4
     return hidden.clamp_(0.0, 1.0)
 
 

@@ -7,17 +7,6 @@ from fesf_fed.config import PipelineConfig
 from fesf_fed.ihm import HostSpectrum, hide
 
 
-def to_unit_float(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Move uint8 images to ``device`` as float32 in [0, 1] (float input is only moved)."""
-    batch = torch.as_tensor(images).to(device)
-    return batch.float().div_(255) if batch.dtype == torch.uint8 else batch.float()
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Quantise float images in [0, 1] to uint8 on the CPU, as an image file would."""
-    return images.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
-
-
 class SurrogatePipeline:
     """Turn plaintext batches into all three surrogate stages on one device.
 

@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from PIL import Image
+
 import fesf_fed.build as build_module
 import fesf_fed.cache as cache_module
+import fesf_fed.data.sources as sources_module
 from fesf_fed.build import build_surrogates, site_cache
 from fesf_fed.cache import SurrogateCache
 from fesf_fed.config import PipelineConfig, SiteConfig, load_config
@@ -81,24 +84,57 @@ def test_changed_inputs_rebuild_and_reuse_what_they_can(fesf_home: Path, monkeyp
     assert site_cache(tiny_config()).directory != first.cache.directory
 
 
-def test_a_changed_image_file_invalidates_the_cache(fesf_home: Path, tmp_path: Path) -> None:
-    from PIL import Image
+def _write_pngs(folder: Path, count: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for index in range(count):
+        Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(folder / f"{index}.png")
 
-    rng = np.random.default_rng(0)
-    for name in ("a", "b"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for index in range(4):
-            Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / "data" / name / f"{index}.png")
-    changes = {"data.source": "folder", "data.path": str(tmp_path / "data"), "hosts.source": "phantom"}
+
+def _folder_site(tmp_path: Path) -> dict[str, str]:
+    for seed, name in enumerate(("a", "b")):
+        _write_pngs(tmp_path / "data" / name, 4, seed)
+    _write_pngs(tmp_path / "hosts", 3, 7)
+    return {
+        "data.source": "folder",
+        "data.path": str(tmp_path / "data"),
+        "hosts.source": "folder",
+        "hosts.path": str(tmp_path / "hosts"),
+    }
+
+
+def test_a_changed_image_or_host_file_invalidates_the_cache(fesf_home: Path, tmp_path: Path) -> None:
+    changes = _folder_site(tmp_path)
     before = site_cache(tiny_config(**changes)).directory
     Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(tmp_path / "data" / "a" / "0.png")
-    assert site_cache(tiny_config(**changes)).directory != before
+    after_data = site_cache(tiny_config(**changes)).directory
+    Image.fromarray(np.zeros((20, 20), dtype=np.uint8)).save(tmp_path / "hosts" / "0.png")
+    assert len({before, after_data, site_cache(tiny_config(**changes)).directory}) == 3
+
+
+def test_a_cached_rebuild_decodes_no_image_or_host(fesf_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    changes = _folder_site(tmp_path)
+    build_surrogates(tiny_config(**changes), progress=False)
+    monkeypatch.setattr(sources_module, "read_image", lambda *a: pytest.fail("an image was decoded"))
+    assert build_surrogates(tiny_config(**changes), progress=False).reused
+
+
+def test_a_class_too_small_to_split_is_a_clear_error(fesf_home: Path) -> None:
+    with pytest.raises(DataError, match=r"class 'normal' has 1 usable image\(s\); every class needs at least 2"):
+        build_surrogates(tiny_config(**{"data.max_per_class": 1}), progress=False)
+
+
+def test_cache_and_key_files_are_private_to_their_owner(fesf_home: Path) -> None:
+    build = build_surrogates(tiny_config(), progress=False)
+    for path in [build.cache.directory, *build.cache.directory.iterdir(), fesf_home / "secrets" / "A.key"]:
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), f"{path} has mode {oct(mode)}"
+    assert (fesf_home / "cache").stat().st_mode & 0o077 == 0
 
 
 def test_an_interrupted_build_resumes_from_its_last_shard(
     fesf_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(build_module, "SHARD_SIZE", 4)
     monkeypatch.setattr(cache_module, "SHARD_SIZE", 4)
     written: list[str] = []
     interrupt_after = {"shards": 2}

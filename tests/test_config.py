@@ -38,6 +38,7 @@ def test_shipped_configs_are_valid(path: Path) -> None:
         ({"data": {"image_size": 4}}, r"data\.image_size: Input should be greater than or equal to 8"),
         ({"iqem": 3}, r"iqem: expected a mapping of fields"),
         ({"site": "../etc"}, r"site: String should match pattern"),
+        ({"data": {"seed": -1}}, r"data\.seed: Input should be greater than or equal to 0"),
     ],
 )
 def test_invalid_values_name_the_field_and_what_is_allowed(raw: dict, message: str) -> None:

@@ -11,7 +11,14 @@ from PIL import Image
 
 from fesf_fed.data.phantom import phantom_hosts
 from fesf_fed.errors import DataError
-from fesf_fed.hosts import assign_hosts, key_fingerprint, load_host_bank, load_site_key, phantom_host_bank
+from fesf_fed.hosts import (
+    assign_hosts,
+    key_fingerprint,
+    load_host_bank,
+    load_site_key,
+    phantom_bank_seed,
+    phantom_host_bank,
+)
 
 
 def _save(path: Path, pixels: np.ndarray) -> None:
@@ -52,7 +59,8 @@ def test_bank_converts_hosts_to_the_sites_channel_count(bank_folder: Path) -> No
     assert all(np.array_equal(grey_as_colour[0], channel) for channel in grey_as_colour[1:])
     red, green = colour.images[1, 0], colour.images[1, 1]
     assert red.mean() > 190 and green.mean() < 10
-    assert colour.fingerprint != load_host_bank(bank_folder, 16, channels=1).fingerprint
+    # The fingerprint names the files; the channel count and size are keyed by the site config.
+    assert colour.fingerprint == load_host_bank(bank_folder, 16, channels=1).fingerprint
 
 
 def test_a_corrupt_file_is_skipped_and_listed(bank_folder: Path) -> None:
@@ -71,7 +79,7 @@ def test_a_missing_folder_is_an_error_that_says_what_to_do(tmp_path: Path) -> No
 
 def test_a_folder_without_usable_images_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hosts go here")
-    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no usable host image; put non-patient images")):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no host image files; put non-patient images")):
         load_host_bank(tmp_path, 16, channels=1)
     (tmp_path / "broken.jpg").write_bytes(b"garbage")
     with pytest.raises(DataError, match=r"no usable host image \(1 unreadable file\(s\) skipped\)"):
@@ -174,4 +182,11 @@ def test_key_fingerprint_identifies_a_key_without_revealing_it() -> None:
     fingerprint = key_fingerprint(key)
     assert fingerprint == key_fingerprint(bytes(key)) and len(fingerprint) == 64
     assert fingerprint != key_fingerprint(b"\x02" * 32)
-    assert key.hex() not in fingerprint and fingerprint != hashlib.sha256(key).hexdigest()
+    assert fingerprint != hashlib.sha256(key).hexdigest()
+
+
+def test_phantom_hosts_are_seeded_by_the_secret_key() -> None:
+    # A bank anyone could regenerate would give away every surrogate's host.
+    first, second = phantom_bank_seed(b"\x01" * 32), phantom_bank_seed(b"\x02" * 32)
+    assert first == phantom_bank_seed(b"\x01" * 32) and first != second and first >= 0
+    assert not np.array_equal(phantom_host_bank(2, 16, first).images, phantom_host_bank(2, 16, second).images)

@@ -55,6 +55,14 @@ def test_batched_equals_one_by_one_and_spectrum_reuse() -> None:
     torch.testing.assert_close(hide(plain[2:3], bank[2], 0.3, 0.4), singles[2:3])
 
 
+def test_a_batch_processed_in_chunks_matches_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On a CPU, hide() works a few images at a time; make the chunks small to cross their borders.
+    monkeypatch.setattr("fesf_fed.ihm._CPU_CHUNK_ELEMENTS", 2 * 3 * 16 * 16)
+    plain, hosts = _images(5, 3, 16, 16, seed=9), _images(5, 3, 16, 16, seed=10)
+    expected = np.stack([hide_reference(p.double().numpy(), h.double().numpy(), 0.5, 0.5) for p, h in zip(plain, hosts)])
+    np.testing.assert_allclose(hide(plain, host_spectrum(hosts)[torch.arange(5)]).numpy(), expected, atol=1e-5)
+
+
 def test_output_shape_dtype_and_device_follow_the_plaintext() -> None:
     plain, host = _images(2, 1, 9, 12).double(), _images(1, 9, 12).double()
     hidden = hide(plain, host)

@@ -19,6 +19,7 @@ ellipses: the same "modality" (a grey head slice) from a visibly different sourc
 import numpy as np
 
 from fesf_fed.data.imageset import ImageSet
+from fesf_fed.pixels import unit_to_uint8
 
 PHANTOM_CLASSES: tuple[str, ...] = ("normal", "lesion")
 
@@ -189,10 +190,6 @@ def _render_slices(p: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> np
     return image
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(images, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def _chunks(count: int, size: int) -> list[range]:
     step = max(1, _CHUNK_PIXELS // (size * size))
     return [range(start, min(start + step, count)) for start in range(0, count, step)]
@@ -233,7 +230,7 @@ def phantom_dataset(per_class: int, size: int, seed: int = 0) -> ImageSet:
         params = [_draw_slice_params(rng, has_lesion=keys[i][0] == 1) for rng, i in zip(rngs, chunk)]
         slices = _render_slices(_stack(params), x, y)
         slices += np.stack([rng.normal(0.0, _NOISE, (size, size)) for rng in rngs])
-        images[chunk.start : chunk.stop, 0] = _to_uint8(slices)
+        images[chunk.start : chunk.stop, 0] = unit_to_uint8(slices)
     return ImageSet(
         images=images,
         labels=np.array([label for label, _ in keys], dtype=np.int64),
@@ -308,5 +305,5 @@ def phantom_hosts(count: int, size: int, seed: int = 0) -> np.ndarray:
         for e in range(len(_SHEPP_LOGAN)):
             intensity, a, b, cx, cy, angle = columns[:, :, e]
             image += intensity * _soft_inside(_ellipse_distance(x, y, cx, cy, a, b, angle))
-        hosts[chunk.start : chunk.stop, 0] = _to_uint8(image)
+        hosts[chunk.start : chunk.stop, 0] = unit_to_uint8(image)
     return hosts

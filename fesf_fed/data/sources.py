@@ -26,10 +26,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fesf_fed.config import DataConfig
-from fesf_fed.data.decode import UnreadableImage, image_from_pixels, read_image, to_channels
+from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, image_from_pixels, read_image, to_channels
 from fesf_fed.data.imageset import ImageSet, SkippedFile
 from fesf_fed.data.phantom import phantom_dataset
 from fesf_fed.errors import DataError
+from fesf_fed.pixels import unit_to_uint8
 
 _MEDMNIST_SPLITS = ("train", "val", "test")
 _MANIFEST_COLUMNS = ("path", "label")
@@ -55,6 +56,15 @@ class _Listing:
 
 def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
+
+
+def image_files(root: Path) -> list[Path]:
+    """Every supported image file below ``root`` (recursively), sorted; hidden files and folders left out."""
+    return sorted(
+        file
+        for file in root.rglob("*")
+        if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file() and not _is_hidden(file.relative_to(root))
+    )
 
 
 def _list_folder(root: Path) -> _Listing:
@@ -128,14 +138,12 @@ def _class_orders(labels: np.ndarray, n_classes: int, max_per_class: int | None,
     return [rng.permutation(indices) for indices in members]
 
 
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.round(image * 255.0).astype(np.uint8)
+def decode_files(paths: Sequence[Path], size: int, progress: bool) -> list[np.ndarray | UnreadableImage]:
+    """Decode files to uint8 ``(C, size, size)`` in parallel; an unreadable file gives its error instead."""
 
-
-def _decode_files(paths: Sequence[Path], size: int, progress: bool) -> list[np.ndarray | UnreadableImage]:
     def decode(path: Path) -> np.ndarray | UnreadableImage:
         try:
-            return _to_uint8(read_image(path, size))
+            return unit_to_uint8(read_image(path, size))
         except UnreadableImage as exc:
             return exc
 
@@ -168,7 +176,7 @@ def _decode_sample(
             batch.extend(more.tolist())
         if not batch:
             return decoded, skipped
-        results = _decode_files([listing.entries[index].path for index in batch], config.image_size, progress)
+        results = decode_files([listing.entries[index].path for index in batch], config.image_size, progress)
         for index, result in zip(batch, results):
             if isinstance(result, UnreadableImage):
                 skipped.append(SkippedFile(listing.entries[index].id, result.reason))
@@ -236,7 +244,7 @@ def _load_medmnist(config: DataConfig, progress: bool) -> ImageSet:
     classes = [str(label) for label in range(int(labels.max()) + 1 if len(labels) else 0)]
     keep = _sample_indices(labels, len(classes), config)
     images = [
-        _to_uint8(image_from_pixels(pixels[index], config.image_size))
+        unit_to_uint8(image_from_pixels(pixels[index], config.image_size))
         for index in tqdm(keep, disable=not progress, desc="resizing", unit="image")
     ]
     return _assemble(images, labels[keep], [ids[index] for index in keep], classes, [], config, path)
@@ -315,7 +323,8 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
     return _load_files(listing, config, path, progress)
 
 
-def _file_digest(path: Path) -> bytes:
+def file_digest(path: Path) -> bytes:
+    """SHA-256 of a file's bytes."""
     with path.open("rb") as handle:
         return hashlib.file_digest(handle, "sha256").digest()
 
@@ -348,17 +357,17 @@ def source_fingerprint(config: DataConfig) -> str:
         return digest.hexdigest()
     path = _existing_path(config)
     if config.source == "medmnist":
-        digest.update(_file_digest(path))
+        digest.update(file_digest(path))
         return digest.hexdigest()
     if config.source == "csv":
-        digest.update(_file_digest(path))
+        digest.update(file_digest(path))
         listing = _list_manifest(path)
     else:
         listing = _list_folder(path)
     for entry in listing.entries:
         # NUL separators keep ("a", "bc") and ("ab", "c") apart.
         digest.update(f"{entry.id}\0{listing.classes[entry.label]}\0".encode())
-        digest.update(_file_digest(entry.path))
+        digest.update(file_digest(entry.path))
     for skipped in listing.skipped:
         digest.update(f"{skipped.path}\0{skipped.reason}\0".encode())
     return digest.hexdigest()

@@ -10,6 +10,7 @@ atomically every ``checkpoint_every`` steps, holds everything the remaining step
 depend on, so an interrupted run continues to the same weights as an uninterrupted one.
 """
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from fesf_fed.atomic import atomic_writer
 from fesf_fed.config import IqemConfig
 from fesf_fed.errors import ConfigError, DataError
 from fesf_fed.iqem.networks import Discriminator, Generator
-from fesf_fed.pipeline import to_unit_float
+from fesf_fed.pixels import to_unit_float
 
 __all__ = [
     "augment_hosts",
@@ -34,6 +35,8 @@ __all__ = [
 
 #: Smallest crop of a host, as a fraction of its area, in :func:`augment_hosts`.
 MIN_CROP_AREA = 0.6
+#: A checkpoint is also written when this many seconds passed since the last one.
+CHECKPOINT_SECONDS = 60.0
 
 #: What a checkpoint holds: the full training state, the per-step loss terms and the
 #: settings it was made with.
@@ -178,9 +181,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
 def _check_matches(state: dict[str, Any], path: Path, config: IqemConfig, in_channels: int, disc_layers: int) -> None:
     # The discriminator's depth follows the image size (Discriminator.layers_for).
-    expected = {**config.model_dump(), "in_channels": in_channels, "discriminator_layers": disc_layers}
+    # How often checkpoints are written does not change the weights, so it may differ.
+    expected = {**config.model_dump(exclude={"checkpoint_every"}), "in_channels": in_channels, "discriminator_layers": disc_layers}
     found = {
-        **state["config"],
+        **{name: value for name, value in state["config"].items() if name != "checkpoint_every"},
         "in_channels": state["in_channels"],
         "discriminator_layers": state.get("discriminator_layers"),
     }
@@ -293,6 +297,7 @@ def train_iqem(
 
     generator.train()
     discriminator.train()
+    last_saved = time.monotonic()
     bar = tqdm(total=config.steps, initial=start, desc="IQEM", unit="step", disable=not progress)
     with bar:
         for step in range(start, config.steps):
@@ -305,7 +310,9 @@ def train_iqem(
             bar.set_postfix({name: f"{value:.3g}" for name, value in terms.items()}, refresh=False)
             bar.update()
             done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            # Also by time: at 512 px on a CPU, checkpoint_every steps can take many minutes.
+            due = time.monotonic() - last_saved > CHECKPOINT_SECONDS
+            if due or done % config.checkpoint_every == 0 or done == config.steps:
                 state = {
                     "generator": generator.state_dict(),
                     "discriminator": discriminator.state_dict(),
@@ -320,6 +327,7 @@ def train_iqem(
                 }
                 with atomic_writer(checkpoint) as stream:
                     torch.save(state, stream)
+                last_saved = time.monotonic()
     return generator.eval()
 
 
