@@ -1,0 +1,1 @@
+"""The site side of the federation: the Flower ClientApp that trains on a site's surrogates."""

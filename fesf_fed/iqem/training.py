@@ -307,7 +307,8 @@ def train_iqem(
             real = augment_hosts(real, sampler)
             terms = _adversarial_step(generator, discriminator, optimiser_g, optimiser_d, surrogates, real, config)
             history.append(terms)
-            bar.set_postfix({name: f"{value:.3g}" for name, value in terms.items()}, refresh=False)
+            bar.set_postfix(D=f"{terms['discriminator']:.3g}", G_adv=f"{terms['adversarial']:.3g}",
+                            content=f"{terms['content']:.2g}", refresh=False)
             bar.update()
             done = step + 1
             # Also by time: at 512 px on a CPU, checkpoint_every steps can take many minutes.
