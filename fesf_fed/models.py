@@ -1,0 +1,169 @@
+"""The diagnostic classifiers sites train on their surrogates, built by name.
+
+In the style of torchvision's model builders: :func:`build_model` looks a name up
+in a registry and returns a fresh ``nn.Module`` adapted to the task's number of
+classes and input channels (grey surrogates stay one channel). Pretrained
+weights are never downloaded: they come from a local file the user names, a
+torchvision ImageNet state dict, whose stem is summed to one channel for grey
+input and whose head is replaced.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from fesf_fed.errors import ConfigError
+
+
+class SmallCNN(nn.Module):
+    """A small CNN for CPU demos and tests: three conv blocks, global pooling, a linear head.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of output logits.
+    in_channels : int
+        1 for grey images, 3 for colour.
+    width : int
+        Channels of the first block (doubled in each of the next two).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 1, width: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for out_channels in (width, 2 * width, 4 * width):
+            layers += [
+                nn.Conv2d(channels, out_channels, 3, padding=1),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2, ceil_mode=True),  # ceil_mode: odd and tiny sizes keep at least 1 pixel
+            ]
+            channels = out_channels
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(images)).flatten(1))
+
+
+@dataclass(frozen=True)
+class _TorchvisionSpec:
+    """How to build a torchvision classifier and where its stem conv and head are."""
+
+    builder: Callable[..., nn.Module]
+    stem: str
+    head: str
+    min_size: int
+
+
+# The smallest input each network accepts: its downsampling must leave at least one pixel.
+_TORCHVISION: dict[str, _TorchvisionSpec] = {
+    "vgg16": _TorchvisionSpec(torchvision.models.vgg16, "features.0", "classifier.6", 32),
+    "resnet34": _TorchvisionSpec(torchvision.models.resnet34, "conv1", "fc", 32),
+    "mobilenet_v3_large": _TorchvisionSpec(torchvision.models.mobilenet_v3_large, "features.0.0", "classifier.3", 32),
+    "efficientnet_v2_s": _TorchvisionSpec(torchvision.models.efficientnet_v2_s, "features.0.0", "classifier.1", 32),
+}
+
+#: Every model name :func:`build_model` accepts.
+MODEL_NAMES: tuple[str, ...] = ("smallcnn", *_TORCHVISION)
+
+
+def min_image_size(name: str) -> int:
+    """The smallest square image side the named model accepts."""
+    _check_name(name)
+    return 8 if name == "smallcnn" else _TORCHVISION[name].min_size
+
+
+def _check_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ConfigError(f"model: unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+
+
+def _load_state(weights: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"model weights: {weights} not found; name a local torchvision .pth file") from None
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise ConfigError(f"model weights: {weights} cannot be read by torch.load ({exc})") from None
+
+
+def _stem_for(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """The stem conv for ``in_channels`` inputs; a grey stem sums the RGB kernels.
+
+    Summing keeps a pretrained stem's response to a grey image equal to its
+    response to that image replicated on three channels.
+    """
+    stem = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        bias=conv.bias is not None,
+    )
+    with torch.no_grad():
+        stem.weight.copy_(conv.weight if in_channels == conv.in_channels else conv.weight.sum(dim=1, keepdim=True))
+        if conv.bias is not None:
+            stem.bias.copy_(conv.bias)
+    return stem
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, weights: Path | None = None) -> nn.Module:
+    """Build a classifier by name, adapted to the number of classes and input channels.
+
+    Parameters
+    ----------
+    name : str
+        One of ``MODEL_NAMES``: ``smallcnn``, ``vgg16``, ``resnet34``,
+        ``mobilenet_v3_large`` or ``efficientnet_v2_s``.
+    num_classes : int
+        Number of output logits (at least 2).
+    in_channels : int
+        1 (grey) or 3 (colour).
+    weights : Path, optional
+        A local torchvision state dict of the same architecture (e.g. its ImageNet
+        weights); nothing is downloaded. The head is replaced, so only the backbone
+        is taken from it. Not available for ``smallcnn``.
+
+    Returns
+    -------
+    torch.nn.Module
+        A new model on the CPU, in training mode.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, bad sizes, or a weights file that does not fit.
+    """
+    _check_name(name)
+    if num_classes < 2:
+        raise ConfigError(f"model: num_classes must be at least 2, got {num_classes}")
+    if in_channels not in (1, 3):
+        raise ConfigError(f"model: in_channels must be 1 or 3, got {in_channels}")
+    if name == "smallcnn":
+        if weights is not None:
+            raise ConfigError("model weights: smallcnn has no pretrained weights; leave the weights file out")
+        return SmallCNN(num_classes, in_channels)
+    spec = _TORCHVISION[name]
+    model = spec.builder(weights=None)
+    if weights is not None:
+        state, expected = _load_state(weights), model.state_dict()
+        misfits = [key for key in expected if key not in state or state[key].shape != expected[key].shape]
+        misfits += [key for key in state if key not in expected]
+        if misfits:
+            raise ConfigError(
+                f"model weights: {weights} is not a torchvision {name} state dict "
+                f"({len(misfits)} tensors missing, extra or of another shape, e.g. {misfits[0]}); "
+                f"use the file made for {name}"
+            )
+        model.load_state_dict(state)
+    model.set_submodule(spec.stem, _stem_for(model.get_submodule(spec.stem), in_channels))
+    model.set_submodule(spec.head, nn.Linear(model.get_submodule(spec.head).in_features, num_classes))
+    return model
