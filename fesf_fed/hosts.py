@@ -44,16 +44,12 @@ class HostBank:
         ``(N, C, H, W)`` uint8 hosts, in id order.
     ids : list of str
         One id per host: its path relative to the bank folder, or ``"phantom-host/003"``.
-    fingerprint : str
-        SHA-256 hex digest of the files' ids and bytes (or of a phantom bank's
-        parameters); it keys caches built with this bank.
     skipped : list of SkippedFile
         Files of the folder that could not be decoded, with the reason.
     """
 
     images: np.ndarray
     ids: list[str]
-    fingerprint: str
     skipped: list[SkippedFile] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -123,7 +119,7 @@ def load_host_bank(path: Path, size: int, channels: int) -> HostBank:
             f"{path}: no usable host image ({len(skipped)} unreadable file(s) skipped); "
             "put readable non-patient images of the same modality there"
         )
-    return HostBank(images=np.stack(images), ids=ids, fingerprint=folder_bank_fingerprint(path), skipped=skipped)
+    return HostBank(images=np.stack(images), ids=ids, skipped=skipped)
 
 
 def phantom_bank_seed(key: bytes) -> int:
@@ -150,7 +146,7 @@ def phantom_host_bank(count: int, size: int, seed: int = 0) -> HostBank:
     """
     images = phantom_hosts(count, size, seed)
     ids = [f"phantom-host/{index:03d}" for index in range(count)]
-    return HostBank(images=images, ids=ids, fingerprint=phantom_bank_fingerprint(count, size, seed))
+    return HostBank(images=images, ids=ids)
 
 
 def phantom_bank_fingerprint(count: int, size: int, seed: int) -> str:

@@ -13,9 +13,11 @@ from fesf_fed.data.phantom import phantom_hosts
 from fesf_fed.errors import DataError
 from fesf_fed.hosts import (
     assign_hosts,
+    folder_bank_fingerprint,
     key_fingerprint,
     load_host_bank,
     load_site_key,
+    phantom_bank_fingerprint,
     phantom_bank_seed,
     phantom_host_bank,
 )
@@ -59,8 +61,6 @@ def test_bank_converts_hosts_to_the_sites_channel_count(bank_folder: Path) -> No
     assert all(np.array_equal(grey_as_colour[0], channel) for channel in grey_as_colour[1:])
     red, green = colour.images[1, 0], colour.images[1, 1]
     assert red.mean() > 190 and green.mean() < 10
-    # The fingerprint names the files; the channel count and size are keyed by the site config.
-    assert colour.fingerprint == load_host_bank(bank_folder, 16, channels=1).fingerprint
 
 
 def test_a_corrupt_file_is_skipped_and_listed(bank_folder: Path) -> None:
@@ -86,16 +86,18 @@ def test_a_folder_without_usable_images_is_an_error(tmp_path: Path) -> None:
         load_host_bank(tmp_path, 16, channels=1)
 
 
-def test_fingerprint_follows_the_content(bank_folder: Path) -> None:
-    first = load_host_bank(bank_folder, 16, channels=1)
-    assert load_host_bank(bank_folder, 16, channels=1).fingerprint == first.fingerprint
+def test_fingerprint_follows_the_files_without_decoding_them(bank_folder: Path) -> None:
+    first = folder_bank_fingerprint(bank_folder)
+    assert folder_bank_fingerprint(bank_folder) == first
+    (bank_folder / "not-an-image.png").write_bytes(b"hashed, never decoded")
+    with_extra = folder_bank_fingerprint(bank_folder)
+    (bank_folder / "not-an-image.png").unlink()
     changed = np.full((32, 32), 77, dtype=np.uint8)
     _save(bank_folder / "a_grey.png", changed)
-    assert load_host_bank(bank_folder, 16, channels=1).fingerprint != first.fingerprint
+    edited = folder_bank_fingerprint(bank_folder)
     (bank_folder / "a_grey.png").rename(bank_folder / "z_grey.png")
-    renamed = load_host_bank(bank_folder, 16, channels=1)
-    assert renamed.ids == ["sub/b_colour.png", "z_grey.png"]
-    assert len({first.fingerprint, renamed.fingerprint}) == 2
+    assert load_host_bank(bank_folder, 16, channels=1).ids == ["sub/b_colour.png", "z_grey.png"]
+    assert len({first, with_extra, edited, folder_bank_fingerprint(bank_folder)}) == 4
 
 
 def test_phantom_bank_wraps_the_generated_hosts() -> None:
@@ -103,8 +105,8 @@ def test_phantom_bank_wraps_the_generated_hosts() -> None:
     assert bank.ids == ["phantom-host/000", "phantom-host/001", "phantom-host/002"]
     assert np.array_equal(bank.images, phantom_hosts(3, 24, seed=1))
     assert bank.skipped == []
-    assert bank.fingerprint == phantom_host_bank(3, 24, seed=1).fingerprint
-    assert bank.fingerprint != phantom_host_bank(3, 24, seed=2).fingerprint
+    assert phantom_bank_fingerprint(3, 24, 1) == phantom_bank_fingerprint(3, 24, 1)
+    assert len({phantom_bank_fingerprint(3, 24, 1), phantom_bank_fingerprint(3, 24, 2), phantom_bank_fingerprint(4, 24, 1)}) == 3
 
 
 def test_site_key_is_created_once_private_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
