@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Flower must not phone home or install app dependencies (see the README).
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: demo br35h test benchmark
+.PHONY: federate demo br35h test benchmark
 
 $(BIN)/fesf: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -14,7 +14,10 @@ $(BIN)/fesf: pyproject.toml
 	$(BIN)/pip install --quiet --editable '.[test]'
 	touch $@
 
-demo: $(BIN)/fesf  ## build surrogates for the built-in phantom data
+federate: $(BIN)/fesf  ## the default federation: 3 simulated phantom sites (see the README)
+	PATH="$(abspath $(BIN)):$$PATH" flwr run . --stream
+
+demo: $(BIN)/fesf  ## build surrogates for the built-in phantom data (one site, no federation)
 	$(BIN)/fesf surrogates --config configs/phantom.yaml
 
 br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 128 px (CPU-friendly)
@@ -25,3 +28,4 @@ test: $(BIN)/fesf  ## the whole test suite
 
 benchmark: $(BIN)/fesf  ## IHM, pipeline and IQEM speed (see docs/benchmarks.md)
 	$(BIN)/python benchmarks/ihm.py
+	PYTHONPATH=. $(BIN)/python benchmarks/federated.py

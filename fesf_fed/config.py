@@ -23,6 +23,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class PartitionConfig(_Section):
+    """Which share of the dataset this site holds when one dataset is split across simulated sites.
+
+    ``count`` 1 (the default) means the site holds all of it.
+    """
+
+    count: int = Field(1, ge=1)
+    index: int = Field(0, ge=0)
+    scheme: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _index_in_range(self) -> "PartitionConfig":
+        if self.index >= self.count:
+            raise ValueError(f"data.partition.index must be below data.partition.count ({self.count})")
+        return self
+
+
 class DataConfig(_Section):
     """Where a site's plaintext images come from and how they are prepared."""
 
@@ -34,6 +53,7 @@ class DataConfig(_Section):
     seed: int = Field(0, ge=0)
     max_per_class: int | None = Field(None, ge=1)
     phantom_per_class: int = Field(60, ge=2)
+    partition: PartitionConfig = PartitionConfig()
 
     @model_validator(mode="after")
     def _path_given(self) -> "DataConfig":
@@ -158,13 +178,14 @@ def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
     return f"{field}: {message}{got}"
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, replace: bool = True) -> None:
     *parents, leaf = dotted.split(".")
     for part in parents:
         tree = tree.setdefault(part, {})
         if not isinstance(tree, dict):
             raise ConfigError(f"override {dotted}: {part} is not a section")
-    tree[leaf] = value
+    if replace or leaf not in tree:
+        tree[leaf] = value
 
 
 def parse_config(
@@ -173,6 +194,7 @@ def parse_config(
     source: str = "config",
     base_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> SiteConfig:
     """Validate a config mapping and return the site's configuration.
 
@@ -186,6 +208,8 @@ def parse_config(
         Folder that relative paths are resolved against (default: the working directory).
     overrides : dict, optional
         Dotted field names and values that replace the file's, e.g. ``{"data.image_size": 128}``.
+    defaults : dict, optional
+        Dotted field names and values used where the file sets nothing.
 
     Raises
     ------
@@ -197,6 +221,8 @@ def parse_config(
     tree: dict[str, Any] = dict(raw or {})
     for dotted, value in (overrides or {}).items():
         _set_dotted(tree, dotted, value)
+    for dotted, value in (defaults or {}).items():
+        _set_dotted(tree, dotted, value, replace=False)
     try:
         config = SiteConfig.model_validate(tree)
     except ValidationError as exc:
@@ -205,7 +231,11 @@ def parse_config(
     return _resolve_paths(config, (base_dir or Path.cwd()).resolve())
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SiteConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> SiteConfig:
     """Read and validate a site config file; ``None`` gives the built-in phantom demo.
 
     Raises
@@ -214,7 +244,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         If the file is missing, is not YAML, or a field is invalid.
     """
     if path is None:
-        return parse_config({}, source="built-in defaults", overrides=overrides)
+        return parse_config({}, source="built-in defaults", overrides=overrides, defaults=defaults)
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -224,4 +254,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
         raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None
-    return parse_config(raw, source=str(path), base_dir=path.parent, overrides=overrides)
+    return parse_config(
+        raw,
+        source=str(path),
+        base_dir=path.parent,
+        overrides=overrides,
+        defaults=defaults,
+    )

@@ -51,6 +51,7 @@ def train(
     batch_size: int,
     device: torch.device,
     seed: int = 0,
+    proximal_mu: float = 0.0,
 ) -> float:
     """Train ``model`` in place with Adam and cross-entropy; return the mean loss of the last epoch.
 
@@ -66,11 +67,18 @@ def train(
         Where to train.
     seed : int
         Seeds the shuffling, so a round is reproducible.
+    proximal_mu : float
+        FedProx's proximal term (Li et al., 2020): adds ``mu / 2 * ||w - w_start||^2``
+        to the loss, which keeps a site's update near the global model it started from.
     """
     _check_set(images, labels)
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"epochs and batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}")
+    if epochs < 1 or batch_size < 1 or lr <= 0 or proximal_mu < 0:
+        raise ValueError(
+            f"epochs and batch_size must be >= 1, lr > 0 and proximal_mu >= 0, "
+            f"got {epochs}, {batch_size}, {lr}, {proximal_mu}"
+        )
     model.to(device).train()
+    start = [parameter.detach().clone() for parameter in model.parameters()]
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     targets = torch.as_tensor(labels, dtype=torch.long)
     shuffle = torch.Generator().manual_seed(seed)
@@ -81,8 +89,12 @@ def train(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             loss = nn.functional.cross_entropy(
-                model(to_unit_float(images[batch.numpy()], device)), targets[batch].to(device)
+                model(to_unit_float(images[batch.numpy()], device)),
+                targets[batch].to(device),
             )
+            if proximal_mu:
+                distance = sum(((now - then) ** 2).sum() for now, then in zip(model.parameters(), start))
+                loss = loss + proximal_mu / 2 * distance
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -112,7 +124,13 @@ def classification_figures(confusion: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, images: np.ndarray, labels: np.ndarray, *, num_classes: int, batch_size: int, device: torch.device
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
 ) -> Evaluation:
     """Loss, accuracy, macro precision/recall/F1 and the confusion matrix of ``model`` on a set."""
     _check_set(images, labels)
@@ -125,5 +143,8 @@ def evaluate(
         total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         np.add.at(confusion, (targets.cpu().numpy(), logits.argmax(1).cpu().numpy()), 1)
     return Evaluation(
-        loss=total_loss / len(images), confusion=confusion.tolist(), examples=len(images), **classification_figures(confusion)
+        loss=total_loss / len(images),
+        confusion=confusion.tolist(),
+        examples=len(images),
+        **classification_figures(confusion),
     )

@@ -36,7 +36,14 @@ def test_dataset_has_the_documented_layout() -> None:
     data = phantom_dataset(3, 16)
     assert data.images.shape == (6, 1, 16, 16) and data.images.dtype == np.uint8
     assert data.labels.tolist() == [0, 0, 0, 1, 1, 1] and data.labels.dtype == np.int64
-    assert data.ids == ["normal/0000", "normal/0001", "normal/0002", "lesion/0000", "lesion/0001", "lesion/0002"]
+    assert data.ids == [
+        "normal/0000",
+        "normal/0001",
+        "normal/0002",
+        "lesion/0000",
+        "lesion/0001",
+        "lesion/0002",
+    ]
     assert data.classes == list(PHANTOM_CLASSES) == ["normal", "lesion"]
     assert data.skipped == []
 

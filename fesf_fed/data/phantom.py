@@ -8,9 +8,14 @@ more images never changes the ones already drawn.
 
 The two classes differ by morphology, not by brightness. ``"normal"`` slices show
 an elliptical head with a bright skull rim, smooth low-frequency tissue texture and
-two dark ventricles; ``"lesion"`` slices add one or two bright irregular blobs
-inside the tissue. Head shape, pose and all intensities vary per image, so mean
-brightness overlaps between the classes and a classifier has to find the blob.
+two dark ventricles; ``"lesion"`` slices add one or two large bright irregular masses
+(radius 0.15-0.3 grid units, like the tumours of brain MRI datasets), each in a halo
+of darker oedema. Head shape, pose and all intensities vary per image, so mean
+brightness overlaps between the classes and a classifier has to find the mass.
+
+The masses are large on purpose: surrogates keep only the plaintext's Fourier
+amplitude (IHM puts it under a host's phase), and small blobs barely change it, so
+a classifier trained on surrogates of small-blob phantoms stays at chance.
 
 The hosts (:func:`phantom_hosts`) are Shepp-Logan head phantoms with randomised
 ellipses: the same "modality" (a grey head slice) from a visibly different source.
@@ -30,8 +35,18 @@ _EDGE = 0.01
 _NOISE = 0.02
 # Number of random cosines summed into the tissue texture.
 _TEXTURE_WAVES = 6
-# Lesion slices hold one blob or, half of the time, two.
+# Lesion slices hold one mass or, half of the time, two.
 _MAX_LESIONS = 2
+# A mass's radius in grid units and its brightness above the tissue, drawn uniformly.
+# Masses this large (a fifth to a third of the head's width, like the tumours of brain
+# MRI datasets) change the low-frequency Fourier amplitude enough that the class
+# survives IHM, which keeps only the plaintext's amplitude, into the surrogates.
+_LESION_SIZE = (0.15, 0.3)
+_LESION_CONTRAST = (0.4, 0.6)
+# The dark oedema around a mass: how far it reaches past the mass's outline, as a share
+# of the mass's radius, and how much darker than the tissue it is.
+_OEDEMA_REACH = (0.3, 0.6)
+_OEDEMA_DEPTH = (0.1, 0.2)
 # Harmonics of a blob's outline: they make it lumpy rather than round.
 _LUMP_HARMONICS = (2, 3, 4)
 # Pixels rendered at once; bounds memory at large sizes without a per-image loop.
@@ -93,7 +108,13 @@ def _rotate(x: np.ndarray, y: np.ndarray, angle: np.ndarray) -> tuple[np.ndarray
 
 
 def _ellipse_distance(
-    x: np.ndarray, y: np.ndarray, cx: np.ndarray, cy: np.ndarray, a: np.ndarray, b: np.ndarray, angle: np.ndarray
+    x: np.ndarray,
+    y: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    angle: np.ndarray,
 ) -> np.ndarray:
     """Approximate signed distance to an ellipse's edge, positive inside.
 
@@ -117,11 +138,13 @@ def _draw_slice_params(rng: np.random.Generator, has_lesion: bool) -> dict[str, 
     """
     head_a = rng.uniform(0.62, 0.76)
     head_b = rng.uniform(0.74, 0.88)
-    # Lesion centres lie within 0.45 of the head's normalised radius so that even the
-    # largest blob stays clear of the skull rim.
-    lesion_radius = 0.45 * np.sqrt(rng.uniform(0.0, 1.0, _MAX_LESIONS))
+    lesion_size = rng.uniform(*_LESION_SIZE, _MAX_LESIONS)
+    # A mass's centre lies far enough inside the head's normalised radius that the mass,
+    # its lumps and its oedema stay clear of the skull rim: large masses sit nearer the middle.
+    reach = np.clip(0.8 - 1.5 * lesion_size / min(head_a, head_b), 0.0, 0.45)
+    lesion_radius = reach * np.sqrt(rng.uniform(0.0, 1.0, _MAX_LESIONS))
     lesion_bearing = rng.uniform(0.0, 2.0 * np.pi, _MAX_LESIONS)
-    second_lesion = rng.uniform() < 0.5
+    lesion_count = rng.integers(1, _MAX_LESIONS + 1)
     return {
         "cx": rng.uniform(-0.08, 0.08),
         "cy": rng.uniform(-0.06, 0.06),
@@ -141,11 +164,13 @@ def _draw_slice_params(rng: np.random.Generator, has_lesion: bool) -> dict[str, 
         "ventricle_a": rng.uniform(0.035, 0.07),
         "ventricle_b": rng.uniform(0.11, 0.19),
         "ventricle_tilt": rng.uniform(0.15, 0.45),
-        "lesion_on": np.array([has_lesion, has_lesion and second_lesion], dtype=float),
+        "lesion_on": (has_lesion & (np.arange(_MAX_LESIONS) < lesion_count)).astype(float),
         "lesion_x": lesion_radius * np.cos(lesion_bearing) * head_a,
         "lesion_y": lesion_radius * np.sin(lesion_bearing) * head_b,
-        "lesion_size": rng.uniform(0.06, 0.13, _MAX_LESIONS),
-        "lesion_contrast": rng.uniform(0.28, 0.42, _MAX_LESIONS),
+        "lesion_size": lesion_size,
+        "lesion_contrast": rng.uniform(*_LESION_CONTRAST, _MAX_LESIONS),
+        "oedema_reach": rng.uniform(*_OEDEMA_REACH, _MAX_LESIONS),
+        "oedema_depth": rng.uniform(*_OEDEMA_DEPTH, _MAX_LESIONS),
         "lesion_lumps": rng.uniform(0.0, 0.15, (_MAX_LESIONS, len(_LUMP_HARMONICS))),
         "lesion_lump_phase": rng.uniform(0.0, 2.0 * np.pi, (_MAX_LESIONS, len(_LUMP_HARMONICS))),
     }
@@ -185,7 +210,12 @@ def _render_slices(p: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> np
         bearing = np.arctan2(dy, dx)
         lumps = p["lesion_lumps"][:, k] * np.cos(harmonics * bearing[:, None] + p["lesion_lump_phase"][:, k])
         outline = p["lesion_size"][:, k] * (1.0 + lumps.sum(axis=1))
-        coverage = p["lesion_on"][:, k] * _soft_inside(outline - np.hypot(dx, dy))
+        distance = np.hypot(dx, dy)
+        on = p["lesion_on"][:, k]
+        # The oedema darkens a halo first; the mass is then painted over its middle.
+        oedema = on * _soft_inside(outline * (1.0 + p["oedema_reach"][:, k]) - distance)
+        image = image - p["oedema_depth"][:, k] * oedema
+        coverage = on * _soft_inside(outline - distance)
         image = _blend(image, tissue + p["lesion_contrast"][:, k], coverage)
     return image
 

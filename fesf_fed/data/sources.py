@@ -26,8 +26,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fesf_fed.config import DataConfig
-from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, image_from_pixels, read_image, to_channels
+from fesf_fed.data.decode import (
+    IMAGE_SUFFIXES,
+    UnreadableImage,
+    image_from_pixels,
+    read_image,
+    to_channels,
+)
 from fesf_fed.data.imageset import ImageSet, SkippedFile
+from fesf_fed.data.partition import partition_indices
 from fesf_fed.data.phantom import phantom_dataset
 from fesf_fed.errors import DataError
 from fesf_fed.pixels import unit_to_uint8
@@ -150,7 +157,15 @@ def decode_files(paths: Sequence[Path], size: int, progress: bool) -> list[np.nd
     # PIL and NumPy release the GIL while decoding and resizing, so threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         results = pool.map(decode, paths)
-        return list(tqdm(results, total=len(paths), disable=not progress, desc="decoding", unit="image"))
+        return list(
+            tqdm(
+                results,
+                total=len(paths),
+                disable=not progress,
+                desc="decoding",
+                unit="image",
+            )
+        )
 
 
 def _decode_sample(
@@ -176,7 +191,11 @@ def _decode_sample(
             batch.extend(more.tolist())
         if not batch:
             return decoded, skipped
-        results = decode_files([listing.entries[index].path for index in batch], config.image_size, progress)
+        results = decode_files(
+            [listing.entries[index].path for index in batch],
+            config.image_size,
+            progress,
+        )
         for index, result in zip(batch, results):
             if isinstance(result, UnreadableImage):
                 skipped.append(SkippedFile(listing.entries[index].id, result.reason))
@@ -212,8 +231,14 @@ def _read_medmnist(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)}; a MedMNIST .npz holds {', '.join(keys)}")
     images, labels, ids = [], [], []
     for split in _MEDMNIST_SPLITS:
-        split_images, split_labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        grey_or_rgb = split_images.ndim in (3, 4) and split_images.shape[3:] in ((), (3,))
+        split_images, split_labels = (
+            arrays[f"{split}_images"],
+            arrays[f"{split}_labels"],
+        )
+        grey_or_rgb = split_images.ndim in (3, 4) and split_images.shape[3:] in (
+            (),
+            (3,),
+        )
         if split_images.dtype != np.uint8 or not grey_or_rgb:
             raise DataError(
                 f"{path}: {split}_images is {split_images.dtype} {split_images.shape}; "
@@ -233,7 +258,14 @@ def _read_medmnist(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
 def _sample_indices(labels: np.ndarray, n_classes: int, config: DataConfig) -> np.ndarray:
     """Sorted indices of at most ``max_per_class`` images per class (for sources with nothing to skip)."""
     orders = _class_orders(labels, n_classes, config.max_per_class, config.seed)
-    return np.sort(np.concatenate([np.empty(0, np.int64), *(order[: config.max_per_class] for order in orders)]))
+    return np.sort(
+        np.concatenate(
+            [
+                np.empty(0, np.int64),
+                *(order[: config.max_per_class] for order in orders),
+            ]
+        )
+    )
 
 
 def _load_medmnist(config: DataConfig, progress: bool) -> ImageSet:
@@ -254,7 +286,13 @@ def _load_phantom(config: DataConfig) -> ImageSet:
     data = phantom_dataset(config.phantom_per_class, config.image_size, config.seed)
     keep = _sample_indices(data.labels, len(data.classes), config)
     return _assemble(
-        list(data.images[keep]), data.labels[keep], [data.ids[i] for i in keep], data.classes, [], config, None
+        list(data.images[keep]),
+        data.labels[keep],
+        [data.ids[i] for i in keep],
+        data.classes,
+        [],
+        config,
+        None,
     )
 
 
@@ -280,7 +318,13 @@ def _assemble(
     else:
         channels = config.channels
     stacked = np.stack([to_channels(image, channels) for image in images])
-    return ImageSet(images=stacked, labels=labels.astype(np.int64), ids=ids, classes=list(classes), skipped=skipped)
+    return ImageSet(
+        images=stacked,
+        labels=labels.astype(np.int64),
+        ids=ids,
+        classes=list(classes),
+        skipped=skipped,
+    )
 
 
 def _existing_path(config: DataConfig) -> Path:
@@ -307,6 +351,8 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
         uint8 images ``(N, C, S, S)`` with ``S = config.image_size`` and C from
         ``config.channels`` ("auto": 1 if every image is grey, else 3). With
         ``max_per_class``, a seeded random sample of each class, in source order.
+        With ``partition.count`` > 1, only this site's share of it
+        (:func:`~fesf_fed.data.partition.partition_indices`).
 
     Raises
     ------
@@ -314,6 +360,18 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
         If the path is missing, the source is malformed, or a class (or the whole
         set) has no usable image. Single unreadable files are listed in ``skipped``.
     """
+    data = _load_source(config, progress)
+    share = config.partition
+    if share.count == 1:
+        return data
+    try:
+        parts = partition_indices(data.labels, share.count, share.scheme, share.alpha, share.seed)
+    except DataError as exc:
+        raise DataError(f"{config.path or 'phantom data'}: {exc}") from None
+    return data.subset(parts[share.index])
+
+
+def _load_source(config: DataConfig, progress: bool) -> ImageSet:
     if config.source == "phantom":
         return _load_phantom(config)
     path = _existing_path(config)

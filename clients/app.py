@@ -1,0 +1,123 @@
+"""The site's Flower ClientApp: prepare surrogates, train and evaluate on them, return weights.
+
+Only model arrays and scalar metrics leave the site; images, plaintext or
+surrogate, never do. Message types:
+
+- ``query.describe``: which site this SuperNode is (or that it is simulated);
+- ``query.prepare``: build (or reuse) the site's surrogates; report class names,
+  channels, image counts and the surrogates' quality figures (SSIM, PSNR);
+- ``train`` / ``evaluate``: local training and evaluation of the global model.
+"""
+
+import zlib
+
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from clients.site import describe_node, site_config_for, site_data
+from fesf_fed.config import SiteConfig
+from fesf_fed.device import select_device
+from fesf_fed.errors import FesfError
+from fesf_fed.models import build_model
+from fesf_fed.run_settings import RunSettings, parse_run_settings
+from fesf_fed.task import evaluate, train
+from fesf_fed.training_data import SiteData
+
+app = ClientApp()
+
+
+def _site(message: Message, context: Context) -> tuple[RunSettings, SiteConfig, SiteData]:
+    settings, site_defaults = parse_run_settings(context.run_config)
+    config = site_config_for(message.content["config"], context.node_config, settings, site_defaults)
+    try:
+        return settings, config, site_data(config, settings.mode)
+    except FesfError as exc:
+        raise FesfError(f"site {config.site}: {exc}") from None
+
+
+def _reply(message: Message, config: SiteConfig, **records: ArrayRecord | MetricRecord) -> Message:
+    content = RecordDict({**records, "site": ConfigRecord({"name": config.site})})
+    return Message(content, reply_to=message)
+
+
+def _global_model(message: Message, settings: RunSettings, data: SiteData) -> torch.nn.Module:
+    model = build_model(settings.model, len(data.classes), data.channels)
+    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    return model
+
+
+@app.query("describe")
+def describe(message: Message, context: Context) -> Message:
+    """Roll call: name this node's site, or say that it simulates sites."""
+    return Message(
+        RecordDict({"node": ConfigRecord(describe_node(context.node_config))}),
+        reply_to=message,
+    )
+
+
+@app.query("prepare")
+def prepare(message: Message, context: Context) -> Message:
+    """First contact with a site: build or reuse its surrogates and describe them."""
+    _, config, data = _site(message, context)
+    description = ConfigRecord(
+        {
+            "classes": data.classes,
+            "channels": data.channels,
+            "image-size": int(data.train_images.shape[-1]),
+        }
+    )
+    counts = {
+        "train-examples": len(data.train_labels),
+        "test-examples": len(data.test_labels),
+    }
+    reply = _reply(message, config, metrics=MetricRecord({**counts, **data.quality}))
+    reply.content["data"] = description
+    return reply
+
+
+@app.train()
+def train_round(message: Message, context: Context) -> Message:
+    """Train the global model on the site's training images for the configured local epochs."""
+    settings, config, data = _site(message, context)
+    model = _global_model(message, settings, data)
+    server_round = int(message.content["config"].get("server-round", 0))
+    loss = train(
+        model,
+        data.train_images,
+        data.train_labels,
+        epochs=settings.local_epochs,
+        lr=settings.learning_rate,
+        batch_size=settings.batch_size,
+        device=select_device(config.device),
+        # A different shuffle per site and round, reproducible from the run's seed.
+        seed=zlib.crc32(f"{settings.seed}/{config.site}/{server_round}".encode()),
+        proximal_mu=float(message.content["config"].get("proximal-mu", 0.0)),
+    )
+    metrics = MetricRecord({"num-examples": len(data.train_labels), "train-loss": loss})
+    return _reply(message, config, arrays=ArrayRecord(model.state_dict()), metrics=metrics)
+
+
+@app.evaluate()
+def evaluate_round(message: Message, context: Context) -> Message:
+    """Evaluate the global model on the site's test images."""
+    settings, config, data = _site(message, context)
+    model = _global_model(message, settings, data)
+    result = evaluate(
+        model,
+        data.test_images,
+        data.test_labels,
+        num_classes=len(data.classes),
+        batch_size=settings.batch_size,
+        device=select_device(config.device),
+    )
+    scalars = result.scalars()
+    metrics = MetricRecord({"num-examples": scalars.pop("examples"), **scalars})
+    return _reply(message, config, metrics=metrics)

@@ -1,0 +1,76 @@
+"""Which site a message is for, and that site's images, kept in memory between rounds.
+
+A deployed SuperNode is one hospital: its node config names the site (``site``)
+and where its images are (``data-dir``, optionally ``site-config`` and
+``hosts-dir``). A simulated SuperNode has only a partition id; the ServerApp tells
+it, in each message, which of the run config's sites to be (``site-index``), so
+any number of SuperNodes can simulate any number of sites.
+"""
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+from fesf_fed.config import SiteConfig, load_config
+from fesf_fed.errors import ConfigError
+from fesf_fed.run_settings import RunSettings, simulated_site_configs
+from fesf_fed.training_data import SiteData, load_site_data
+
+#: Node-config keys of a deployed site.
+NODE_SITE_KEY = "site"
+
+
+def describe_node(node_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a SuperNode tells the ServerApp at roll call: its site, or its simulation partition."""
+    if NODE_SITE_KEY in node_config:
+        return {"site": str(node_config[NODE_SITE_KEY])}
+    return {
+        "partition-id": int(node_config["partition-id"]),
+        "num-partitions": int(node_config["num-partitions"]),
+    }
+
+
+def _deployed_site_config(node_config: Mapping[str, Any], site_defaults: dict[str, Any]) -> SiteConfig:
+    updates: dict[str, Any] = {"site": str(node_config[NODE_SITE_KEY])}
+    site_config = node_config.get("site-config")
+    if "data-dir" in node_config:
+        updates["data.path"] = str(node_config["data-dir"])
+        if not site_config:
+            updates["data.source"] = "folder"
+    if "hosts-dir" in node_config:
+        updates.update({"hosts.source": "folder", "hosts.path": str(node_config["hosts-dir"])})
+    if "device" in node_config:
+        updates["device"] = str(node_config["device"])
+    return load_config(
+        str(site_config) if site_config else None,
+        overrides=updates,
+        defaults=site_defaults,
+    )
+
+
+def site_config_for(
+    message_config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    settings: RunSettings,
+    site_defaults: dict[str, Any],
+) -> SiteConfig:
+    """The config of the site a message is addressed to.
+
+    Raises
+    ------
+    ConfigError
+        If a simulated node gets a message without a valid ``site-index``.
+    """
+    if NODE_SITE_KEY in node_config:
+        return _deployed_site_config(node_config, site_defaults)
+    sites = simulated_site_configs(settings, site_defaults)
+    index = message_config.get("site-index")
+    if not isinstance(index, int) or not 0 <= index < len(sites):
+        raise ConfigError(f"message site-index {index!r} names none of the run's {len(sites)} simulated sites")
+    return sites[index]
+
+
+@lru_cache(maxsize=16)
+def site_data(config: SiteConfig, mode: str) -> SiteData:
+    """The site's images in ``mode``, loaded (and its surrogates built) once per process."""
+    return load_site_data(config, mode)

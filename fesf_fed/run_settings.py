@@ -1,0 +1,178 @@
+"""A federated run's settings: Flower's flat run config, validated, and the sites it names.
+
+Flower hands both apps the same flat mapping (``[tool.flwr.app.config]`` in
+``pyproject.toml`` fused with ``--run-config``). :func:`parse_run_settings` checks
+it once, with one-line errors that name the key, and :func:`simulated_site_configs`
+turns it into one :class:`~fesf_fed.config.SiteConfig` per simulated site: either
+one dataset split across ``num-sites`` sites, or a YAML file listing the sites.
+Keys that start with ``site.`` set a field of every site's config where the
+site's own config file leaves it unset, e.g. ``site.iqem.steps = 100``.
+"""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fesf_fed.config import SiteConfig, load_config
+from fesf_fed.errors import ConfigError
+from fesf_fed.models import MODEL_NAMES
+from fesf_fed.training_data import TRAINING_MODES
+
+#: The aggregation strategies a run can use (Flower's, by lower-case name).
+STRATEGY_NAMES: tuple[str, ...] = (
+    "fedavg",
+    "fedprox",
+    "fedadam",
+    "fedyogi",
+    "fedavgm",
+    "fedmedian",
+    "fedtrimmedavg",
+)
+#: Run-config keys with this prefix give every site's config a value for that dotted field
+#: (a site's own config file wins).
+SITE_OVERRIDE_PREFIX = "site."
+
+
+class RunSettings(BaseModel):
+    """Every run-config key but the ``site.`` ones, with the defaults of ``pyproject.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=lambda name: name.replace("_", "-"))
+
+    num_server_rounds: int = Field(5, ge=1)
+    strategy: Literal[STRATEGY_NAMES] = "fedavg"  # type: ignore[valid-type]
+    fraction_train: float = Field(1.0, ge=0, le=1)
+    fraction_evaluate: float = Field(1.0, ge=0, le=1)
+    min_train_nodes: int = Field(2, ge=0)
+    min_evaluate_nodes: int = Field(2, ge=0)
+    min_available_nodes: int = Field(2, ge=0)
+    fedprox_mu: float = Field(0.1, ge=0)
+    fedopt_eta: float = Field(0.01, gt=0)
+    fedopt_tau: float = Field(1e-3, gt=0)
+    fedavgm_server_lr: float = Field(1.0, gt=0)
+    fedavgm_momentum: float = Field(0.9, ge=0, lt=1)
+    fedtrimmedavg_beta: float = Field(0.2, ge=0, lt=0.5)
+    mode: Literal[TRAINING_MODES] = "x_su_prime"  # type: ignore[valid-type]
+    model: Literal[MODEL_NAMES] = "smallcnn"  # type: ignore[valid-type]
+    pretrained_weights: str = ""
+    local_epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    seed: int = Field(0, ge=0)
+    site_config: str = ""
+    sites_file: str = ""
+    num_sites: int = Field(3, ge=1)
+    partition: Literal["iid", "dirichlet"] = "dirichlet"
+    dirichlet_alpha: float = Field(1.0, gt=0)
+    partition_seed: int = Field(0, ge=0)
+    central_eval: str = ""
+    resume: str = ""
+    keep_checkpoints: int = Field(2, ge=1)
+    round_timeout: float = Field(3600.0, gt=0)
+
+
+def _path(value: str, key: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(
+            f"run config {key}: {value!r} is relative; give an absolute path (the apps do not run in your folder)"
+        )
+    return path
+
+
+def parse_run_settings(
+    run_config: Mapping[str, Any],
+) -> tuple[RunSettings, dict[str, Any]]:
+    """Validate a run config.
+
+    Parameters
+    ----------
+    run_config : Mapping
+        Flower's flat run config (``context.run_config``).
+
+    Returns
+    -------
+    settings : RunSettings
+        The run's settings.
+    site_defaults : dict
+        ``site.``-prefixed keys without the prefix, e.g. ``{"iqem.steps": 100}``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the key, what it allows and the value given.
+    """
+    plain = {key: value for key, value in run_config.items() if not key.startswith(SITE_OVERRIDE_PREFIX)}
+    site_defaults = {
+        key[len(SITE_OVERRIDE_PREFIX) :]: value
+        for key, value in run_config.items()
+        if key.startswith(SITE_OVERRIDE_PREFIX)
+    }
+    try:
+        settings = RunSettings.model_validate(plain)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"])
+            if error["type"] == "extra_forbidden":
+                problems.append(f"{key}: unknown key; see [tool.flwr.app.config] in pyproject.toml for the keys")
+            else:
+                problems.append(f"{key}: {error['msg'].removeprefix('Value error, ')} (got {error['input']!r})")
+        raise ConfigError(f"run config {'; '.join(problems)}") from None
+    for key in ("pretrained-weights", "site-config", "sites-file", "central-eval"):
+        value = getattr(settings, key.replace("-", "_"))
+        if value:
+            _path(value, key)
+    return settings, site_defaults
+
+
+def _site_config(
+    path: str,
+    site_defaults: dict[str, Any],
+    site: str,
+    share: dict[str, Any] | None = None,
+) -> SiteConfig:
+    return load_config(path or None, overrides={**(share or {}), "site": site}, defaults=site_defaults)
+
+
+def simulated_site_configs(settings: RunSettings, site_defaults: dict[str, Any]) -> list[SiteConfig]:
+    """The configs of the run's simulated sites, in site order.
+
+    With ``sites-file`` set, one site per entry of its ``sites`` mapping (name: site
+    config YAML, relative to the file). Otherwise ``num-sites`` sites named
+    ``site-1`` ... share the dataset of ``site-config`` (the built-in phantoms when
+    empty), split ``iid`` or ``dirichlet``.
+
+    Raises
+    ------
+    ConfigError
+        For a missing or malformed file or an invalid site config.
+    """
+    if settings.sites_file:
+        path = _path(settings.sites_file, "sites-file")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: sites file not found; set sites-file to an existing YAML file") from None
+        except yaml.YAMLError:
+            raise ConfigError(f"{path}: not valid YAML; fix the syntax") from None
+        sites = raw.get("sites") if isinstance(raw, dict) else None
+        if not isinstance(sites, dict) or not sites:
+            raise ConfigError(f"{path}: expected a 'sites' mapping of site name to site config file")
+        return [
+            _site_config(str((path.parent / str(file)).resolve()), site_defaults, str(name))
+            for name, file in sites.items()
+        ]
+    configs = []
+    for index in range(settings.num_sites):
+        share = {
+            "data.partition.count": settings.num_sites,
+            "data.partition.index": index,
+            "data.partition.scheme": settings.partition,
+            "data.partition.alpha": settings.dirichlet_alpha,
+            "data.partition.seed": settings.partition_seed,
+        }
+        configs.append(_site_config(settings.site_config, site_defaults, f"site-{index + 1}", share))
+    return configs

@@ -1,0 +1,284 @@
+"""The federated training loop: roll call, preparation, rounds with checkpoints, summary.
+
+It follows :meth:`flwr.serverapp.strategy.Strategy.start` round for round (train,
+aggregate, federated evaluation, central evaluation), adding what a hospital run
+needs on top: per-site metrics, a checkpoint after every round and resuming from it.
+"""
+
+import time
+from datetime import UTC, datetime
+from logging import INFO
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fesf_fed.config import load_config
+from fesf_fed.device import select_device
+from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.models import build_model
+from fesf_fed.run_settings import RunSettings
+from fesf_fed.task import evaluate
+from fesf_fed.training_data import SiteData, load_site_data
+from server.run_store import GLOBAL, RunFolder
+from server.sites import SiteGrid, check_minimums, discover_sites
+from server.strategies import build_strategy, restore_strategy_state, strategy_state
+
+#: Settings a resumed run must share with the run it continues (rounds may be added).
+_FIXED_ON_RESUME = (
+    "mode",
+    "model",
+    "strategy",
+    "site-config",
+    "sites-file",
+    "num-sites",
+    "partition",
+    "dirichlet-alpha",
+    "partition-seed",
+)
+
+
+def _site_name(reply: Message) -> str:
+    return str(reply.content["site"]["name"])
+
+
+def _errors(replies: list[Message]) -> list[str]:
+    return [f"node {reply.metadata.src_node_id}: {reply.error.reason}" for reply in replies if reply.has_error()]
+
+
+def _prepare_sites(grid: SiteGrid, run: RunFolder, timeout: float) -> tuple[list[str], int]:
+    """Have every site build its surrogates; return the classes and channels they agree on."""
+    messages = [
+        Message(
+            RecordDict({"config": ConfigRecord()}),
+            dst_node_id=site_id,
+            message_type="query.prepare",
+        )
+        for site_id in grid.get_node_ids()
+    ]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    if failures := _errors(replies):
+        raise FesfError("sites could not prepare their data: " + "; ".join(failures))
+    described = {}
+    for reply in replies:
+        data = reply.content["data"]
+        described[_site_name(reply)] = {
+            "classes": list(data["classes"]),
+            "channels": int(data["channels"]),
+            "image-size": int(data["image-size"]),
+            **dict(reply.content["metrics"].items()),
+        }
+        run.set_site(_site_name(reply), described[_site_name(reply)])
+    shapes = {(tuple(d["classes"]), d["channels"], d["image-size"]) for d in described.values()}
+    if len(shapes) > 1:
+        listing = ", ".join(
+            f"{name}: {d['classes']} x{d['channels']}ch {d['image-size']}px" for name, d in described.items()
+        )
+        raise FesfError(f"sites disagree on classes, channels or image size ({listing}): align their data configs")
+    classes, channels, _ = shapes.pop()
+    return list(classes), channels
+
+
+def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[Message]) -> None:
+    for reply in replies:
+        if not reply.has_error():
+            run.record(
+                server_round,
+                phase,
+                _site_name(reply),
+                dict(reply.content["metrics"].items()),
+            )
+
+
+class _CentralEvaluation:
+    """The server's own test set (``central-eval``), in the run's mode, for evaluating the global model."""
+
+    def __init__(self, settings: RunSettings, site_defaults: dict[str, Any], classes: list[str]) -> None:
+        config = load_config(settings.central_eval, overrides={"site": "central"}, defaults=site_defaults)
+        self.data: SiteData = load_site_data(config, settings.mode)
+        if self.data.classes != classes:
+            raise ConfigError(f"run config central-eval: classes {self.data.classes} differ from the sites' {classes}")
+        self.device = select_device(config.device)
+        self.settings = settings
+
+    def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
+        model = build_model(self.settings.model, len(self.data.classes), self.data.channels)
+        model.load_state_dict(arrays.to_torch_state_dict())
+        result = evaluate(
+            model,
+            self.data.test_images,
+            self.data.test_labels,
+            num_classes=len(self.data.classes),
+            batch_size=self.settings.batch_size,
+            device=self.device,
+        )
+        return result.scalars()
+
+
+def check_resumable(run: RunFolder, settings: RunSettings) -> None:
+    """Refuse to resume a run with settings that would make its checkpoint meaningless.
+
+    Raises
+    ------
+    ConfigError
+        Naming the first setting that differs from the stored run's.
+    """
+    stored = run.info().get("config", {})
+    given = settings.model_dump(by_alias=True)
+    for key in _FIXED_ON_RESUME:
+        if key in stored and stored[key] != given[key]:
+            raise ConfigError(
+                f"run config {key}: run {run.name} used {stored[key]!r}, not {given[key]!r}; "
+                "a resumed run keeps it (only rounds may change)"
+            )
+
+
+def _start(run: RunFolder, settings: RunSettings, strategy: Any, initial: ArrayRecord) -> tuple[int, ArrayRecord]:
+    """The first round to run and the arrays to start it from: the last checkpoint's when resuming."""
+    checkpoint = run.latest_checkpoint() if settings.resume else None
+    if checkpoint is None:
+        return 1, initial
+    restore_strategy_state(strategy, checkpoint["strategy"])
+    run.drop_rounds_after(checkpoint["round"])
+    log(INFO, "Resuming run %s after round %d", run.name, checkpoint["round"])
+    return checkpoint["round"] + 1, ArrayRecord(checkpoint["arrays"])
+
+
+def _log_round(server_round: int, total: int, metrics: MetricRecord | None, seconds: float) -> None:
+    if metrics is None:
+        log(
+            INFO,
+            "Round %d/%d: no evaluation results (%.1f s)",
+            server_round,
+            total,
+            seconds,
+        )
+        return
+    log(
+        INFO,
+        "Round %d/%d: accuracy %.3f  precision %.3f  recall %.3f  F1 %.3f  loss %.4f  (%.1f s)",
+        server_round,
+        total,
+        metrics["accuracy"],
+        metrics["precision"],
+        metrics["recall"],
+        metrics["f1"],
+        metrics["loss"],
+        seconds,
+    )
+
+
+_FINAL_KEYS = ("accuracy", "precision", "recall", "f1", "loss")
+
+
+def _final_metrics(run: RunFolder) -> dict[str, Any]:
+    """The last round's federated evaluation: global figures, per site, and central ones if any."""
+    last = run.history()[-1] if run.history() else {}
+    evaluation = last.get("evaluate", {})
+    final: dict[str, Any] = {
+        "round": last.get("round"),
+        **{key: evaluation.get(GLOBAL, {}).get(key) for key in _FINAL_KEYS},
+        "sites": {scope: values for scope, values in evaluation.items() if scope != GLOBAL},
+    }
+    if "central" in last:
+        final["central"] = last["central"][GLOBAL]
+    return final
+
+
+def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, Any], run_name: str) -> dict[str, Any]:
+    """Run (or resume) a federation to its last round and return its final metrics.
+
+    Parameters
+    ----------
+    grid : flwr.serverapp.Grid
+        The ServerApp's grid.
+    settings, site_defaults : RunSettings, dict
+        From :func:`fesf_fed.run_settings.parse_run_settings`.
+    run_name : str
+        Folder name for a new run (Flower's run id); ignored when ``settings.resume`` is set.
+    """
+    run = RunFolder(settings.resume or run_name, must_exist=bool(settings.resume))
+    try:
+        check_resumable(run, settings)
+    except ConfigError:
+        run.close()
+        raise
+    try:
+        strategy = build_strategy(settings)
+        sites = discover_sites(grid, settings, site_defaults, settings.round_timeout)
+        check_minimums(settings, sites)
+        site_grid = SiteGrid(grid, sites)
+        log(INFO, "Sites: %s", ", ".join(site.name for site in sites))
+        began = time.perf_counter()
+        classes, channels = _prepare_sites(site_grid, run, settings.round_timeout)
+        log(
+            INFO,
+            "Sites prepared their %s data in %.1f s; classes: %s",
+            settings.mode,
+            time.perf_counter() - began,
+            classes,
+        )
+        weights = settings.pretrained_weights or None
+        model = build_model(settings.model, len(classes), channels, weights=weights)
+        start, arrays = _start(run, settings, strategy, ArrayRecord(model.state_dict()))
+        if not settings.resume:
+            run.set_info(
+                config={
+                    **settings.model_dump(by_alias=True),
+                    **{f"site.{k}": v for k, v in site_defaults.items()},
+                },
+                classes=classes,
+                started=datetime.now(UTC).isoformat(),
+            )
+        run.set_info(status="running", flower_run=run_name)
+        central = _CentralEvaluation(settings, site_defaults, classes) if settings.central_eval else None
+        for server_round in range(start, settings.num_server_rounds + 1):
+            began = time.perf_counter()
+            train_replies = list(
+                site_grid.send_and_receive(
+                    strategy.configure_train(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]
+                    timeout=settings.round_timeout,
+                )
+            )
+            new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
+            if new_arrays is None:
+                raise FesfError(f"round {server_round}: no site returned a model: " + "; ".join(_errors(train_replies)))
+            arrays = new_arrays
+            evaluate_replies = list(
+                site_grid.send_and_receive(
+                    strategy.configure_evaluate(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]
+                    timeout=settings.round_timeout,
+                )
+            )
+            evaluate_metrics = strategy.aggregate_evaluate(server_round, evaluate_replies)
+            central_metrics = central(arrays) if central else None
+            seconds = time.perf_counter() - began
+            run.save_checkpoint(
+                server_round,
+                {
+                    "arrays": arrays.to_torch_state_dict(),
+                    "strategy": strategy_state(strategy),
+                },
+                settings.keep_checkpoints,
+            )
+            _record_sites(run, server_round, "train", train_replies)
+            _record_sites(run, server_round, "evaluate", evaluate_replies)
+            run.record(server_round, "train", GLOBAL, dict((train_metrics or {}).items()))
+            run.record(server_round, "evaluate", GLOBAL, dict((evaluate_metrics or {}).items()))
+            if central_metrics:
+                run.record(server_round, "central", GLOBAL, central_metrics)
+            run.record(server_round, "timing", GLOBAL, {"seconds": seconds})
+            run.write_summary(final=None)
+            _log_round(server_round, settings.num_server_rounds, evaluate_metrics, seconds)
+        final = _final_metrics(run)
+        run.set_info(status="finished", finished=datetime.now(UTC).isoformat())
+        path = run.write_summary(final)
+        log(INFO, "Run %s finished: %s", run.name, path)
+        return final
+    except BaseException:
+        run.set_info(status="stopped")
+        run.write_summary(final=None)
+        raise
+    finally:
+        run.close()

@@ -1,0 +1,132 @@
+"""The run's sites, found by roll call, and a grid that addresses them instead of SuperNodes.
+
+Flower strategies sample and message *nodes*. Here the unit of a federation is a
+*site*: a deployed SuperNode is one site, while in simulation a few SuperNodes can
+stand in for many sites (Flower's default local simulation has two). :class:`SiteGrid`
+gives each site an id of its own and forwards messages to the node that hosts it,
+so every strategy samples, weights and aggregates sites unchanged.
+"""
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from logging import INFO
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.run_settings import RunSettings, simulated_site_configs
+
+
+@dataclass(frozen=True)
+class Site:
+    """A site of the run: its id in :class:`SiteGrid`, its name and the node that hosts it."""
+
+    site_id: int
+    name: str
+    node_id: int
+    #: Index into the run config's simulated sites; None for a deployed site.
+    simulated_index: int | None
+
+
+def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(nodes := list(grid.get_node_ids())) < max(minimum, 1):
+        if time.monotonic() > deadline:
+            raise FesfError(
+                f"only {len(nodes)} SuperNode(s) connected after {timeout:.0f} s, {minimum} needed "
+                "(min-available-nodes): start more sites or lower min-available-nodes"
+            )
+        log(INFO, "Waiting for SuperNodes: %d connected, %d needed", len(nodes), minimum)
+        time.sleep(1)
+    return nodes
+
+
+def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeout: float) -> list["Site"]:
+    """Ask every SuperNode what it is and lay the run's sites out on them.
+
+    Deployed nodes name their site in their node config. Simulated nodes host the
+    run config's sites round-robin by partition id: with K nodes, node ``p`` hosts
+    sites ``p``, ``p + K``, ...
+
+    Raises
+    ------
+    FesfError
+        If nodes do not answer, two nodes claim one site, or deployed and simulated
+        nodes are mixed.
+    """
+    nodes = _wait_for_nodes(grid, settings.min_available_nodes, timeout)
+    query = RecordDict({"config": ConfigRecord()})
+    replies = list(
+        grid.send_and_receive(
+            [Message(query, dst_node_id=node, message_type="query.describe") for node in nodes],
+            timeout=timeout,
+        )
+    )
+    deployed: dict[str, int] = {}
+    partitions: dict[int, int] = {}
+    for reply in replies:
+        if reply.has_error():
+            raise FesfError(f"SuperNode {reply.metadata.src_node_id} failed the roll call: {reply.error.reason}")
+        node = reply.content["node"]
+        if "site" in node:
+            if node["site"] in deployed:
+                raise FesfError(f"two SuperNodes claim site {node['site']!r}: give each SuperNode its own site name")
+            deployed[str(node["site"])] = reply.metadata.src_node_id
+        else:
+            partitions[int(node["partition-id"])] = reply.metadata.src_node_id
+    if deployed and partitions:
+        raise FesfError("deployed and simulated SuperNodes are connected together: run them as separate federations")
+    if deployed:
+        return [Site(number, name, node, None) for number, (name, node) in enumerate(sorted(deployed.items()), 1)]
+    configs = simulated_site_configs(settings, site_defaults)
+    hosts = [partitions[p] for p in sorted(partitions)]
+    if len(hosts) > len(configs):
+        log(
+            INFO,
+            "%d SuperNodes for %d sites: %d SuperNodes stay idle",
+            len(hosts),
+            len(configs),
+            len(hosts) - len(configs),
+        )
+    return [Site(index + 1, config.site, hosts[index % len(hosts)], index) for index, config in enumerate(configs)]
+
+
+def check_minimums(settings: RunSettings, sites: list[Site]) -> None:
+    """Refuse minimums that the run's sites can never meet (a strategy would wait forever)."""
+    for key in ("min-train-nodes", "min-evaluate-nodes", "min-available-nodes"):
+        value = getattr(settings, key.replace("-", "_"))
+        if value > len(sites):
+            raise ConfigError(f"run config {key}: {value} exceeds the {len(sites)} sites of this run; lower it")
+
+
+class SiteGrid:
+    """A :class:`~flwr.serverapp.Grid` look-alike whose node ids are site ids.
+
+    It implements what strategies use (``get_node_ids`` and ``send_and_receive``).
+    """
+
+    def __init__(self, grid: Grid, sites: list[Site]) -> None:
+        self.grid = grid
+        self.sites = {site.site_id: site for site in sites}
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.sites)
+
+    def _forward(self, message: Message) -> Message:
+        site = self.sites[message.metadata.dst_node_id]
+        content = RecordDict(dict(message.content.items()))
+        config = ConfigRecord(dict(content.get("config", ConfigRecord()).items()))
+        if site.simulated_index is not None:
+            config["site-index"] = site.simulated_index
+        content["config"] = config
+        return Message(
+            content,
+            dst_node_id=site.node_id,
+            message_type=message.metadata.message_type,
+        )
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return list(self.grid.send_and_receive([self._forward(message) for message in messages], timeout=timeout))
