@@ -39,26 +39,27 @@ import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.simulation, clients, server: run from anywhere
 
-import torch  # noqa: E402
-from flwr.app import ArrayRecord, Context, Message  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
-from flwr.simulation import run_simulation  # noqa: E402
+import torch
+from flwr.app import ArrayRecord, Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
 
-import clients.app  # noqa: E402
-import server.app  # noqa: E402
-from fesf_fed.device import select_device  # noqa: E402
-from fesf_fed.home import fesf_home  # noqa: E402
-from fesf_fed.models import build_model  # noqa: E402
-from fesf_fed.run_settings import parse_run_settings, simulated_site_configs  # noqa: E402
-from fesf_fed.task import evaluate, train  # noqa: E402
-from fesf_fed.training_data import SiteData, load_site_data  # noqa: E402
-from tests.simulation import run_config  # noqa: E402
+import clients.app
+import server.app
+from fesf_fed.device import select_device
+from fesf_fed.home import fesf_home
+from fesf_fed.models import build_model
+from fesf_fed.run_settings import parse_run_settings, simulated_site_configs
+from fesf_fed.task import evaluate, train
+from fesf_fed.training_data import SiteData, load_site_data
+from server.run_store import GLOBAL
+from tests.simulation import run_config
 
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -192,7 +193,7 @@ class TreeMemory:
         while not self._stop.wait(self.interval):
             self._sample()
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -371,7 +372,9 @@ def main() -> None:
     status = json.loads((run / "summary.json").read_text())
     federated = [metrics[(r, "timing", "global", "seconds")] for r in range(1, args.rounds + 1)]
     handler = {
-        (r, phase): [v for (rr, p, s, n), v in metrics.items() if rr == r and p == phase and n == HANDLER_SECONDS]
+        (r, phase): [
+            v for (rr, p, s, n), v in metrics.items() if rr == r and p == phase and s != GLOBAL and n == HANDLER_SECONDS
+        ]
         for r in range(1, args.rounds + 1)
         for phase in ("train", "evaluate")
     }
@@ -383,7 +386,7 @@ def main() -> None:
     fed_mean = statistics.mean(fed_steady)
     central_mean = {n: statistics.mean(_steady(central[n])[0] + _steady(central_after[n])[0]) for n in thread_counts}
     best = min(central_mean, key=central_mean.get)
-    actor_threads = sorted({int(v) for (_, p, _, n), v in metrics.items() if n == HANDLER_THREADS})
+    actor_threads = sorted({int(v) for (_, _, s, n), v in metrics.items() if s != GLOBAL and n == HANDLER_THREADS})
 
     print(f"\nrun {run.name}: status {status.get('status')}, final accuracy {status['final'].get('accuracy')}")
     print(
