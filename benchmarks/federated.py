@@ -27,7 +27,6 @@ for _name, _value in (
     os.environ.setdefault(_name, _value)
 
 import argparse
-import dataclasses
 import json
 import multiprocessing
 import resource
@@ -46,12 +45,7 @@ sys.path.insert(0, str(REPO))  # tests.simulation, clients, server: run from any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
-from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 
-import clients.app
-import server.app
 from fesf_fed.device import select_device
 from fesf_fed.home import fesf_home
 from fesf_fed.models import build_model
@@ -59,7 +53,7 @@ from fesf_fed.run_settings import parse_run_settings, simulated_site_configs
 from fesf_fed.task import evaluate, train
 from fesf_fed.training_data import SiteData, load_site_data
 from server.run_store import GLOBAL
-from tests.simulation import run_config
+from tests.simulation import Handler, run_config, simulate
 
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,46 +77,22 @@ def _build_sites(config: dict[str, Any]) -> list[int]:
 # --- the federation, with each ClientApp handler timed inside its actor --------------------
 
 
-def _timed_client_app(config: dict[str, Any]) -> ClientApp:
-    """tests.simulation's ClientApp, plus the seconds each handler took as a reply metric.
+def _timed(handler: Handler) -> Handler:
+    """Add the seconds a ClientApp handler took, and its torch threads, to its reply's metrics.
 
     The time is measured inside the Ray actor, so a round splits into sites' own work
     and what Flower and Ray add (queues, polling, serialisation, actor dispatch).
     """
-    app = ClientApp()
-    for register, handler in (
-        (app.query("describe"), clients.app.describe),
-        (app.query("prepare"), clients.app.prepare),
-        (app.train(), clients.app.train_round),
-        (app.evaluate(), clients.app.evaluate_round),
-    ):
 
-        def wrapped(message: Message, context: Context, handler=handler) -> Message:
-            start = time.perf_counter()
-            reply = handler(message, dataclasses.replace(context, run_config=config))
-            if not reply.has_error() and "metrics" in reply.content:
-                reply.content["metrics"][HANDLER_SECONDS] = time.perf_counter() - start
-                reply.content["metrics"][HANDLER_THREADS] = torch.get_num_threads()
-            return reply
+    def timed(message: Message, context: Context) -> Message:
+        start = time.perf_counter()
+        reply = handler(message, context)
+        if not reply.has_error() and "metrics" in reply.content:
+            reply.content["metrics"][HANDLER_SECONDS] = time.perf_counter() - start
+            reply.content["metrics"][HANDLER_THREADS] = torch.get_num_threads()
+        return reply
 
-        register(wrapped)
-    return app
-
-
-def _simulate(config: dict[str, Any], num_supernodes: int) -> None:
-    """tests.simulation.simulate with the timed ClientApp."""
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        server.app.main(grid, dataclasses.replace(context, run_config=config))
-
-    run_simulation(
-        server_app,
-        _timed_client_app(config),
-        num_supernodes=num_supernodes,
-        backend_config={"client_resources": {"num_cpus": 1}, "init_args": {"num_cpus": 2}},
-    )
+    return timed
 
 
 # --- memory of the process tree, from /proc -------------------------------------------------
@@ -365,7 +335,7 @@ def main() -> None:
     known = set(runs.iterdir()) if runs.is_dir() else set()
     start = time.perf_counter()
     with TreeMemory() as memory:
-        _simulate(config, args.supernodes)
+        simulate(config, args.supernodes, instrument=_timed)
     federation_wall = time.perf_counter() - start
     (run,) = set(runs.iterdir()) - known
     metrics = _run_metrics(run)

@@ -63,11 +63,17 @@ def site_config_for(
     """
     if NODE_SITE_KEY in node_config:
         return _deployed_site_config(node_config, site_defaults)
-    sites = simulated_site_configs(settings, site_defaults)
+    sites = _simulated_sites(settings, tuple(sorted(site_defaults.items())))
     index = message_config.get("site-index")
     if not isinstance(index, int) or not 0 <= index < len(sites):
         raise ConfigError(f"message site-index {index!r} names none of the run's {len(sites)} simulated sites")
     return sites[index]
+
+
+@lru_cache(maxsize=4)
+def _simulated_sites(settings: RunSettings, site_defaults: tuple[tuple[str, Any], ...]) -> list[SiteConfig]:
+    # Every message of a run carries the same settings: validate its sites once per process, not per message.
+    return simulated_site_configs(settings, dict(site_defaults))
 
 
 @lru_cache(maxsize=16)

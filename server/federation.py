@@ -174,7 +174,8 @@ _FINAL_KEYS = ("accuracy", "precision", "recall", "f1", "loss")
 
 def _final_metrics(run: RunFolder) -> dict[str, Any]:
     """The last round's federated evaluation: global figures, per site, and central ones if any."""
-    last = run.history()[-1] if run.history() else {}
+    history = run.history()
+    last = history[-1] if history else {}
     evaluation = last.get("evaluate", {})
     final: dict[str, Any] = {
         "round": last.get("round"),

@@ -7,6 +7,7 @@ the defaults of ``pyproject.toml`` updated with the test's values.
 
 import dataclasses
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ import server.app
 from tests.conftest import TINY_BUILD
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: A ClientApp handler: what ``@app.train()`` and friends register.
+Handler = Callable[[Message, Context], Message]
 
 #: A federation that finishes in seconds: tiny phantom sites, one local epoch.
 TINY_RUN: dict[str, Any] = {
@@ -38,7 +42,7 @@ def run_config(**overrides: Any) -> dict[str, Any]:
     return {**defaults, **overrides}
 
 
-def _client_app(config: dict[str, Any]) -> ClientApp:
+def _client_app(config: dict[str, Any], instrument: Callable[[Handler], Handler] | None) -> ClientApp:
     app = ClientApp()
     for register, handler in (
         (app.query("describe"), clients.app.describe),
@@ -50,12 +54,17 @@ def _client_app(config: dict[str, Any]) -> ClientApp:
         def wrapped(message: Message, context: Context, handler=handler) -> Message:
             return handler(message, dataclasses.replace(context, run_config=config))
 
-        register(wrapped)
+        register(instrument(wrapped) if instrument else wrapped)
     return app
 
 
-def simulate(config: dict[str, Any], num_supernodes: int = 2) -> None:
-    """Run the federation of ``config`` on ``num_supernodes`` simulated SuperNodes, in this process."""
+def simulate(
+    config: dict[str, Any], num_supernodes: int = 2, instrument: Callable[[Handler], Handler] | None = None
+) -> None:
+    """Run the federation of ``config`` on ``num_supernodes`` simulated SuperNodes, in this process.
+
+    ``instrument``, if given, wraps every ClientApp handler (benchmarks time them with it).
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -64,7 +73,7 @@ def simulate(config: dict[str, Any], num_supernodes: int = 2) -> None:
 
     run_simulation(
         server_app,
-        _client_app(config),
+        _client_app(config, instrument),
         num_supernodes=num_supernodes,
         backend_config={
             "client_resources": {"num_cpus": 1},
