@@ -57,9 +57,9 @@ class RunSettings(BaseModel):
     mode: Literal[TRAINING_MODES] = "x_su_prime"  # type: ignore[valid-type]
     model: Literal[MODEL_NAMES] = "smallcnn"  # type: ignore[valid-type]
     pretrained_weights: str = ""
-    local_epochs: int = Field(2, ge=1)
+    local_epochs: int = Field(3, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
     site_config: str = ""
     sites_file: str = ""
