@@ -30,7 +30,7 @@ def test_training_fits_phantoms_and_evaluation_counts_every_image() -> None:
     torch.manual_seed(0)
     model = build_model("smallcnn", 2, 1)
     before = evaluate(model, data.images, data.labels, num_classes=2, batch_size=16, device=CPU)
-    last_loss = train(model, data.images, data.labels, epochs=30, lr=3e-3, batch_size=16, device=CPU)
+    last_loss = train(model, data.images, data.labels, epochs=30, lr=1e-3, batch_size=8, device=CPU)
     after = evaluate(model, data.images, data.labels, num_classes=2, batch_size=16, device=CPU)
     assert after.accuracy >= 0.95 and after.loss < before.loss and last_loss < 0.3
     assert np.sum(after.confusion) == after.examples == 48
