@@ -78,7 +78,7 @@ def train(
             f"got {epochs}, {batch_size}, {lr}, {proximal_mu}"
         )
     model.to(device).train()
-    start = [parameter.detach().clone() for parameter in model.parameters()]
+    global_weights = [parameter.detach().clone() for parameter in model.parameters()]
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     targets = torch.as_tensor(labels, dtype=torch.long)
     shuffle = torch.Generator().manual_seed(seed)
@@ -93,7 +93,7 @@ def train(
                 targets[batch].to(device),
             )
             if proximal_mu:
-                distance = sum(((now - then) ** 2).sum() for now, then in zip(model.parameters(), start))
+                distance = sum(((now - then) ** 2).sum() for now, then in zip(model.parameters(), global_weights))
                 loss = loss + proximal_mu / 2 * distance
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from logging import INFO
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -221,7 +222,10 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             classes,
         )
         weights = settings.pretrained_weights or None
-        model = build_model(settings.model, len(classes), channels, weights=weights)
+        # The run's seed fixes the initial weights, so a run can be repeated exactly.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)
+            model = build_model(settings.model, len(classes), channels, weights=weights)
         start, arrays = _start(run, settings, strategy, ArrayRecord(model.state_dict()))
         if not settings.resume:
             run.set_info(

@@ -129,4 +129,15 @@ class SiteGrid:
         )
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return list(self.grid.send_and_receive([self._forward(message) for message in messages], timeout=timeout))
+        """Send ``messages`` and return the replies in site order.
+
+        Replies arrive in whatever order sites finish, and strategies sample sites in random
+        order; aggregating in site order makes the floating-point sums, and so a whole run,
+        repeatable for a seed.
+        """
+        messages = list(messages)
+        forwarded = [self._forward(message) for message in messages]
+        replies = self.grid.send_and_receive(forwarded, timeout=timeout)
+        # The grid assigns each message its id when it sends it.
+        site_of = {sent.metadata.message_id: message.metadata.dst_node_id for sent, message in zip(forwarded, messages)}
+        return sorted(replies, key=lambda reply: site_of[reply.metadata.reply_to_message_id])

@@ -19,11 +19,12 @@ from server.federation import run_federation
 from server.run_store import runs_folder
 from tests.simulation import REPO, TINY_RUN, run_config, simulate
 
-#: Small but learnable: 32 px phantoms, 40 per class shared by three sites.
+#: Small but learnable: 32 px phantoms, 80 per class shared by three sites. With 40 per class
+#: the final accuracy swung between 0.59 and 0.9 from one initial model to the next.
 LEARNABLE = {
     **TINY_RUN,
     "site.data.image_size": 32,
-    "site.data.phantom_per_class": 40,
+    "site.data.phantom_per_class": 80,
     "num-server-rounds": 4,
     "local-epochs": 4,
     "partition": "iid",
@@ -46,8 +47,8 @@ def test_simulated_sites_learn_and_the_run_folder_has_everything():
     assert summary["status"] == "finished"
     assert [entry["round"] for entry in summary["history"]] == [1, 2, 3, 4]
     final = summary["final"]
-    # Two balanced classes: chance is 0.5.
-    assert final["accuracy"] >= 0.7, final
+    # Two balanced classes: chance is 0.5. Seeds 0-2 reached 0.94-0.95.
+    assert final["accuracy"] >= 0.8, final
     assert set(final["sites"]) == {"site-1", "site-2", "site-3"}
     for metrics in final["sites"].values():
         assert {"accuracy", "precision", "recall", "f1", "loss", "num-examples"} <= set(metrics)
@@ -58,6 +59,15 @@ def test_simulated_sites_learn_and_the_run_folder_has_everything():
         rows = store.execute("SELECT COUNT(*) FROM metrics WHERE phase = 'evaluate' AND scope = 'site-2'").fetchone()
     assert rows[0] > 0
 
+
+def test_a_run_repeated_with_the_same_seed_gives_the_same_figures():
+    config = run_config(**{**TINY_RUN, "num-server-rounds": 1}, mode="plaintext")
+    simulate(config)
+    simulate(config)
+    first, second = (_summary(run)["history"] for run in runs_folder().iterdir())
+    assert [(entry["train"], entry["evaluate"]) for entry in first] == [
+        (entry["train"], entry["evaluate"]) for entry in second
+    ]
 
 def test_surrogate_sites_report_quality_and_a_stopped_run_resumes_from_its_checkpoint():
     simulate(run_config(**{**TINY_RUN, "num-server-rounds": 1}, strategy="fedadam"))

@@ -48,6 +48,21 @@ def test_training_is_reproducible_for_a_seed() -> None:
     torch.testing.assert_close(weights[0], weights[1])
 
 
+
+def test_fedprox_term_keeps_a_sites_update_near_the_global_model() -> None:
+    data = phantom_dataset(6, 16, seed=1)
+    torch.manual_seed(0)
+    global_model = build_model("smallcnn", 2, 1)
+    drift = {}
+    for mu in (0.0, 10.0):
+        model = build_model("smallcnn", 2, 1)
+        model.load_state_dict(global_model.state_dict())
+        train(model, data.images, data.labels, epochs=3, lr=1e-2, batch_size=4, device=CPU, proximal_mu=mu)
+        drift[mu] = sum(
+            float(((now - then) ** 2).sum()) for now, then in zip(model.parameters(), global_model.parameters())
+        )
+    assert 0 < drift[10.0] < drift[0.0]
+
 @pytest.mark.parametrize(
     "images,labels,message",
     [
