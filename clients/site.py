@@ -30,7 +30,12 @@ def describe_node(node_config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _deployed_site_config(node_config: Mapping[str, Any], site_defaults: dict[str, Any]) -> SiteConfig:
+def deployed_site_config(node_config: Mapping[str, Any]) -> SiteConfig:
+    """A deployed site's config: its ``site-config`` file (if any) with the node config's values on top.
+
+    The run config's ``site.`` defaults do not apply: a hospital's own settings are what
+    ``fesf-client`` built its surrogates with before joining, and must stay so.
+    """
     updates: dict[str, Any] = {"site": str(node_config[NODE_SITE_KEY])}
     site_config = node_config.get("site-config")
     if "data-dir" in node_config:
@@ -41,11 +46,7 @@ def _deployed_site_config(node_config: Mapping[str, Any], site_defaults: dict[st
         updates.update({"hosts.source": "folder", "hosts.path": str(node_config["hosts-dir"])})
     if "device" in node_config:
         updates["device"] = str(node_config["device"])
-    return load_config(
-        str(site_config) if site_config else None,
-        overrides=updates,
-        defaults=site_defaults,
-    )
+    return load_config(str(site_config) if site_config else None, overrides=updates)
 
 
 def site_config_for(
@@ -62,7 +63,7 @@ def site_config_for(
         If a simulated node gets a message without a valid ``site-index``.
     """
     if NODE_SITE_KEY in node_config:
-        return _deployed_site_config(node_config, site_defaults)
+        return deployed_site_config(node_config)
     sites = _simulated_sites(settings, tuple(sorted(site_defaults.items())))
     index = message_config.get("site-index")
     if not isinstance(index, int) or not 0 <= index < len(sites):

@@ -87,7 +87,8 @@ def _quality_table(quality: dict[str, Any]) -> Table:
     return table
 
 
-def _print_build(build: SiteBuild) -> None:
+def print_build(build: SiteBuild) -> None:
+    """Print a build's counts per class, skipped files, quality table and timing."""
     manifest = build.manifest
     counts = Table(title=f"Site {manifest['site']}: surrogates", title_justify="left")
     splits = [split for split in ("train", "test") if split in manifest["splits"]]
@@ -115,7 +116,7 @@ def _print_build(build: SiteBuild) -> None:
 
 def _run_surrogates(args: argparse.Namespace) -> None:
     build = build_surrogates(_site_config(args), progress=not args.quiet)
-    _print_build(build)
+    print_build(build)
 
 
 def _run_quality(args: argparse.Namespace) -> None:

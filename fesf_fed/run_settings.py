@@ -71,6 +71,14 @@ class RunSettings(BaseModel):
     resume: str = ""
     keep_checkpoints: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, gt=0)
+    #: Deployed sites and the SuperNode ids their keys were registered as, ``"A=123 B=456"``
+    #: (``fesf-server run`` sets it); empty accepts any site name.
+    site_nodes: str = Field("", pattern=r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*=\d+(\s+|$))*$")
+
+    def registered_sites(self) -> dict[str, int]:
+        """``site-nodes`` as ``{site: node id}``."""
+        pairs = (entry.split("=") for entry in self.site_nodes.split())
+        return {site: int(node) for site, node in pairs}
 
 
 def _path(value: str, key: str) -> Path:

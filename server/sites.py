@@ -10,7 +10,7 @@ so every strategy samples, weights and aggregates sites unchanged.
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from logging import INFO
+from logging import ERROR, INFO
 
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
@@ -44,6 +44,16 @@ def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     return nodes
 
 
+def _refuse(name: str, node: int, registered: dict[str, int]) -> None:
+    # A node that is not who its key says is left out, not fatal: one misconfigured
+    # hospital should not stop the consortium's run.
+    if name not in registered:
+        reason = f"is not one of the consortium's sites ({', '.join(sorted(registered))})"
+    else:
+        reason = f"is registered as SuperNode {registered[name]}; each site must connect with its own key"
+    log(ERROR, "Refused SuperNode %d: it claims site %r, which %s", node, name, reason)
+
+
 def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeout: float) -> list["Site"]:
     """Ask every SuperNode what it is and lay the run's sites out on them.
 
@@ -67,19 +77,26 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
     )
     deployed: dict[str, int] = {}
     partitions: dict[int, int] = {}
+    registered = settings.registered_sites()
     for reply in replies:
         if reply.has_error():
             raise FesfError(f"SuperNode {reply.metadata.src_node_id} failed the roll call: {reply.error.reason}")
         node = reply.content["node"]
         if "site" in node:
-            if node["site"] in deployed:
-                raise FesfError(f"two SuperNodes claim site {node['site']!r}: give each SuperNode its own site name")
-            deployed[str(node["site"])] = reply.metadata.src_node_id
+            name = str(node["site"])
+            if registered and registered.get(name) != reply.metadata.src_node_id:
+                _refuse(name, reply.metadata.src_node_id, registered)
+                continue
+            if name in deployed:
+                raise FesfError(f"two SuperNodes claim site {name!r}: give each SuperNode its own site name")
+            deployed[name] = reply.metadata.src_node_id
         else:
             partitions[int(node["partition-id"])] = reply.metadata.src_node_id
     if deployed and partitions:
         raise FesfError("deployed and simulated SuperNodes are connected together: run them as separate federations")
-    if deployed:
+    if deployed or registered:
+        if not deployed:
+            raise FesfError("no connected SuperNode is one of the consortium's registered sites")
         return [Site(number, name, node, None) for number, (name, node) in enumerate(sorted(deployed.items()), 1)]
     configs = simulated_site_configs(settings, site_defaults)
     hosts = [partitions[p] for p in sorted(partitions)]

@@ -1,0 +1,236 @@
+"""``fesf-server``: the consortium side of a deployment.
+
+``fesf-server certs`` makes the consortium's CA, the SuperLink's TLS certificate and
+one key pair per site (:mod:`fesf_fed.pki`).
+
+``fesf-server run`` starts a Flower SuperLink with TLS and SuperNode authentication
+(insecure only with ``--insecure``), registers the public key of every site in the
+site-keys folder, submits the FESF run with ``flwr run`` and streams its progress
+until it ends, then stops the SuperLink. The run folder is written as in simulation,
+to ``$FESF_HOME/runs/<run-id>/``. The ServerApp is told which SuperNode each site's
+key was registered as, and refuses a node that claims another site's name.
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.home import fesf_home, private_folder
+from fesf_fed.pki import check_site_name, make_consortium_keys
+from fesf_fed.processes import FlowerProcess, flower_executable, split_address, wait_for_port
+
+#: Exit status of a run that a user error stopped (as ``fesf``).
+USER_ERROR = 2
+#: Names the operator's own commands use to reach the SuperLink on its host.
+LOCAL_HOSTS = ("localhost", "127.0.0.1")
+#: The ServerApp's last line names the run's summary.
+_FINISHED = re.compile(r"Run \S+ finished: (\S+summary\.json)")
+_CONNECTION = "fesf"
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    hosts = list(dict.fromkeys([*args.host, *LOCAL_HOSTS]))
+    keys = make_consortium_keys(args.out, hosts, args.site, days=args.days)
+    print(f"CA:           {keys.ca_certificate} (keep {keys.root / 'ca' / 'ca.key'} offline)")
+    print(f"server:       {keys.server_folder}/ (copy to the SuperLink host; valid for {', '.join(hosts)})")
+    for site in args.site:
+        print(f"site {site + ':':<7} {keys.site_folder(site)}/ (copy to site {site} over a secure channel)")
+    return 0
+
+
+def site_keys(folder: Path) -> dict[str, Path]:
+    """The ``<site>.pub`` files of ``folder`` by site name."""
+    if not folder.is_dir():
+        raise ConfigError(f"--site-keys {folder}: no such folder; make it with fesf-server certs")
+    keys = {check_site_name(path.stem): path for path in sorted(folder.glob("*.pub"))}
+    if not keys:
+        raise ConfigError(f"--site-keys {folder}: holds no <site>.pub file; make them with fesf-server certs")
+    return keys
+
+
+def _tls_files(folder: Path) -> dict[str, Path]:
+    files = {name: folder / name for name in ("ca.crt", "server.pem", "server.key")}
+    for path in files.values():
+        if not path.is_file():
+            raise ConfigError(f"--certificates {folder}: {path.name} is missing; make it with fesf-server certs")
+    return files
+
+
+def _flower_env(flwr_home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+
+
+def _write_connection(flwr_home: Path, address: str, root_certificates: Path | None) -> None:
+    # The operator's flwr CLI reaches this SuperLink as the connection "fesf"; its own
+    # FLWR_HOME keeps the user's Flower configuration untouched.
+    lines = ["[superlink]", f'default = "{_CONNECTION}"', "", f"[superlink.{_CONNECTION}]", f'address = "{address}"']
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{root_certificates}"')
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def register_site(key: Path, site: str, env: dict[str, str]) -> int:
+    """Register a site's public key with the running SuperLink; return its SuperNode id."""
+    result = subprocess.run(
+        [flower_executable("flwr"), "supernode", "register", str(key), _CONNECTION, "--name", site, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        reply = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        reply = {}
+    if not reply.get("success"):
+        reason = reply.get("error-message") or (result.stdout + result.stderr).strip().splitlines()[-1:] or ["?"]
+        raise FesfError(
+            f"site key {key}: the SuperLink did not register it ({reason}); is it a P-384 OpenSSH public key?"
+        )
+    return int(reply["node-id"])
+
+
+def _app_folder(path: Path | None) -> Path:
+    folder = (path or Path(__file__).resolve().parents[1]).resolve()
+    if not (folder / "pyproject.toml").is_file():
+        raise ConfigError(f"--app {folder}: no pyproject.toml; name the FESF-Fed checkout (the Flower app folder)")
+    return folder
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    host, port = split_address(args.address, "--address")
+    app = _app_folder(args.app)
+    if not args.insecure and args.certificates is None:
+        raise ConfigError("--certificates: name the server folder made by fesf-server certs (or pass --insecure)")
+    tls = None if args.insecure else _tls_files(args.certificates.expanduser().resolve())
+    keys: dict[str, Path] = {}
+    if not args.insecure:
+        keys = site_keys((args.site_keys or args.certificates / "site-keys").expanduser().resolve())
+    flwr_home = private_folder(fesf_home() / "server" / "flower")
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    _write_connection(flwr_home, f"{local}:{port}", tls["ca.crt"] if tls else None)
+    env = _flower_env(flwr_home)
+
+    command = [flower_executable("flower-superlink"), "--host", host, "--port", str(port)]
+    if tls is None:
+        command.append("--insecure")
+    else:
+        command += ["--ssl-ca-certfile", str(tls["ca.crt"]), "--ssl-certfile", str(tls["server.pem"])]
+        command += ["--ssl-keyfile", str(tls["server.key"]), "--enable-supernode-auth"]
+    command.append("--disable-runtime-dependency-installation")
+    superlink = FlowerProcess(command, env=env, sink=sys.stdout if args.verbose else None)
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        wait_for_port(local, port, superlink, timeout=60)
+        print(
+            f"SuperLink listening on {host}:{port} ({'insecure' if tls is None else 'TLS, SuperNode authentication'})"
+        )
+        nodes = {site: register_site(key, site, env) for site, key in keys.items()}
+        for site, node in nodes.items():
+            print(f"registered site {site} as SuperNode {node}")
+        return _submit(args, app, env, nodes)
+    except KeyboardInterrupt:
+        print(
+            f"stopped ({signal.Signals(stopping[0]).name if stopping else 'SIGINT'}); the run can be resumed with "
+            "--run-config \"resume='<run-id>'\""
+        )
+        return 130
+    finally:
+        superlink.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _submit(args: argparse.Namespace, app: Path, env: dict[str, str], nodes: dict[str, int]) -> int:
+    ours = []
+    if nodes:
+        count = len(nodes)
+        ours.append(f'site-nodes="{" ".join(f"{site}={node}" for site, node in nodes.items())}"')
+        ours += [f"min-available-nodes={count}", f"min-train-nodes={count}", f"min-evaluate-nodes={count}"]
+    command = [flower_executable("flwr"), "run", str(app), _CONNECTION, "--stream"]
+    command += ["--run-config", " ".join(ours)] if ours else []
+    command += ["--run-config", args.run_config] if args.run_config else []
+    summary: list[str] = []
+
+    def watch(line: str) -> None:
+        if match := _FINISHED.search(line):
+            summary.append(match.group(1))
+
+    submitted = FlowerProcess(command, env=env, sink=sys.stdout, watch=watch)
+    status = submitted.wait_for_failure_or_exit()
+    if status or not summary:
+        raise FesfError(f"the run did not finish (flwr run exited with status {status}); see the output above")
+    finished = json.loads(Path(summary[0]).read_text())
+    final = finished.get("final") or {}
+    figures = "  ".join(f"{name} {final[name]:.3f}" for name in ("accuracy", "f1") if name in final)
+    print(f"Run finished ({finished.get('status')}): {figures}; run folder {Path(summary[0]).parent}")
+    return 0 if finished.get("status") == "finished" else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fesf-server", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    certs = commands.add_parser("certs", help="make the CA, the SuperLink certificate and site key pairs")
+    certs.add_argument("--out", type=Path, required=True, help="output folder (existing files are kept)")
+    certs.add_argument(
+        "--host", action="append", required=True, help="a name or IP sites use to reach the SuperLink (repeatable)"
+    )
+    certs.add_argument("--site", action="append", default=[], help="a site name (repeatable)")
+    certs.add_argument("--days", type=int, default=825, help="certificate validity in days (default 825)")
+    certs.set_defaults(run=_run_certs)
+
+    run = commands.add_parser("run", help="start the SuperLink, register the sites and run the federation")
+    run.add_argument("--certificates", type=Path, help="folder with ca.crt, server.pem, server.key")
+    run.add_argument("--site-keys", type=Path, help="folder of <site>.pub keys (default: CERTIFICATES/site-keys)")
+    run.add_argument(
+        "--address", default="0.0.0.0:9092", help="HOST:PORT the SuperLink listens on (default 0.0.0.0:9092)"
+    )
+    run.add_argument(
+        "--run-config", help="run settings, as flwr run takes them: 'num-server-rounds=5 model=\"resnet34\"'"
+    )
+    run.add_argument("--app", type=Path, help="the FESF-Fed Flower app folder (default: this installation's checkout)")
+    run.add_argument(
+        "--insecure", action="store_true", help="no TLS, no SuperNode authentication: closed test networks only"
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="show the SuperLink's own log")
+    run.set_defaults(run=_run_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``fesf-server``; user errors print one line and exit with status 2."""
+    args: Any = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except FesfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
