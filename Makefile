@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Flower must not phone home or install app dependencies (see the README).
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: federate demo br35h test benchmark
+.PHONY: federate demo br35h loopback test benchmark
 
 $(BIN)/fesf: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -22,6 +22,9 @@ demo: $(BIN)/fesf  ## build surrogates for the built-in phantom data (one site, 
 
 br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 128 px (CPU-friendly)
 	$(BIN)/fesf surrogates --config configs/br35h.yaml --image-size 128
+
+loopback: $(BIN)/fesf  ## rehearse a TLS-secured, authenticated deployment of two sites on 127.0.0.1
+	PATH="$(abspath $(BIN)):$$PATH" deploy/loopback.sh
 
 test: $(BIN)/fesf  ## the whole test suite
 	$(BIN)/pytest -q

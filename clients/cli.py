@@ -7,8 +7,10 @@ In order, so that every problem shows up as one line before Flower starts:
    progress bar, so the first round does not wait on IQEM;
 3. reach the SuperLink (a bounded number of tries) and check its TLS certificate
    against ``--root-certificates``;
-4. run ``flower-supernode`` with node config ``site``, ``data-dir`` and ``site-config``,
-   until the SuperLink ends the federation or SIGINT/SIGTERM stops it.
+4. run ``flower-supernode`` with node config ``site``, ``data-dir`` and ``site-config``.
+   Flower's SuperNode leaves when the SuperLink stops (``fesf-server run`` stops it
+   after each run); the client then waits for the SuperLink to return and joins again,
+   like the service it is, until SIGINT/SIGTERM (or, with ``--once``, right away).
 """
 
 import argparse
@@ -16,6 +18,7 @@ import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -33,6 +36,10 @@ from fesf_fed.processes import FlowerProcess, flower_executable, free_port, port
 
 #: Exit status of a run that a user error stopped (as ``fesf``).
 USER_ERROR = 2
+UNREGISTERED = "the SuperLink refused this site's key: it is not registered; send auth.pub to the server operator"
+#: A SuperLink that has just started registers the sites' keys within seconds: a key it
+#: refuses is tried this many times, this many seconds apart, before that is final.
+KEY_TRIES, KEY_WAIT = 3, 5.0
 
 
 def _existing_file(path: Path | None, flag: str, hint: str) -> Path | None:
@@ -133,6 +140,13 @@ class SupernodeFailure:
             "code: 2004",
             "the SuperLink refused this site's key: it is not registered; send auth.pub to the server operator",
         ),
+        (
+            "Invalid SuperNode authentication",
+            (
+                "the SuperLink rejected this site's signature: the key is not registered, or this machine's clock "
+                "is more than a few seconds off (check NTP)"
+            ),
+        ),
         ("CERTIFICATE_VERIFY_FAILED", "the SuperLink's TLS certificate is not trusted; pass your kit's ca.crt"),
         ("Unable to parse the private key", "Flower cannot read --auth-key; use auth.key from your site kit"),
     )
@@ -167,9 +181,8 @@ def supernode_command(args: argparse.Namespace, config: dict[str, str]) -> list[
     return command
 
 
-def run(args: argparse.Namespace) -> int:
+def _check_flags(args: argparse.Namespace) -> None:
     check_site_name(args.site)
-    host, port = split_address(args.superlink, "--superlink")
     if args.insecure and (args.root_certificates or args.auth_key):
         raise ConfigError("--insecure: cannot be combined with --root-certificates or --auth-key; choose one")
     if not args.insecure:
@@ -181,33 +194,63 @@ def run(args: argparse.Namespace) -> int:
         args.root_certificates = _existing_file(args.root_certificates, "--root-certificates", "use your kit's ca.crt")
         args.auth_key = _existing_file(args.auth_key, "--auth-key", "use your kit's auth.key")
         check_auth_key(args.auth_key, args.site)
+
+
+def _wait_for_return(host: str, port: int, wait: float, stop: threading.Event) -> None:
+    while not stop.is_set() and port_open(host, port) is not None:
+        stop.wait(wait)
+
+
+def run(args: argparse.Namespace) -> int:
+    host, port = split_address(args.superlink, "--superlink")
+    _check_flags(args)
     config = node_config(args)
     print_build(build_surrogates(deployed_site_config(config), progress=not args.quiet))
     reach_superlink(host, port, args.retries, args.retry_wait)
     if not args.insecure:
         check_certificate(host, port, args.root_certificates)
-    print(f"Site {args.site}: joining the federation at {args.superlink}", flush=True)
-    supernode = FlowerProcess(supernode_command(args, config), sink=sys.stdout, watch=SupernodeFailure())
+    stop = threading.Event()
     stopping: list[int] = []
+    supernodes: list[FlowerProcess] = []
 
-    def stop(signum: int, _frame: FrameType | None) -> None:
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
-        supernode.failed.set()  # wakes the wait below
+        stop.set()
+        for supernode in supernodes:
+            supernode.failed.set()  # wakes the wait below
 
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        status = supernode.wait_for_failure_or_exit()
+        refused = 0
+        while not stop.is_set():
+            print(f"Site {args.site}: joining the federation at {args.superlink}", flush=True)
+            supernodes[:] = [FlowerProcess(supernode_command(args, config), sink=sys.stdout, watch=SupernodeFailure())]
+            try:
+                status = supernodes[0].wait_for_failure_or_exit()
+            finally:
+                supernodes[0].stop()
+            if stop.is_set():
+                break
+            failure = supernodes[0].failure
+            if failure == UNREGISTERED and (refused := refused + 1) < KEY_TRIES:
+                print(f"Site {args.site}: key refused; the server may still be registering sites, trying again")
+                stop.wait(KEY_WAIT)
+                continue
+            if failure is not None:
+                raise FesfError(f"site {args.site}: {failure}")
+            refused = 0
+            if status:
+                raise FesfError(f"site {args.site}: flower-supernode exited with status {status}; see its output above")
+            # Flower's SuperNode leaves when the SuperLink stops, e.g. after fesf-server's run.
+            if args.once:
+                print(f"Site {args.site}: the SuperLink closed the connection; --once given, so stopping")
+                return 0
+            print(f"Site {args.site}: the SuperLink closed the connection; waiting for it to come back", flush=True)
+            _wait_for_return(host, port, args.retry_wait, stop)
     finally:
-        supernode.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if stopping:
-        print(f"Site {args.site}: stopped ({signal.Signals(stopping[0]).name})")
-        return 0
-    if supernode.failure is not None:
-        raise FesfError(f"site {args.site}: {supernode.failure}")
-    if status:
-        raise FesfError(f"site {args.site}: flower-supernode exited with status {status}; see its output above")
+    print(f"Site {args.site}: stopped ({signal.Signals(stopping[0]).name})")
     return 0
 
 
@@ -238,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--runtime-port", type=int, help="local port of the SuperNode's Runtime API (default: a free one)"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="stop when the SuperLink closes, instead of waiting for the next run"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser

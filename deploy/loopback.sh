@@ -20,6 +20,7 @@ KEEP=${1:+yes}  # a folder the user named is kept
 WORK=${1:-$(mktemp -d -t fesf-loopback.XXXXXX)}
 mkdir -p "$WORK"
 PIDS=()
+CLIENTS=()
 
 stop_all() {
     local status=$?
@@ -68,6 +69,7 @@ EOF
         --config "$WORK/site-$site.yaml" --root-certificates "$WORK/pki/sites/$site/ca.crt" \
         --auth-key "$WORK/pki/sites/$site/auth.key" --quiet >"$WORK/client-$site.log" 2>&1 &
     PIDS+=("$!")
+    CLIENTS+=("$!")
 done
 
 wait "$SERVER" || { echo "loopback: fesf-server failed" >&2; exit 1; }
@@ -87,5 +89,12 @@ if set(summary["final"]["sites"]) != sites:
     problems.append(f"sites {sorted(summary['final']['sites'])}")
 if problems:
     sys.exit(f"loopback: run summary {sys.argv[1]}: " + "; ".join(problems))
-print(f"loopback: OK, {rounds} rounds with sites {', '.join(sorted(sites))}; accuracy {summary['final']['accuracy']:.3f}")
+print(f"loopback: run finished: {rounds} rounds with sites {', '.join(sorted(sites))}; accuracy {summary['final']['accuracy']:.3f}")
 EOF
+
+# A site's SuperNode is a service: it waits for the next run until told to stop.
+for pid in "${CLIENTS[@]}"; do kill -TERM "$pid"; done
+for pid in "${CLIENTS[@]}"; do
+    wait "$pid" || { echo "loopback: fesf-client (pid $pid) did not stop cleanly on SIGTERM" >&2; exit 1; }
+done
+echo "loopback: OK"

@@ -16,7 +16,8 @@ Flower's SuperNode authentication takes NIST P-384 keys in OpenSSH format (the s
 as ``ssh-keygen -t ecdsa -b 384``). A public key's comment names its site
 (``fesf-site:A``), so a client started with another site's key is told so before it
 connects. Running it again keeps every existing file and adds what is missing, so
-new sites join without reissuing anyone's keys.
+new sites join without reissuing anyone's keys; a ``site-keys/<site>.pub`` that a site
+made itself (and sent in) is kept.
 """
 
 import datetime
@@ -33,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fesf_fed.atomic import atomic_writer
 from fesf_fed.errors import ConfigError
+from fesf_fed.home import private_folder
 
 #: Site names become file names and Flower node-config values.
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -254,10 +256,11 @@ def make_consortium_keys(root: Path, hosts: list[str], sites: list[str], *, days
     shutil.copyfile(keys.ca_certificate, server / "ca.crt")
     for site in sites:
         folder = keys.site_folder(site)
+        registered = keys.site_keys / f"{site}.pub"
         if (folder / "auth.key").exists():
-            public = (folder / "auth.pub").read_bytes()
-        else:
-            public = _make_site_key_pair(folder, site)
-        _write(keys.site_keys / f"{site}.pub", public)
+            _write(registered, (folder / "auth.pub").read_bytes())
+        elif not registered.exists():  # a site that made its own key sent only its .pub: keep it
+            _write(registered, _make_site_key_pair(folder, site))
+        private_folder(folder)
         shutil.copyfile(keys.ca_certificate, folder / "ca.crt")
     return keys

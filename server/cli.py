@@ -147,6 +147,12 @@ def _run_run(args: argparse.Namespace) -> int:
         print(
             f"SuperLink listening on {host}:{port} ({'insecure' if tls is None else 'TLS, SuperNode authentication'})"
         )
+        if host not in LOCAL_HOSTS:
+            # Flower 1.41 serves its Control API (submit runs, register nodes) on the sites' port, unauthenticated.
+            print(
+                f"warning: anyone who reaches {host}:{port} can use Flower's Control API; expose only the Fleet "
+                "API to the sites (deploy/nginx/fleet-only.conf, see deploy/README.md)"
+            )
         nodes = {site: register_site(key, site, env) for site, key in keys.items()}
         for site, node in nodes.items():
             print(f"registered site {site} as SuperNode {node}")

@@ -61,6 +61,12 @@ def _prepare_sites(grid: SiteGrid, run: RunFolder, timeout: float) -> tuple[list
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     if failures := _errors(replies):
         raise FesfError("sites could not prepare their data: " + "; ".join(failures))
+    if missing := {site.name for site in grid.sites.values()} - {_site_name(reply) for reply in replies}:
+        names = ", ".join(sorted(missing))
+        raise FesfError(
+            f"sites {names} did not finish preparing their data within round-timeout ({timeout:.0f} s); "
+            "raise round-timeout, or let those sites build their surrogates (fesf-client does) before the run"
+        )
     described = {}
     for reply in replies:
         data = reply.content["data"]

@@ -1,0 +1,289 @@
+"""Hospital deployment: keys, fesf-client's checks and refusals against a real TLS SuperLink, the loopback rehearsal.
+
+Servers bind to 127.0.0.1 on free ports with a temporary FLWR_HOME, and every process
+a test starts is stopped by its PID (process group) before the test ends.
+"""
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from flwr.app import ConfigRecord, Message
+from flwr.supercore.task_identity import TaskIdentity
+
+from clients.cli import SupernodeFailure
+from clients.site import site_config_for
+from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.pki import key_site, make_consortium_keys, server_hosts
+from fesf_fed.processes import FlowerProcess, flower_executable, free_port, wait_for_port
+from fesf_fed.run_settings import parse_run_settings
+from server.cli import _flower_env, _write_connection, register_site, site_keys
+from server.sites import discover_sites
+from tests.simulation import REPO, run_config
+
+BIN = Path(sys.executable).parent
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+#: A site small enough to build in seconds.
+TINY_SITE = {
+    "data": {"source": "phantom", "image_size": 16, "phantom_per_class": 8},
+    "hosts": {"source": "phantom", "phantom_count": 2},
+    "iqem": {"steps": 2},
+}
+
+
+def test_keys_cover_the_server_names_name_their_sites_and_a_rerun_adds_a_site(tmp_path):
+    keys = make_consortium_keys(tmp_path, ["link.example.org", "10.1.2.3"], ["A"])
+    assert set(server_hosts(keys.server_folder / "server.pem")) == {"link.example.org", "10.1.2.3"}
+    assert key_site(keys.site_keys / "A.pub") == "A"
+    assert (keys.site_folder("A") / "auth.key").stat().st_mode & 0o777 == 0o600
+    assert (keys.root / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+
+    make_consortium_keys(tmp_path, ["link.example.org"], ["A", "B"])
+    assert all(path.read_bytes() == data for path, data in before.items())  # nobody's key is reissued
+    assert key_site(keys.site_keys / "B.pub") == "B"
+    assert set(site_keys(keys.site_keys)) == {"A", "B"}
+
+
+@pytest.mark.parametrize(
+    "hosts,sites,message",
+    [
+        ([], ["A"], "hosts: name at least one"),
+        (["bad host!"], ["A"], "server host 'bad host!': not a DNS name or IP address"),
+        (["localhost"], ["../A"], "site '../A': use 1-64 letters"),
+    ],
+)
+def test_bad_key_requests_are_refused_before_anything_is_written(tmp_path, hosts, sites, message):
+    with pytest.raises(ConfigError, match=message):
+        make_consortium_keys(tmp_path / "out", hosts, sites)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_server_certificate_is_not_silently_reused_for_new_host_names(tmp_path):
+    make_consortium_keys(tmp_path, ["localhost"], [])
+    with pytest.raises(ConfigError, match="issued for localhost, not link.example.org; delete server.pem"):
+        make_consortium_keys(tmp_path, ["link.example.org"], [])
+
+
+def test_a_deployed_site_uses_its_own_config_not_the_runs_site_defaults(tmp_path):
+    config_file = tmp_path / "site.yaml"
+    config_file.write_text(yaml.safe_dump({"site": "ignored", "data": {"source": "phantom", "image_size": 48}}))
+    settings, defaults = parse_run_settings(run_config(**{"site.data.image_size": 16, "site.iqem.steps": 1}))
+    config = site_config_for({}, {"site": "A", "site-config": str(config_file)}, settings, defaults)
+    assert (config.site, config.data.image_size) == ("A", 48)
+    assert config.iqem.steps != 1  # what fesf-client built before joining is what the ClientApp uses
+
+
+def test_site_nodes_is_validated_and_parsed():
+    settings, _ = parse_run_settings(run_config(**{"site-nodes": "A=12 B=18446744073709551615"}))
+    assert settings.registered_sites() == {"A": 12, "B": 18446744073709551615}
+    with pytest.raises(ConfigError, match="run config site-nodes"):
+        parse_run_settings(run_config(**{"site-nodes": "A:12"}))
+
+
+class _RollCallGrid:
+    """Just enough of a Flower Grid for a roll call: each node answers with the site it claims."""
+
+    def __init__(self, claims: dict[int, str]) -> None:
+        self.claims = claims
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.claims)
+
+    def send_and_receive(self, messages: list[Message], *, timeout: float | None = None) -> list[SimpleNamespace]:
+        return [
+            SimpleNamespace(
+                has_error=lambda: False,
+                content={"node": ConfigRecord({"site": self.claims[message.metadata.dst_node_id]})},
+                metadata=SimpleNamespace(src_node_id=message.metadata.dst_node_id),
+            )
+            for message in messages
+        ]
+
+
+def test_a_node_claiming_another_sites_name_is_left_out_of_the_run():
+    # The ServerApp's messages need a run to belong to, as inside Flower.
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    settings, defaults = parse_run_settings(run_config(**{"site-nodes": "A=11 B=22", "min-available-nodes": 1}))
+    sites = discover_sites(_RollCallGrid({11: "A", 22: "A", 33: "C"}), settings, defaults, timeout=5)
+    assert [(site.name, site.node_id) for site in sites] == [("A", 11)]
+    with pytest.raises(FesfError, match="no connected SuperNode is one of the consortium's registered sites"):
+        discover_sites(_RollCallGrid({33: "C"}), settings, defaults, timeout=5)
+
+
+def test_supernode_failure_blocks_become_one_line():
+    unregistered = SupernodeFailure()
+    block = [
+        "\x1b[91mERROR \x1b[0m:     Exit Code: 305",
+        "Failed to initialize the connection to the SuperLink.",
+        "[code: 2004] Failed to activate SuperNode.",
+        "For more information, visit: <https://flower.ai/docs/framework/1.41/en/ref-exit-codes/305.html>",
+    ]
+    assert [unregistered(line) for line in block][-1].startswith("the SuperLink refused this site's key")
+    unknown = SupernodeFailure()
+    assert [unknown(line) for line in ["Exit Code: 999", "something new", "For more information"]][-1] == (
+        "flower-supernode failed (Flower exit code 999); see its output above"
+    )
+    assert SupernodeFailure()("For more information") is None  # only inside an error block
+
+
+# --- Against a real SuperLink with TLS and SuperNode authentication -------------------------------
+
+
+@pytest.fixture(scope="module")
+def consortium(tmp_path_factory) -> Iterator[dict]:
+    """A running SuperLink (TLS, --enable-supernode-auth) on a free port with site A registered; B is not."""
+    root = tmp_path_factory.mktemp("consortium")
+    keys = make_consortium_keys(root / "pki", ["127.0.0.1", "localhost"], ["A", "B"])
+    flwr_home = root / "flwr"
+    flwr_home.mkdir()
+    port = free_port()
+    _write_connection(flwr_home, f"127.0.0.1:{port}", keys.server_folder / "ca.crt")
+    env = {**_flower_env(flwr_home), **FLOWER_ENV}
+    tls = keys.server_folder
+    superlink = FlowerProcess(
+        [
+            flower_executable("flower-superlink"),
+            *("--host", "127.0.0.1", "--port", str(port)),
+            *("--ssl-ca-certfile", str(tls / "ca.crt"), "--ssl-certfile", str(tls / "server.pem")),
+            *("--ssl-keyfile", str(tls / "server.key"), "--enable-supernode-auth"),
+            "--disable-runtime-dependency-installation",
+        ],
+        env=env,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, superlink, timeout=60)
+        node = register_site(keys.site_keys / "A.pub", "A", env)
+        site_config = root / "site.yaml"
+        site_config.write_text(yaml.safe_dump(TINY_SITE))
+        yield {"keys": keys, "port": port, "node": node, "env": env, "config": site_config, "home": root / "fesf"}
+    finally:
+        superlink.stop()
+    assert not superlink.running()
+
+
+def _fesf_client(consortium: dict, site: str, *extra: str, auth_site: str | None = None) -> subprocess.CompletedProcess:
+    kit = consortium["keys"].site_folder(auth_site or site)
+    flags = ["--root-certificates", str(kit / "ca.crt"), "--auth-key", str(kit / "auth.key")]
+    if "--root-certificates" in extra:
+        flags = flags[2:]
+    return subprocess.run(
+        [str(BIN / "fesf-client"), "--site", site, "--superlink", f"127.0.0.1:{consortium['port']}"]
+        + ["--config", str(consortium["config"]), "--quiet", *flags, *extra],
+        env={**os.environ, **consortium["env"], "FESF_HOME": str(consortium["home"])},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def _error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_registering_the_same_key_twice_is_a_clear_error(consortium):
+    with pytest.raises(FesfError, match="A.pub: the SuperLink did not register it"):
+        register_site(consortium["keys"].site_keys / "A.pub", "A", consortium["env"])
+
+
+def test_a_site_whose_key_is_not_registered_is_refused(consortium):
+    line = _error_line(_fesf_client(consortium, "B"))
+    assert line == (
+        "error: site B: the SuperLink refused this site's key: it is not registered; "
+        "send auth.pub to the server operator"
+    )
+
+
+def test_a_client_without_the_consortium_ca_cannot_connect(consortium, tmp_path):
+    stranger = make_consortium_keys(tmp_path / "other", ["127.0.0.1"], [])
+    line = _error_line(_fesf_client(consortium, "A", "--root-certificates", str(stranger.ca_certificate)))
+    assert (
+        f"--root-certificates {stranger.ca_certificate}: the SuperLink at 127.0.0.1:{consortium['port']} is not verified"
+        in line
+    )
+    # Flower itself refuses the handshake too: a SuperNode started without our CA gets no further.
+    supernode = FlowerProcess(
+        [
+            flower_executable("flower-supernode"),
+            *("--superlink", f"127.0.0.1:{consortium['port']}", "--port", str(free_port())),
+            *("--auth-supernode-private-key", str(consortium["keys"].site_folder("A") / "auth.key")),
+        ],
+        env=consortium["env"],
+        watch=SupernodeFailure(),
+    )
+    try:
+        assert supernode.wait_for_failure_or_exit() is None
+        assert supernode.failure == "the SuperLink's TLS certificate is not trusted; pass your kit's ca.crt"
+    finally:
+        supernode.stop()
+
+
+def test_a_site_started_with_another_sites_key_is_told_so(consortium):
+    line = _error_line(_fesf_client(consortium, "C", auth_site="A"))
+    assert line.startswith("error: --site C: the key ") and "was made for site 'A'; use --site A" in line
+
+
+def test_a_superlink_that_is_down_is_retried_a_bounded_number_of_times(consortium):
+    down = free_port()
+    result = _fesf_client(consortium, "A", "--superlink", f"127.0.0.1:{down}", "--retries", "3", "--retry-wait", "0.1")
+    assert result.stdout.count(f"SuperLink 127.0.0.1:{down} not reachable") == 2
+    assert _error_line(result).startswith(f"error: --superlink 127.0.0.1:{down}: not reachable after 3 tries")
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--superlink", "nowhere"], "--superlink 'nowhere': expected HOST:PORT"),
+        (["--insecure"], "--insecure: cannot be combined with --root-certificates or --auth-key"),
+        (["--data-dir", "/no/such/folder"], "--data-dir /no/such/folder: does not exist"),
+    ],
+)
+def test_bad_client_flags_are_one_line_errors(consortium, flags, message):
+    assert message in _error_line(_fesf_client(consortium, "A", *flags))
+
+
+def test_a_missing_server_certificate_folder_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [str(BIN / "fesf-server"), "run", "--certificates", str(tmp_path)],
+        env={**os.environ, **FLOWER_ENV},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"error: --certificates {tmp_path}: ca.crt is missing; make it with fesf-server certs"
+    )
+
+
+def test_loopback_rehearsal_runs_two_sites_to_the_end_and_stops_everything(tmp_path):
+    work = tmp_path / "loopback"
+    env = {**os.environ, **FLOWER_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", str(REPO / "deploy" / "loopback.sh"), str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "loopback: run finished: 2 rounds with sites A, B" in result.stdout
+    assert result.stdout.rstrip().endswith("loopback: OK")
+    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True, check=False).stdout.split()
+    assert left == [], f"processes left running: {left}"
