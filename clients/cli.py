@@ -76,7 +76,9 @@ def node_config(args: argparse.Namespace) -> dict[str, str]:
         if value is not None:
             path = Path(value).expanduser().resolve()
             if not path.exists():
-                raise ConfigError(f"--{flag.replace('_', '-')} {path}: does not exist")
+                raise ConfigError(
+                    f"--{flag.replace('_', '-')} {path}: does not exist; check the path (relative paths start here)"
+                )
             config[key] = str(path)
     if args.device is not None:
         config["device"] = args.device
@@ -125,6 +127,10 @@ def check_certificate(host: str, port: int, root_certificates: Path) -> None:
             f"--superlink {host}:{port}: TLS handshake failed ({exc.reason}); is the server running without TLS "
             "(then both sides need --insecure)?"
         ) from None
+    except OSError as exc:
+        raise FesfError(
+            f"--superlink {host}:{port}: no TLS handshake ({exc.strerror or exc}); is this the SuperLink's address?"
+        ) from None
 
 
 class SupernodeFailure:
@@ -136,10 +142,7 @@ class SupernodeFailure:
     """
 
     _REASONS = (
-        (
-            "code: 2004",
-            "the SuperLink refused this site's key: it is not registered; send auth.pub to the server operator",
-        ),
+        ("code: 2004", UNREGISTERED),
         (
             "Invalid SuperNode authentication",
             (
@@ -221,10 +224,12 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        refused = 0
+        refused, joined = 0, False
         while not stop.is_set():
             print(f"Site {args.site}: joining the federation at {args.superlink}", flush=True)
             supernodes[:] = [FlowerProcess(supernode_command(args, config), sink=sys.stdout, watch=SupernodeFailure())]
+            if stop.is_set():  # a signal that came before the SuperNode was in the list
+                supernodes[0].failed.set()
             try:
                 status = supernodes[0].wait_for_failure_or_exit()
             finally:
@@ -232,15 +237,17 @@ def run(args: argparse.Namespace) -> int:
             if stop.is_set():
                 break
             failure = supernodes[0].failure
-            if failure == UNREGISTERED and (refused := refused + 1) < KEY_TRIES:
+            # Before a first join a refused key is soon final; after one, the server is restarting and
+            # registering sites, which can take a while with many of them.
+            if failure == UNREGISTERED and (joined or (refused := refused + 1) < KEY_TRIES):
                 print(f"Site {args.site}: key refused; the server may still be registering sites, trying again")
                 stop.wait(KEY_WAIT)
                 continue
             if failure is not None:
                 raise FesfError(f"site {args.site}: {failure}")
-            refused = 0
             if status:
                 raise FesfError(f"site {args.site}: flower-supernode exited with status {status}; see its output above")
+            refused, joined = 0, True
             # Flower's SuperNode leaves when the SuperLink stops, e.g. after fesf-server's run.
             if args.once:
                 print(f"Site {args.site}: the SuperLink closed the connection; --once given, so stopping")
@@ -292,8 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``fesf-client``; user errors print one line and exit with status 2."""
     args: Any = build_parser().parse_args(argv)
-    if args.retries < 1:
-        print("error: --retries: must be >= 1", file=sys.stderr)
+    if args.retries < 1 or args.retry_wait <= 0:
+        print("error: --retries must be >= 1 and --retry-wait > 0", file=sys.stderr)
         return USER_ERROR
     try:
         return run(args)

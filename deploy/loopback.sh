@@ -49,7 +49,7 @@ FESF_HOME="$WORK/server-home" fesf-server certs --out "$WORK/pki" --host 127.0.0
 
 echo "loopback: SuperLink on 127.0.0.1:$PORT (TLS, SuperNode authentication), $ROUNDS rounds"
 FESF_HOME="$WORK/server-home" fesf-server run --certificates "$WORK/pki/server" \
-    --address "127.0.0.1:$PORT" --run-config "num-server-rounds=$ROUNDS local-epochs=1" \
+    --address "127.0.0.1:$PORT" --run-config "num-server-rounds=$ROUNDS local-epochs=1 round-timeout=300" \
     >"$WORK/server.log" 2>&1 &
 SERVER=$!
 PIDS+=("$SERVER")
@@ -65,13 +65,20 @@ hosts: {source: phantom, phantom_count: 4}
 iqem: {steps: 5}
 EOF
     echo "loopback: site $site joins"
-    FESF_HOME="$WORK/site-$site-home" fesf-client --site "$site" --superlink "127.0.0.1:$PORT" \
+    FESF_HOME="$WORK/site-$site-home" FLWR_HOME="$WORK/site-$site-flwr" fesf-client --site "$site" --superlink "127.0.0.1:$PORT" \
         --config "$WORK/site-$site.yaml" --root-certificates "$WORK/pki/sites/$site/ca.crt" \
         --auth-key "$WORK/pki/sites/$site/auth.key" --quiet >"$WORK/client-$site.log" 2>&1 &
     PIDS+=("$!")
     CLIENTS+=("$!")
 done
 
+# A site that dies would leave the server waiting for it: fail at once instead.
+while kill -0 "$SERVER" 2>/dev/null; do
+    for pid in "${CLIENTS[@]}"; do
+        kill -0 "$pid" 2>/dev/null || { echo "loopback: a site's fesf-client (pid $pid) exited early" >&2; exit 1; }
+    done
+    sleep 2
+done
 wait "$SERVER" || { echo "loopback: fesf-server failed" >&2; exit 1; }
 grep "Run finished" "$WORK/server.log"
 

@@ -23,7 +23,6 @@ made itself (and sent in) is kept.
 import datetime
 import ipaddress
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fesf_fed.atomic import atomic_writer
 from fesf_fed.errors import ConfigError
-from fesf_fed.home import private_folder
 
 #: Site names become file names and Flower node-config values.
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -127,13 +125,8 @@ def _certificate(
     return builder.sign(signing_key, hashes.SHA384())
 
 
-def _load_or_make_ca(folder: Path, days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _make_ca(folder: Path, days: int) -> ec.EllipticCurvePrivateKey:
     key_path, certificate_path = folder / "ca.key", folder / "ca.crt"
-    if key_path.exists() and certificate_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError(f"{key_path}: not an EC private key; move the ca/ folder away to make a new CA")
-        return key, x509.load_pem_x509_certificate(certificate_path.read_bytes())
     key = ec.generate_private_key(_CURVE)
     certificate = _certificate(
         "FESF-Fed consortium CA",
@@ -162,7 +155,19 @@ def _load_or_make_ca(folder: Path, days: int) -> tuple[ec.EllipticCurvePrivateKe
     )
     _write(key_path, _private_pem(key))
     _write(certificate_path, certificate.public_bytes(serialization.Encoding.PEM))
-    return key, certificate
+    return key
+
+
+def _load_ca_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    # Only issuing the server certificate needs the CA's key; it may stay offline otherwise.
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: missing, and the server certificate must be signed with it; restore it from its offline copy"
+        )
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path}: not an EC private key; restore the CA key that fesf-server certs made")
+    return key
 
 
 def _make_server_certificate(
@@ -242,7 +247,15 @@ def make_consortium_keys(root: Path, hosts: list[str], sites: list[str], *, days
         check_site_name(site)
     _subject_alternative_names(hosts)  # refuse a bad host before writing anything
     keys = ConsortiumKeys(root)
-    ca_key, ca = _load_or_make_ca(root / "ca", days)
+    ca_key_path = root / "ca" / "ca.key"
+    ca_key = None
+    if not ca_key_path.exists() and not keys.ca_certificate.exists():
+        ca_key = _make_ca(root / "ca", days)
+    elif not keys.ca_certificate.exists():
+        raise ConfigError(
+            f"{keys.ca_certificate}: missing; restore it (every site trusts this CA) or start a new folder"
+        )
+    ca = x509.load_pem_x509_certificate(keys.ca_certificate.read_bytes())
     server = keys.server_folder
     if (server / "server.pem").exists():
         issued_for = server_hosts(server / "server.pem")
@@ -252,8 +265,9 @@ def make_consortium_keys(root: Path, hosts: list[str], sites: list[str], *, days
                 "delete server.pem and server.key to reissue it"
             )
     else:
-        _make_server_certificate(server, hosts, ca_key, ca, days)
-    shutil.copyfile(keys.ca_certificate, server / "ca.crt")
+        _make_server_certificate(server, hosts, ca_key or _load_ca_key(ca_key_path), ca, days)
+    ca_pem = keys.ca_certificate.read_bytes()
+    _write(server / "ca.crt", ca_pem)
     for site in sites:
         folder = keys.site_folder(site)
         registered = keys.site_keys / f"{site}.pub"
@@ -261,6 +275,5 @@ def make_consortium_keys(root: Path, hosts: list[str], sites: list[str], *, days
             _write(registered, (folder / "auth.pub").read_bytes())
         elif not registered.exists():  # a site that made its own key sent only its .pub: keep it
             _write(registered, _make_site_key_pair(folder, site))
-        private_folder(folder)
-        shutil.copyfile(keys.ca_certificate, folder / "ca.crt")
+        _write(folder / "ca.crt", ca_pem)
     return keys

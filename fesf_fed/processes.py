@@ -121,26 +121,30 @@ class FlowerProcess:
         return self.process.returncode
 
     def stop(self, grace: float = 20.0) -> int:
-        """Stop the process and everything it started: SIGTERM to its session, SIGKILL after ``grace`` s."""
+        """Stop the process and everything in its session: SIGTERM, then SIGKILL for what is left after ``grace`` s."""
         if self.running():
             _signal_group(self.pid, signal.SIGTERM)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
-                _signal_group(self.pid, signal.SIGKILL)
-                self.process.wait()
-        else:
-            # The leader is gone; helpers it left in its session are stopped too.
-            _signal_group(self.pid, signal.SIGKILL)
+                pass
+        # Helpers (SuperExec, app processes) get a moment to follow their leader, then are killed.
+        deadline = time.monotonic() + min(grace, 5.0)
+        while _signal_group(self.pid, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(self.pid, signal.SIGKILL)
+        self.process.wait()
         self._reader.join(timeout=5)
         return self.process.returncode
 
 
-def _signal_group(pid: int, signum: int) -> None:
+def _signal_group(pid: int, signum: int) -> bool:
+    """Send ``signum`` to the process group ``pid``; False if the group no longer exists."""
     try:
         os.killpg(pid, signum)
     except ProcessLookupError:
-        pass
+        return False
+    return True
 
 
 def wait_for_port(host: str, port: int, process: FlowerProcess, timeout: float) -> None:

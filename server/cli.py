@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from fesf_fed.atomic import atomic_writer
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.pki import check_site_name, make_consortium_keys
@@ -50,7 +51,12 @@ def site_keys(folder: Path) -> dict[str, Path]:
     """The ``<site>.pub`` files of ``folder`` by site name."""
     if not folder.is_dir():
         raise ConfigError(f"--site-keys {folder}: no such folder; make it with fesf-server certs")
-    keys = {check_site_name(path.stem): path for path in sorted(folder.glob("*.pub"))}
+    keys = {}
+    for path in sorted(folder.glob("*.pub")):
+        try:
+            keys[check_site_name(path.stem)] = path
+        except ConfigError as exc:
+            raise ConfigError(f"--site-keys {path}: the file name must be <site>.pub; {exc}") from None
     if not keys:
         raise ConfigError(f"--site-keys {folder}: holds no <site>.pub file; make them with fesf-server certs")
     return keys
@@ -82,7 +88,8 @@ def _write_connection(flwr_home: Path, address: str, root_certificates: Path | N
         lines.append("insecure = true")
     else:
         lines.append(f'root-certificates = "{root_certificates}"')
-    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+    with atomic_writer(flwr_home / "config.toml") as stream:
+        stream.write(("\n".join(lines) + "\n").encode())
 
 
 def register_site(key: Path, site: str, env: dict[str, str]) -> int:
@@ -99,9 +106,10 @@ def register_site(key: Path, site: str, env: dict[str, str]) -> int:
     except json.JSONDecodeError:
         reply = {}
     if not reply.get("success"):
-        reason = reply.get("error-message") or (result.stdout + result.stderr).strip().splitlines()[-1:] or ["?"]
+        output = (result.stdout + result.stderr).strip().splitlines()
+        reason = reply.get("error-message") or (output[-1].strip(" │") if output else "no output")
         raise FesfError(
-            f"site key {key}: the SuperLink did not register it ({reason}); is it a P-384 OpenSSH public key?"
+            f"site key {key}: the SuperLink did not register it ({reason}); it must be a P-384 OpenSSH public key that no other site uses"
         )
     return int(reply["node-id"])
 
@@ -116,6 +124,8 @@ def _app_folder(path: Path | None) -> Path:
 def _run_run(args: argparse.Namespace) -> int:
     host, port = split_address(args.address, "--address")
     app = _app_folder(args.app)
+    if args.insecure and (args.certificates or args.site_keys):
+        raise ConfigError("--insecure: cannot be combined with --certificates or --site-keys; choose one")
     if not args.insecure and args.certificates is None:
         raise ConfigError("--certificates: name the server folder made by fesf-server certs (or pass --insecure)")
     tls = None if args.insecure else _tls_files(args.certificates.expanduser().resolve())
@@ -134,7 +144,7 @@ def _run_run(args: argparse.Namespace) -> int:
         command += ["--ssl-ca-certfile", str(tls["ca.crt"]), "--ssl-certfile", str(tls["server.pem"])]
         command += ["--ssl-keyfile", str(tls["server.key"]), "--enable-supernode-auth"]
     command.append("--disable-runtime-dependency-installation")
-    superlink = FlowerProcess(command, env=env, sink=sys.stdout if args.verbose else None)
+    children: list[FlowerProcess] = []  # stopped in reverse order, whatever happens
     stopping: list[int] = []
 
     def stop(signum: int, _frame: FrameType | None) -> None:
@@ -143,7 +153,8 @@ def _run_run(args: argparse.Namespace) -> int:
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        wait_for_port(local, port, superlink, timeout=60)
+        children.append(FlowerProcess(command, env=env, sink=sys.stdout if args.verbose else None))
+        wait_for_port(local, port, children[0], timeout=60)
         print(
             f"SuperLink listening on {host}:{port} ({'insecure' if tls is None else 'TLS, SuperNode authentication'})"
         )
@@ -156,7 +167,7 @@ def _run_run(args: argparse.Namespace) -> int:
         nodes = {site: register_site(key, site, env) for site, key in keys.items()}
         for site, node in nodes.items():
             print(f"registered site {site} as SuperNode {node}")
-        return _submit(args, app, env, nodes)
+        return _submit(args, app, env, nodes, children)
     except KeyboardInterrupt:
         print(
             f"stopped ({signal.Signals(stopping[0]).name if stopping else 'SIGINT'}); the run can be resumed with "
@@ -164,12 +175,18 @@ def _run_run(args: argparse.Namespace) -> int:
         )
         return 130
     finally:
-        superlink.stop()
+        # A second Ctrl-C must not cut the clean-up short and orphan the SuperLink.
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        for child in reversed(children):
+            child.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
 
-def _submit(args: argparse.Namespace, app: Path, env: dict[str, str], nodes: dict[str, int]) -> int:
+def _submit(
+    args: argparse.Namespace, app: Path, env: dict[str, str], nodes: dict[str, int], children: list[FlowerProcess]
+) -> int:
     ours = []
     if nodes:
         count = len(nodes)
@@ -184,8 +201,8 @@ def _submit(args: argparse.Namespace, app: Path, env: dict[str, str], nodes: dic
         if match := _FINISHED.search(line):
             summary.append(match.group(1))
 
-    submitted = FlowerProcess(command, env=env, sink=sys.stdout, watch=watch)
-    status = submitted.wait_for_failure_or_exit()
+    children.append(FlowerProcess(command, env=env, sink=sys.stdout, watch=watch))
+    status = children[-1].wait_for_failure_or_exit()
     if status or not summary:
         raise FesfError(f"the run did not finish (flwr run exited with status {status}); see the output above")
     finished = json.loads(Path(summary[0]).read_text())
@@ -236,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     except FesfError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -44,14 +44,12 @@ def _wait_for_nodes(grid: Grid, minimum: int, timeout: float) -> list[int]:
     return nodes
 
 
-def _refuse(name: str, node: int, registered: dict[str, int]) -> None:
-    # A node that is not who its key says is left out, not fatal: one misconfigured
-    # hospital should not stop the consortium's run.
+def _refusal(name: str, node: int, registered: dict[str, int]) -> str:
     if name not in registered:
         reason = f"is not one of the consortium's sites ({', '.join(sorted(registered))})"
     else:
         reason = f"is registered as SuperNode {registered[name]}; each site must connect with its own key"
-    log(ERROR, "Refused SuperNode %d: it claims site %r, which %s", node, name, reason)
+    return f"SuperNode {node} claims site {name!r}, which {reason}"
 
 
 def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeout: float) -> list["Site"]:
@@ -78,6 +76,7 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
     deployed: dict[str, int] = {}
     partitions: dict[int, int] = {}
     registered = settings.registered_sites()
+    refused: list[str] = []
     for reply in replies:
         if reply.has_error():
             raise FesfError(f"SuperNode {reply.metadata.src_node_id} failed the roll call: {reply.error.reason}")
@@ -85,7 +84,8 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
         if "site" in node:
             name = str(node["site"])
             if registered and registered.get(name) != reply.metadata.src_node_id:
-                _refuse(name, reply.metadata.src_node_id, registered)
+                refused.append(_refusal(name, reply.metadata.src_node_id, registered))
+                log(ERROR, "Refused %s", refused[-1])
                 continue
             if name in deployed:
                 raise FesfError(f"two SuperNodes claim site {name!r}: give each SuperNode its own site name")
@@ -95,8 +95,13 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
     if deployed and partitions:
         raise FesfError("deployed and simulated SuperNodes are connected together: run them as separate federations")
     if deployed or registered:
-        if not deployed:
-            raise FesfError("no connected SuperNode is one of the consortium's registered sites")
+        # A node that is not who its key says is left out; the run goes on if the others suffice.
+        needed = max(settings.min_available_nodes, settings.min_train_nodes, settings.min_evaluate_nodes, 1)
+        if registered and len(deployed) < needed:
+            raise FesfError(
+                f"{len(deployed)} of the connected SuperNodes are registered sites, {needed} needed; refused: "
+                + ("; ".join(refused) or "none")
+            )
         return [Site(number, name, node, None) for number, (name, node) in enumerate(sorted(deployed.items()), 1)]
     configs = simulated_site_configs(settings, site_defaults)
     hosts = [partitions[p] for p in sorted(partitions)]

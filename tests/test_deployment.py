@@ -5,6 +5,8 @@ a test starts is stopped by its PID (process group) before the test ends.
 """
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +55,29 @@ def test_keys_cover_the_server_names_name_their_sites_and_a_rerun_adds_a_site(tm
     assert all(path.read_bytes() == data for path, data in before.items())  # nobody's key is reissued
     assert key_site(keys.site_keys / "B.pub") == "B"
     assert set(site_keys(keys.site_keys)) == {"A", "B"}
+
+
+def test_with_the_ca_key_offline_sites_are_added_but_no_certificate_is_issued(tmp_path):
+    keys = make_consortium_keys(tmp_path, ["localhost"], ["A"])
+    ca_certificate = keys.ca_certificate.read_bytes()
+    (tmp_path / "ca" / "ca.key").rename(tmp_path / "offline.key")
+
+    make_consortium_keys(tmp_path, ["localhost"], ["A", "B"])
+    assert keys.ca_certificate.read_bytes() == ca_certificate  # no new CA behind the operator's back
+    assert (keys.site_folder("B") / "ca.crt").read_bytes() == ca_certificate
+    (keys.server_folder / "server.pem").unlink()
+    with pytest.raises(ConfigError, match="ca.key: missing, and the server certificate must be signed with it"):
+        make_consortium_keys(tmp_path, ["localhost"], [])
+
+
+def test_a_site_key_made_at_the_site_is_kept(tmp_path):
+    keys = make_consortium_keys(tmp_path, ["localhost"], [])
+    own = make_consortium_keys(tmp_path / "elsewhere", ["localhost"], ["A"]).site_folder("A") / "auth.pub"
+    keys.site_keys.mkdir()
+    (keys.site_keys / "A.pub").write_bytes(own.read_bytes())
+    make_consortium_keys(tmp_path, ["localhost"], ["A"])
+    assert (keys.site_keys / "A.pub").read_bytes() == own.read_bytes()
+    assert not (keys.site_folder("A") / "auth.key").exists()
 
 
 @pytest.mark.parametrize(
@@ -114,11 +139,28 @@ class _RollCallGrid:
 def test_a_node_claiming_another_sites_name_is_left_out_of_the_run():
     # The ServerApp's messages need a run to belong to, as inside Flower.
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    settings, defaults = parse_run_settings(run_config(**{"site-nodes": "A=11 B=22", "min-available-nodes": 1}))
+    minimums = {f"min-{kind}-nodes": 1 for kind in ("available", "train", "evaluate")}
+    settings, defaults = parse_run_settings(run_config(**{"site-nodes": "A=11 B=22", **minimums}))
     sites = discover_sites(_RollCallGrid({11: "A", 22: "A", 33: "C"}), settings, defaults, timeout=5)
     assert [(site.name, site.node_id) for site in sites] == [("A", 11)]
-    with pytest.raises(FesfError, match="no connected SuperNode is one of the consortium's registered sites"):
-        discover_sites(_RollCallGrid({33: "C"}), settings, defaults, timeout=5)
+    # As fesf-server runs it, every registered site is needed: a refused node then stops the run, saying why.
+    settings, defaults = parse_run_settings(run_config(**{"site-nodes": "A=11 B=22"}))
+    with pytest.raises(FesfError) as refused:
+        discover_sites(_RollCallGrid({11: "A", 33: "B"}), settings, defaults, timeout=5)
+    assert str(refused.value) == (
+        "1 of the connected SuperNodes are registered sites, 2 needed; refused: SuperNode 33 claims site 'B', "
+        "which is registered as SuperNode 22; each site must connect with its own key"
+    )
+
+
+def test_stopping_a_flower_process_stops_its_helpers_too():
+    # The leader exits on SIGTERM; its helper ignores it, as a hung SuperExec would.
+    script = "(trap '' TERM; sleep 300) & trap 'exit 0' TERM; echo started; wait"
+    process = FlowerProcess(["bash", "-c", script], watch=lambda line: line)
+    process.failed.wait(10)
+    process.stop(grace=1)
+    states = subprocess.run(["ps", "-o", "stat=", "-g", str(process.pid)], capture_output=True, text=True, check=False)
+    assert all(state.startswith("Z") for state in states.stdout.split()), states.stdout  # killed (zombies wait for init)
 
 
 def test_supernode_failure_blocks_become_one_line():
@@ -274,16 +316,25 @@ def test_a_missing_server_certificate_folder_is_a_clear_error(tmp_path):
 def test_loopback_rehearsal_runs_two_sites_to_the_end_and_stops_everything(tmp_path):
     work = tmp_path / "loopback"
     env = {**os.environ, **FLOWER_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(
+    script = subprocess.Popen(
         ["bash", str(REPO / "deploy" / "loopback.sh"), str(work)],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=540,
-        check=False,
+        start_new_session=True,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "loopback: run finished: 2 rounds with sites A, B" in result.stdout
-    assert result.stdout.rstrip().endswith("loopback: OK")
-    left = subprocess.run(["pgrep", "-f", str(work)], capture_output=True, text=True, check=False).stdout.split()
-    assert left == [], f"processes left running: {left}"
+    try:
+        stdout, stderr = script.communicate(timeout=540)
+    except subprocess.TimeoutExpired:
+        os.killpg(script.pid, signal.SIGTERM)  # the script's trap stops what it started
+        stdout, stderr = script.communicate(timeout=60)
+        pytest.fail(f"loopback.sh timed out: {stdout[-2000:]}{stderr[-2000:]}")
+    assert script.returncode == 0, stdout[-3000:] + stderr[-3000:]
+    assert "loopback: run finished: 2 rounds with sites A, B" in stdout
+    assert stdout.rstrip().endswith("loopback: OK")
+    # Flower's own helpers name the SuperLink's port rather than the work folder.
+    port = re.search(r"SuperLink listening on 127\.0\.0\.1:(\d+)", (work / "server.log").read_text()).group(1)
+    for pattern in (str(work), f"127.0.0.1:{port}"):
+        left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False).stdout.split()
+        assert left == [], f"processes matching {pattern} left running: {left}"

@@ -1,0 +1,74 @@
+"""A deployed round (TLS, SuperNode authentication, one process per message) against the same round simulated.
+
+The deployment is the loopback rehearsal (``deploy/loopback.sh``): a SuperLink with
+TLS and authentication and two ``fesf-client`` sites on 127.0.0.1. The baseline is
+the same two sites (the rehearsal's own site configs, as a ``sites-file``) with the
+same run config in Flower's in-process simulation (``tests/simulation.py``), in the
+same run of this script. Round times come from each run's ``summary.json``
+(``timing/seconds``); the surrogates are built before either federation starts, so
+neither is timed building them.
+
+    PYTHONPATH=. python benchmarks/deployment.py            # needs fesf-server/fesf-client: use the venv's python
+"""
+
+import os
+
+for _name, _value in (
+    ("FLWR_TELEMETRY_ENABLED", "0"),
+    ("FLWR_DISABLE_UPDATE_CHECK", "1"),
+    ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
+    ("RAY_USAGE_STATS_ENABLED", "0"),
+):
+    os.environ.setdefault(_name, _value)
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.simulation, clients, server: run from anywhere
+
+from tests.simulation import run_config, simulate
+
+ROUNDS = 2
+
+
+def _round_seconds(home: Path) -> list[float]:
+    (summary,) = (home / "runs").glob("*/summary.json")
+    history = json.loads(summary.read_text())["history"]
+    return [entry["timing"]["global"]["seconds"] for entry in history]
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="fesf-bench-deploy-") as folder:
+        work = Path(folder) / "loopback"
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        began = time.perf_counter()
+        subprocess.run(["bash", str(REPO / "deploy" / "loopback.sh"), str(work)], env=env, check=True)
+        loopback_seconds = time.perf_counter() - began
+        deployed = _round_seconds(work / "server-home")
+
+        sites_file = Path(folder) / "sites.yaml"
+        sites_file.write_text(yaml.safe_dump({"sites": {s: str(work / f"site-{s}.yaml") for s in ("A", "B")}}))
+        os.environ["FESF_HOME"] = str(Path(folder) / "simulation-home")
+        simulate(
+            run_config(**{"sites-file": str(sites_file), "num-server-rounds": ROUNDS, "local-epochs": 1}),
+            num_supernodes=2,
+        )
+        simulated = _round_seconds(Path(os.environ["FESF_HOME"]))
+
+    print(f"loopback rehearsal end to end (keys, builds, {ROUNDS} rounds, shutdown): {loopback_seconds:.1f} s")
+    print(f"round seconds, deployed:  {', '.join(f'{s:.1f}' for s in deployed)}")
+    print(f"round seconds, simulated: {', '.join(f'{s:.1f}' for s in simulated)}")
+    ratio = statistics.mean(deployed) / statistics.mean(simulated)
+    print(f"deployed / simulated mean round time: {ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
