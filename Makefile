@@ -29,6 +29,7 @@ loopback: $(BIN)/fesf  ## rehearse a TLS-secured, authenticated deployment of tw
 test: $(BIN)/fesf  ## the whole test suite
 	$(BIN)/pytest -q
 
-benchmark: $(BIN)/fesf  ## IHM, pipeline and IQEM speed (see docs/benchmarks.md)
+benchmark: $(BIN)/fesf  ## IHM, pipeline, IQEM, federated and deployed round speed (see docs/benchmarks.md)
 	$(BIN)/python benchmarks/ihm.py
 	PYTHONPATH=. $(BIN)/python benchmarks/federated.py
+	PYTHONPATH=. $(BIN)/python benchmarks/deployment.py

@@ -8,12 +8,10 @@ torchvision ImageNet state dict, whose stem is summed to one channel for grey
 input and whose head is replaced.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from fesf_fed.errors import ConfigError
@@ -60,9 +58,8 @@ class SmallCNN(nn.Module):
 
 @dataclass(frozen=True)
 class _TorchvisionSpec:
-    """How to build a torchvision classifier and where its stem conv and head are."""
+    """Where a torchvision classifier's stem conv and head are (its builder has the registry's name)."""
 
-    builder: Callable[..., nn.Module]
     stem: str
     head: str
     min_size: int
@@ -70,10 +67,10 @@ class _TorchvisionSpec:
 
 # The smallest input each network accepts: its downsampling must leave at least one pixel.
 _TORCHVISION: dict[str, _TorchvisionSpec] = {
-    "vgg16": _TorchvisionSpec(torchvision.models.vgg16, "features.0", "classifier.6", 32),
-    "resnet34": _TorchvisionSpec(torchvision.models.resnet34, "conv1", "fc", 32),
-    "mobilenet_v3_large": _TorchvisionSpec(torchvision.models.mobilenet_v3_large, "features.0.0", "classifier.3", 32),
-    "efficientnet_v2_s": _TorchvisionSpec(torchvision.models.efficientnet_v2_s, "features.0.0", "classifier.1", 32),
+    "vgg16": _TorchvisionSpec("features.0", "classifier.6", 32),
+    "resnet34": _TorchvisionSpec("conv1", "fc", 32),
+    "mobilenet_v3_large": _TorchvisionSpec("features.0.0", "classifier.3", 32),
+    "efficientnet_v2_s": _TorchvisionSpec("features.0.0", "classifier.1", 32),
 }
 
 #: Every model name :func:`build_model` accepts.
@@ -158,7 +155,11 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: Path
             raise ConfigError("model weights: smallcnn has no pretrained weights; leave the weights file out")
         return SmallCNN(num_classes, in_channels)
     spec = _TORCHVISION[name]
-    model = spec.builder(weights=None)
+    # Imported here, not at the top: importing torchvision takes about 1.5 s, and a deployed
+    # site pays it in every message, since Flower starts a new ClientApp process for each.
+    import torchvision.models
+
+    model = getattr(torchvision.models, name)(weights=None)
     if weights is not None:
         state, expected = _load_state(weights), model.state_dict()
         misfits = [key for key in expected if key not in state or state[key].shape != expected[key].shape]
