@@ -12,27 +12,25 @@ neither is timed building them.
 """
 
 import os
+import sys
+from pathlib import Path
 
-for _name, _value in (
-    ("FLWR_TELEMETRY_ENABLED", "0"),
-    ("FLWR_DISABLE_UPDATE_CHECK", "1"),
-    ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
-    ("RAY_USAGE_STATS_ENABLED", "0"),
-):
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # fesf_fed, tests.simulation, clients, server: run from anywhere
+
+from fesf_fed.processes import QUIET_FLOWER_ENV, flower_env
+
+# Before Flower and Ray are imported: they read these at import.
+for _name, _value in QUIET_FLOWER_ENV.items():
     os.environ.setdefault(_name, _value)
 
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.simulation, clients, server: run from anywhere
 
 from tests.simulation import run_config, simulate
 
@@ -48,7 +46,7 @@ def _round_seconds(home: Path) -> list[float]:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fesf-bench-deploy-") as folder:
         work = Path(folder) / "loopback"
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        env = flower_env()  # fesf-server and fesf-client of this Python first on PATH
         began = time.perf_counter()
         subprocess.run(["bash", str(REPO / "deploy" / "loopback.sh"), str(work)], env=env, check=True)
         loopback_seconds = time.perf_counter() - began

@@ -17,13 +17,16 @@ timed and does not inflate this process's peak memory; they come from
 """
 
 import os
+import sys
+from pathlib import Path
 
-for _name, _value in (
-    ("FLWR_TELEMETRY_ENABLED", "0"),
-    ("FLWR_DISABLE_UPDATE_CHECK", "1"),
-    ("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1"),
-    ("RAY_USAGE_STATS_ENABLED", "0"),
-):
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # fesf_fed, tests.simulation, clients, server: run from anywhere
+
+from fesf_fed.processes import QUIET_FLOWER_ENV
+
+# Before Flower and Ray are imported: they read these at import.
+for _name, _value in QUIET_FLOWER_ENV.items():
     os.environ.setdefault(_name, _value)
 
 import argparse
@@ -32,16 +35,11 @@ import multiprocessing
 import resource
 import sqlite3
 import statistics
-import sys
 import threading
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 from typing import Any, Self
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.simulation, clients, server: run from anywhere
 
 import torch
 from flwr.app import ArrayRecord, Context, Message

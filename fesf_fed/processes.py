@@ -20,6 +20,22 @@ from typing import TextIO
 
 from fesf_fed.errors import ConfigError
 
+#: Flower must not phone home, check for updates or install an app's dependencies, nor Ray send usage statistics.
+QUIET_FLOWER_ENV: dict[str, str] = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def flower_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a Flower program: quiet, this Python's programs first on PATH, plus ``extra``."""
+    env = {**os.environ, **QUIET_FLOWER_ENV, **extra}
+    # Flower's programs start one another by name (flower-supernode runs flower-superexec).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
 
 def flower_executable(name: str) -> str:
     """The path of a Flower program (``flower-superlink``, ``flwr``...): beside this Python first, then on PATH."""
@@ -79,12 +95,9 @@ class FlowerProcess:
         self.failed = threading.Event()
         self._sink = sink
         self._watch = watch
-        # Flower's programs start one another by name (flower-supernode runs flower-superexec).
-        env = dict(os.environ if env is None else env)
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         self.process = subprocess.Popen(
             self.command,
-            env=env,
+            env=flower_env() if env is None else env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

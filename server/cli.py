@@ -13,7 +13,6 @@ key was registered as, and refuses a node that claims another site's name.
 
 import argparse
 import json
-import os
 import re
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from fesf_fed.atomic import atomic_writer
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.pki import check_site_name, make_consortium_keys
-from fesf_fed.processes import FlowerProcess, flower_executable, split_address, wait_for_port
+from fesf_fed.processes import FlowerProcess, flower_env, flower_executable, split_address, wait_for_port
 
 #: Exit status of a run that a user error stopped (as ``fesf``).
 USER_ERROR = 2
@@ -68,16 +67,6 @@ def _tls_files(folder: Path) -> dict[str, Path]:
         if not path.is_file():
             raise ConfigError(f"--certificates {folder}: {path.name} is missing; make it with fesf-server certs")
     return files
-
-
-def _flower_env(flwr_home: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
 
 
 def _write_connection(flwr_home: Path, address: str, root_certificates: Path | None) -> None:
@@ -135,7 +124,7 @@ def _run_run(args: argparse.Namespace) -> int:
     flwr_home = private_folder(fesf_home() / "server" / "flower")
     local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     _write_connection(flwr_home, f"{local}:{port}", tls["ca.crt"] if tls else None)
-    env = _flower_env(flwr_home)
+    env = flower_env(FLWR_HOME=str(flwr_home))
 
     command = [flower_executable("flower-superlink"), "--host", host, "--port", str(port)]
     if tls is None:

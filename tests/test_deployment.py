@@ -22,19 +22,13 @@ from clients.cli import SupernodeFailure
 from clients.site import site_config_for
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.pki import key_site, make_consortium_keys, server_hosts
-from fesf_fed.processes import FlowerProcess, flower_executable, free_port, wait_for_port
+from fesf_fed.processes import FlowerProcess, flower_env, flower_executable, free_port, wait_for_port
 from fesf_fed.run_settings import parse_run_settings
-from server.cli import _flower_env, _write_connection, register_site, site_keys
+from server.cli import _write_connection, register_site, site_keys
 from server.sites import discover_sites
 from tests.simulation import REPO, run_config
 
 BIN = Path(sys.executable).parent
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
 #: A site small enough to build in seconds.
 TINY_SITE = {
     "data": {"source": "phantom", "image_size": 16, "phantom_per_class": 8},
@@ -191,7 +185,7 @@ def consortium(tmp_path_factory) -> Iterator[dict]:
     flwr_home.mkdir()
     port = free_port()
     _write_connection(flwr_home, f"127.0.0.1:{port}", keys.server_folder / "ca.crt")
-    env = {**_flower_env(flwr_home), **FLOWER_ENV}
+    env = flower_env(FLWR_HOME=str(flwr_home))
     tls = keys.server_folder
     superlink = FlowerProcess(
         [
@@ -301,7 +295,7 @@ def test_bad_client_flags_are_one_line_errors(consortium, flags, message):
 def test_a_missing_server_certificate_folder_is_a_clear_error(tmp_path):
     result = subprocess.run(
         [str(BIN / "fesf-server"), "run", "--certificates", str(tmp_path)],
-        env={**os.environ, **FLOWER_ENV},
+        env=flower_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -315,7 +309,7 @@ def test_a_missing_server_certificate_folder_is_a_clear_error(tmp_path):
 
 def test_loopback_rehearsal_runs_two_sites_to_the_end_and_stops_everything(tmp_path):
     work = tmp_path / "loopback"
-    env = {**os.environ, **FLOWER_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    env = flower_env()  # the script finds fesf-server and fesf-client on PATH
     script = subprocess.Popen(
         ["bash", str(REPO / "deploy" / "loopback.sh"), str(work)],
         env=env,

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fesf_fed.errors import ConfigError
+from fesf_fed.processes import flower_env
 from fesf_fed.run_settings import parse_run_settings
 from server.federation import run_federation
 from server.run_store import runs_folder
@@ -115,18 +116,12 @@ def _superlink_pids(port: int) -> list[int]:
 def test_flwr_run_runs_the_app_and_leaves_a_summary(tmp_path, fesf_home):
     http_port, control_port = _free_port(), _free_port()
     flwr = Path(sys.executable).with_name("flwr")
-    env = {
-        **os.environ,
-        # flwr starts `flower-superlink` (and it `flwr-simulation`) from PATH.
-        "PATH": f"{flwr.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "FLWR_HOME": str(tmp_path / "flwr"),
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(control_port),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
+    # flwr starts `flower-superlink` (and it `flwr-simulation`) from PATH, which flower_env puts first.
+    env = flower_env(
+        FLWR_HOME=str(tmp_path / "flwr"),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
+        FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
+    )
     tiny = "num-server-rounds=1 local-epochs=1 site.data.image_size=16 site.data.phantom_per_class=8 site.iqem.steps=2"
     try:
         done = subprocess.run(
