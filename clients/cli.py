@@ -14,6 +14,7 @@ In order, so that every problem shows up as one line before Flower starts:
 """
 
 import argparse
+import json
 import signal
 import socket
 import ssl
@@ -79,6 +80,8 @@ def node_config(args: argparse.Namespace) -> dict[str, str]:
                 raise ConfigError(
                     f"--{flag.replace('_', '-')} {path}: does not exist; check the path (relative paths start here)"
                 )
+            if '"' in str(path):  # Flower's node-config parser has no escape for it
+                raise ConfigError(f"--{flag.replace('_', '-')} {path}: contains a double quote; rename or link it")
             config[key] = str(path)
     if args.device is not None:
         config["device"] = args.device
@@ -88,8 +91,9 @@ def node_config(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _node_config_argument(config: dict[str, str]) -> str:
-    # Flower parses node config as TOML values: quote every string.
-    return " ".join(f'{key}="{value}"' for key, value in config.items())
+    # Flower parses node config as TOML values; a JSON string is a valid TOML basic string
+    # (backslashes escaped; double quotes are refused in node_config).
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in config.items())
 
 
 def reach_superlink(host: str, port: int, retries: int, wait: float) -> None:

@@ -16,9 +16,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from flwr.app import ConfigRecord, Message
+from flwr.common.config import parse_config_args
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.cli import SupernodeFailure
+from clients.cli import SupernodeFailure, _node_config_argument, build_parser, node_config
 from clients.site import site_config_for
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.pki import key_site, make_consortium_keys, server_hosts
@@ -145,6 +146,18 @@ def test_a_node_claiming_another_sites_name_is_left_out_of_the_run():
         "1 of the connected SuperNodes are registered sites, 2 needed; refused: SuperNode 33 claims site 'B', "
         "which is registered as SuperNode 22; each site must connect with its own key"
     )
+
+
+def test_node_config_paths_survive_flowers_parser(tmp_path):
+    data = tmp_path / "St. Mary's ward 7" / "back\\slash"
+    data.mkdir(parents=True)
+    args = build_parser().parse_args(["--site", "A", "--superlink", "h:1", "--data-dir", str(data), "--insecure"])
+    assert parse_config_args([_node_config_argument(node_config(args))]) == {"site": "A", "data-dir": str(data)}
+    quoted = tmp_path / 'say "cheese"'
+    quoted.mkdir()
+    args = build_parser().parse_args(["--site", "A", "--superlink", "h:1", "--data-dir", str(quoted), "--insecure"])
+    with pytest.raises(ConfigError, match="contains a double quote; rename or link it"):
+        node_config(args)
 
 
 def test_stopping_a_flower_process_stops_its_helpers_too():
