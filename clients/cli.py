@@ -31,12 +31,10 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from clients.site import deployed_site_config
 from fesf_fed.build import build_surrogates
 from fesf_fed.cli import print_build
-from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.errors import ConfigError, FesfError, run_command
 from fesf_fed.pki import check_site_name, key_site
 from fesf_fed.processes import FlowerProcess, flower_executable, free_port, port_open, split_address
 
-#: Exit status of a run that a user error stopped (as ``fesf``).
-USER_ERROR = 2
 UNREGISTERED = "the SuperLink refused this site's key: it is not registered; send auth.pub to the server operator"
 #: A SuperLink that has just started registers the sites' keys within seconds: a key it
 #: refuses is tried this many times, this many seconds apart, before that is final.
@@ -190,6 +188,8 @@ def supernode_command(args: argparse.Namespace, config: dict[str, str]) -> list[
 
 def _check_flags(args: argparse.Namespace) -> None:
     check_site_name(args.site)
+    if args.retries < 1 or args.retry_wait <= 0:
+        raise ConfigError("--retries must be >= 1 and --retry-wait > 0")
     if args.insecure and (args.root_certificates or args.auth_key):
         raise ConfigError("--insecure: cannot be combined with --root-certificates or --auth-key; choose one")
     if not args.insecure:
@@ -303,17 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``fesf-client``; user errors print one line and exit with status 2."""
     args: Any = build_parser().parse_args(argv)
-    if args.retries < 1 or args.retry_wait <= 0:
-        print("error: --retries must be >= 1 and --retry-wait > 0", file=sys.stderr)
-        return USER_ERROR
-    try:
-        return run(args)
-    except FesfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: built surrogates are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+    return run_command(
+        lambda: run(args), "interrupted: built surrogates are kept; run the same command again to resume"
+    )
 
 
 if __name__ == "__main__":

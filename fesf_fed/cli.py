@@ -13,7 +13,7 @@ from rich.table import Table
 from fesf_fed.build import SiteBuild, build_surrogates, site_cache
 from fesf_fed.config import DataConfig, SiteConfig, load_config
 from fesf_fed.data import ImageSet, SkippedFile, load_dataset
-from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.errors import ConfigError, FesfError, run_command
 
 console = Console()
 #: Config fields that hold paths; in a file they are relative to the file.
@@ -181,15 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``fesf``; user errors print one line and exit with status 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+
+    def command() -> int:
         args.run(args)
-    except FesfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished work is kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_command(command, "interrupted: finished work is kept; run the same command again to resume")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,13 @@
 """The one exception type users see: its message is a single line that says what to do."""
 
+import sys
+from collections.abc import Callable
+
+#: Exit status of a command that a user error stopped.
+USER_ERROR = 2
+#: Exit status of a command that Ctrl-C stopped (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+
 
 class FesfError(Exception):
     """A problem with the user's input (config, data, hosts, device) that they can fix.
@@ -16,3 +24,19 @@ class ConfigError(FesfError):
 
 class DataError(FesfError):
     """A data source, image file or host bank cannot be used."""
+
+
+def run_command(command: Callable[[], int], interrupted: str) -> int:
+    """Run a command-line entry point's work and return its exit status.
+
+    A :class:`FesfError` prints ``error: <message>`` (status 2) and Ctrl-C prints
+    ``interrupted`` (status 130), both on stderr and without a traceback.
+    """
+    try:
+        return command()
+    except FesfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return INTERRUPTED

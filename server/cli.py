@@ -22,13 +22,11 @@ from types import FrameType
 from typing import Any
 
 from fesf_fed.atomic import atomic_writer
-from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.errors import INTERRUPTED, ConfigError, FesfError, run_command
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.pki import check_site_name, make_consortium_keys
 from fesf_fed.processes import FlowerProcess, flower_env, flower_executable, split_address, wait_for_port
 
-#: Exit status of a run that a user error stopped (as ``fesf``).
-USER_ERROR = 2
 #: Names the operator's own commands use to reach the SuperLink on its host.
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
 #: The ServerApp's last line names the run's summary.
@@ -98,7 +96,8 @@ def register_site(key: Path, site: str, env: dict[str, str]) -> int:
         output = (result.stdout + result.stderr).strip().splitlines()
         reason = reply.get("error-message") or (output[-1].strip(" │") if output else "no output")
         raise FesfError(
-            f"site key {key}: the SuperLink did not register it ({reason}); it must be a P-384 OpenSSH public key that no other site uses"
+            f"site key {key}: the SuperLink did not register it ({reason}); "
+            "it must be a P-384 OpenSSH public key that no other site uses"
         )
     return int(reply["node-id"])
 
@@ -162,7 +161,7 @@ def _run_run(args: argparse.Namespace) -> int:
             f"stopped ({signal.Signals(stopping[0]).name if stopping else 'SIGINT'}); the run can be resumed with "
             "--run-config \"resume='<run-id>'\""
         )
-        return 130
+        return INTERRUPTED
     finally:
         # A second Ctrl-C must not cut the clean-up short and orphan the SuperLink.
         for signum in previous:
@@ -237,14 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``fesf-server``; user errors print one line and exit with status 2."""
     args: Any = build_parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except FesfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.run(args), "interrupted")
 
 
 if __name__ == "__main__":
