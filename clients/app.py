@@ -6,7 +6,8 @@ surrogate, never do. Message types:
 - ``query.describe``: which site this SuperNode is (or that it is simulated);
 - ``query.prepare``: build (or reuse) the site's surrogates; report class names,
   channels, image counts and the surrogates' quality figures (SSIM, PSNR);
-- ``train`` / ``evaluate``: local training and evaluation of the global model.
+- ``train`` / ``evaluate``: local training and evaluation of the global model; an
+  evaluation also returns its confusion matrix (counts only, as the dashboard shows it).
 """
 
 import zlib
@@ -120,4 +121,7 @@ def evaluate_round(message: Message, context: Context) -> Message:
     )
     scalars = result.scalars()
     metrics = MetricRecord({"num-examples": scalars.pop("examples"), **scalars})
-    return _reply(message, config, metrics=metrics)
+    reply = _reply(message, config, metrics=metrics)
+    # A ConfigRecord, not a second MetricRecord: Flower's strategies average the one MetricRecord.
+    reply.content["confusion"] = ConfigRecord({"counts": [count for row in result.confusion for count in row]})
+    return reply

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from logging import INFO
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
@@ -20,7 +21,7 @@ from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.models import build_model
 from fesf_fed.run_settings import RunSettings
-from fesf_fed.task import evaluate
+from fesf_fed.task import Evaluation, evaluate
 from fesf_fed.training_data import SiteData, load_site_data
 from server.run_store import GLOBAL, RunFolder
 from server.sites import SiteGrid, check_minimums, discover_sites
@@ -48,8 +49,8 @@ def _errors(replies: list[Message]) -> list[str]:
     return [f"node {reply.metadata.src_node_id}: {reply.error.reason}" for reply in replies if reply.has_error()]
 
 
-def _prepare_sites(grid: SiteGrid, run: RunFolder, timeout: float) -> tuple[list[str], int]:
-    """Have every site build its surrogates; return the classes and channels they agree on."""
+def _prepare_sites(grid: SiteGrid, run: RunFolder, timeout: float) -> tuple[list[str], int, int]:
+    """Have every site build its surrogates; return the classes, channels and image size they agree on."""
     messages = [
         Message(
             RecordDict({"config": ConfigRecord()}),
@@ -83,8 +84,8 @@ def _prepare_sites(grid: SiteGrid, run: RunFolder, timeout: float) -> tuple[list
             f"{name}: {d['classes']} x{d['channels']}ch {d['image-size']}px" for name, d in described.items()
         )
         raise FesfError(f"sites disagree on classes, channels or image size ({listing}): align their data configs")
-    classes, channels, _ = shapes.pop()
-    return list(classes), channels
+    classes, channels, size = shapes.pop()
+    return list(classes), channels, size
 
 
 def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[Message]) -> None:
@@ -98,6 +99,24 @@ def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[M
             )
 
 
+def _record_confusion(run: RunFolder, server_round: int, replies: list[Message], num_classes: int) -> None:
+    """Store each site's evaluation confusion matrix and their sum, the federation's (as ``GLOBAL``)."""
+    total = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for reply in replies:
+        if reply.has_error() or "confusion" not in reply.content:
+            continue
+        counts = np.asarray(reply.content["confusion"]["counts"], dtype=np.int64)
+        if counts.size != num_classes * num_classes:
+            raise FesfError(
+                f"site {_site_name(reply)} sent a confusion matrix of {counts.size} counts for {num_classes} classes"
+            )
+        matrix = counts.reshape(num_classes, num_classes)
+        run.record_confusion(server_round, "evaluate", _site_name(reply), matrix.tolist())
+        total += matrix
+    if total.any():
+        run.record_confusion(server_round, "evaluate", GLOBAL, total.tolist())
+
+
 class _CentralEvaluation:
     """The server's own test set (``central-eval``), in the run's mode, for evaluating the global model."""
 
@@ -109,10 +128,10 @@ class _CentralEvaluation:
         self.device = select_device(config.device)
         self.settings = settings
 
-    def __call__(self, arrays: ArrayRecord) -> dict[str, float]:
+    def __call__(self, arrays: ArrayRecord) -> Evaluation:
         model = build_model(self.settings.model, len(self.data.classes), self.data.channels)
         model.load_state_dict(arrays.to_torch_state_dict())
-        result = evaluate(
+        return evaluate(
             model,
             self.data.test_images,
             self.data.test_labels,
@@ -120,7 +139,6 @@ class _CentralEvaluation:
             batch_size=self.settings.batch_size,
             device=self.device,
         )
-        return result.scalars()
 
 
 def check_resumable(run: RunFolder, settings: RunSettings) -> None:
@@ -191,6 +209,9 @@ def _final_metrics(run: RunFolder) -> dict[str, Any]:
     }
     if "central" in last:
         final["central"] = last["central"][GLOBAL]
+    for phase in ("evaluate", "central"):
+        if confusion := run.latest_confusion(phase):
+            final.setdefault("confusion", {})[phase] = confusion[1]
     return final
 
 
@@ -219,7 +240,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         site_grid = SiteGrid(grid, sites)
         log(INFO, "Sites: %s", ", ".join(site.name for site in sites))
         began = time.perf_counter()
-        classes, channels = _prepare_sites(site_grid, run, settings.round_timeout)
+        classes, channels, size = _prepare_sites(site_grid, run, settings.round_timeout)
         log(
             INFO,
             "Sites prepared their %s data in %.1f s; classes: %s",
@@ -242,7 +263,13 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
                 classes=classes,
                 started=datetime.now(UTC).isoformat(),
             )
-        run.set_info(status="running", flower_run=run_name)
+        run.set_info(
+            status="running",
+            flower_run=run_name,
+            # A resumed run may add rounds; the diagnosis service builds the model for this input.
+            rounds=settings.num_server_rounds,
+            input={"channels": channels, "image-size": size},
+        )
         central = _CentralEvaluation(settings, site_defaults, classes) if settings.central_eval else None
         for server_round in range(start, settings.num_server_rounds + 1):
             began = time.perf_counter()
@@ -277,8 +304,10 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             _record_sites(run, server_round, "evaluate", evaluate_replies)
             run.record(server_round, "train", GLOBAL, dict((train_metrics or {}).items()))
             run.record(server_round, "evaluate", GLOBAL, dict((evaluate_metrics or {}).items()))
+            _record_confusion(run, server_round, evaluate_replies, len(classes))
             if central_metrics:
-                run.record(server_round, "central", GLOBAL, central_metrics)
+                run.record(server_round, "central", GLOBAL, central_metrics.scalars())
+                run.record_confusion(server_round, "central", GLOBAL, central_metrics.confusion)
             run.record(server_round, "timing", GLOBAL, {"seconds": seconds})
             run.write_summary(final=None)
             _log_round(server_round, settings.num_server_rounds, evaluate_metrics, seconds)

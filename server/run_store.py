@@ -2,21 +2,26 @@
 
 ::
 
-    store.sqlite            the run store: settings, sites and every metric of every round
+    store.sqlite            the run store: settings, sites, every metric and confusion matrix of every round
     checkpoints/round-NNNN.pt   global model and strategy state after round NNNN (last few kept)
     summary.json            config, per-round history and final metrics, rewritten each round
 
-The store is what the dashboard reads; ``summary.json`` is the same content for
-people and scripts. A checkpoint is written before its round's metrics are
+The federation writes through :class:`RunFolder`; the dashboard reads through
+:class:`StoredRun`, which opens the store read-only. ``summary.json`` is the same
+content for people and scripts. A checkpoint is written before its round's metrics are
 committed, and a resumed run drops metrics of rounds after its checkpoint, so the
 store never holds a round that the model does not reflect.
 """
 
 import json
 import os
+import re
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
 
@@ -35,9 +40,20 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL NOT NULL,
     PRIMARY KEY (round, phase, scope, name)
 );
+CREATE TABLE IF NOT EXISTS confusion (
+    round INTEGER NOT NULL,
+    phase TEXT NOT NULL,   -- evaluate (per site, and their sum as global) or central
+    scope TEXT NOT NULL,
+    counts TEXT NOT NULL,  -- JSON rows: true class; columns: predicted class
+    PRIMARY KEY (round, phase, scope)
+);
 """
 #: The scope of a metric that describes the whole federation rather than one site.
 GLOBAL = "global"
+
+
+#: What a run folder may be called: Flower run ids, or names a user gave a copy.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def runs_folder() -> Path:
@@ -45,8 +61,102 @@ def runs_folder() -> Path:
     return fesf_home() / "runs"
 
 
-class RunFolder:
-    """One run's store, checkpoints and summary.
+class _Store:
+    """What both the writer and the reader of a run read: settings, sites, metrics, checkpoints."""
+
+    directory: Path
+    store: sqlite3.Connection
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    def close(self) -> None:
+        self.store.close()
+
+    def info(self) -> dict[str, Any]:
+        return {key: json.loads(value) for key, value in self.store.execute("SELECT key, value FROM info")}
+
+    def sites(self) -> dict[str, dict[str, Any]]:
+        return {name: json.loads(details) for name, details in self.store.execute("SELECT name, details FROM sites")}
+
+    def history(self) -> list[dict[str, Any]]:
+        """Per round: ``{"round": r, phase: {scope: {metric: value}}}``, in round order."""
+        rounds: dict[int, dict[str, Any]] = {}
+        rows = self.store.execute(
+            "SELECT round, phase, scope, name, value FROM metrics ORDER BY round, phase, scope, name"
+        )
+        for server_round, phase, scope, name, value in rows:
+            entry = rounds.setdefault(server_round, {"round": server_round})
+            entry.setdefault(phase, {}).setdefault(scope, {})[name] = value
+        return list(rounds.values())
+
+    def latest_confusion(self, phase: str, scope: str = GLOBAL) -> tuple[int, list[list[int]]] | None:
+        """The newest round's confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None."""
+        row = self.store.execute(
+            "SELECT round, counts FROM confusion WHERE phase = ? AND scope = ? ORDER BY round DESC LIMIT 1",
+            (phase, scope),
+        ).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted((self.directory / "checkpoints").glob("round-*.pt"))
+
+    def latest_checkpoint_path(self) -> Path | None:
+        checkpoints = self._checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest checkpoint (``round`` and what was saved with it), or None."""
+        path = self.latest_checkpoint_path()
+        return torch.load(path, map_location="cpu", weights_only=True) if path else None
+
+
+class StoredRun(_Store):
+    """A run folder opened read-only, as the dashboard reads it while the federation may be writing.
+
+    Parameters
+    ----------
+    directory : Path
+        The run's folder, holding ``store.sqlite``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder has no store.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        path = self.directory / "store.sqlite"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no run store here")
+        # mode=ro: SQLite itself refuses every write, whatever the file's permissions.
+        self.store = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True, check_same_thread=False)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read inside one transaction: everything read sees the same committed rounds."""
+        self.store.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.store.rollback()
+
+    def changed(self) -> int:
+        """A number that changes whenever the federation commits to this run's store (its mtime)."""
+        return (self.directory / "store.sqlite").stat().st_mtime_ns
+
+
+def stored_runs(folder: Path) -> list[Path]:
+    """The run folders (those holding a store) directly under ``folder``, by name."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if RUN_NAME.fullmatch(path.name) and (path / "store.sqlite").is_file())
+
+
+class RunFolder(_Store):
+    """One run's store, checkpoints and summary, opened for writing by the federation.
 
     Parameters
     ----------
@@ -69,13 +179,6 @@ class RunFolder:
         self.store = sqlite3.connect(store)
         self.store.executescript(_SCHEMA)
 
-    @property
-    def name(self) -> str:
-        return self.directory.name
-
-    def close(self) -> None:
-        self.store.close()
-
     def set_info(self, **values: Any) -> None:
         """Store run-level values (settings, status, times) as JSON, by key."""
         with self.store:
@@ -84,18 +187,12 @@ class RunFolder:
                 [(key, json.dumps(value)) for key, value in values.items()],
             )
 
-    def info(self) -> dict[str, Any]:
-        return {key: json.loads(value) for key, value in self.store.execute("SELECT key, value FROM info")}
-
     def set_site(self, name: str, details: dict[str, Any]) -> None:
         with self.store:
             self.store.execute(
                 "INSERT OR REPLACE INTO sites VALUES (?, ?)",
                 (name, json.dumps(details)),
             )
-
-    def sites(self) -> dict[str, dict[str, Any]]:
-        return {name: json.loads(details) for name, details in self.store.execute("SELECT name, details FROM sites")}
 
     def record(self, server_round: int, phase: str, scope: str, metrics: dict[str, float]) -> None:
         """Store one round's metrics of one phase for the federation (``GLOBAL``) or one site."""
@@ -105,23 +202,18 @@ class RunFolder:
                 [(server_round, phase, scope, name, float(value)) for name, value in metrics.items()],
             )
 
+    def record_confusion(self, server_round: int, phase: str, scope: str, counts: list[list[int]]) -> None:
+        """Store one round's confusion matrix (rows: true class) of one phase and scope."""
+        with self.store:
+            self.store.execute(
+                "INSERT OR REPLACE INTO confusion VALUES (?, ?, ?, ?)",
+                (server_round, phase, scope, json.dumps(counts)),
+            )
+
     def drop_rounds_after(self, server_round: int) -> None:
         with self.store:
             self.store.execute("DELETE FROM metrics WHERE round > ?", (server_round,))
-
-    def history(self) -> list[dict[str, Any]]:
-        """Per round: ``{"round": r, phase: {scope: {metric: value}}}``, in round order."""
-        rounds: dict[int, dict[str, Any]] = {}
-        rows = self.store.execute(
-            "SELECT round, phase, scope, name, value FROM metrics ORDER BY round, phase, scope, name"
-        )
-        for server_round, phase, scope, name, value in rows:
-            entry = rounds.setdefault(server_round, {"round": server_round})
-            entry.setdefault(phase, {}).setdefault(scope, {})[name] = value
-        return list(rounds.values())
-
-    def _checkpoints(self) -> list[Path]:
-        return sorted((self.directory / "checkpoints").glob("round-*.pt"))
+            self.store.execute("DELETE FROM confusion WHERE round > ?", (server_round,))
 
     def save_checkpoint(self, server_round: int, state: dict[str, Any], keep: int) -> Path:
         """Write the state after ``server_round`` atomically; keep the newest ``keep`` checkpoints."""
@@ -131,11 +223,6 @@ class RunFolder:
         for old in self._checkpoints()[:-keep]:
             old.unlink()
         return path
-
-    def latest_checkpoint(self) -> dict[str, Any] | None:
-        """The newest checkpoint (``round`` and what was saved with it), or None."""
-        checkpoints = self._checkpoints()
-        return torch.load(checkpoints[-1], weights_only=True) if checkpoints else None
 
     def write_summary(self, final: dict[str, Any] | None) -> Path:
         """Write ``summary.json`` from the store, with the final metrics once the run has them."""

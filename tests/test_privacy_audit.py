@@ -59,7 +59,7 @@ RECORDS: dict[str, dict[str, type]] = {
     "query.describe": {"node": ConfigRecord},
     "query.prepare": {"data": ConfigRecord, "metrics": MetricRecord, "site": ConfigRecord},
     "train": {"arrays": ArrayRecord, "metrics": MetricRecord, "site": ConfigRecord},
-    "evaluate": {"metrics": MetricRecord, "site": ConfigRecord},
+    "evaluate": {"metrics": MetricRecord, "site": ConfigRecord, "confusion": ConfigRecord},
 }
 _QUALITY = {f"{measure}-{reference}-{stage}" for _, reference, stage in QUALITY_PAIRS for measure in ("ssim", "psnr")}
 #: Per (message type, record name), the keys that record may hold. Also exact: 576 scalar
@@ -70,6 +70,7 @@ KEYS: dict[tuple[str, str], set[str]] = {
     ("query.prepare", "metrics"): {"train-examples", "test-examples", *_QUALITY},
     ("train", "metrics"): {"num-examples", "train-loss"},
     ("evaluate", "metrics"): {"num-examples", "loss", "accuracy", "precision", "recall", "f1"},
+    ("evaluate", "confusion"): {"counts"},
     **{(kind, "site"): {"name"} for kind in ("query.prepare", "train", "evaluate")},
 }
 #: Longest string a config value may be: site and class names, not documents.
@@ -218,6 +219,15 @@ def _check_config(where: str, config: ConfigRecord, expected: Expected, secrets:
                 problems.append(f"{where}[{key!r}]: a {type(item).__name__} value")
 
 
+def _check_confusion(where: str, reply: Message, expected: Expected, problems: list[str]) -> None:
+    """A confusion matrix is counts: one per (true, predicted) class pair, adding up to the test images."""
+    counts = list(reply.content["confusion"].get("counts", []))
+    if len(counts) != len(expected.classes) ** 2 or any(type(count) is not int or count < 0 for count in counts):
+        problems.append(f"{where}: not {len(expected.classes)}x{len(expected.classes)} non-negative counts")
+    elif sum(counts) != reply.content["metrics"]["num-examples"]:
+        problems.append(f"{where}: counts add up to {sum(counts)}, not the {reply.content['metrics']['num-examples']} tested")
+
+
 def audit(recorded: dict[str, Any], expected: Expected, secrets: Secrets) -> list[str]:
     """Everything in a recorded reply that a site must not send; empty for a clean reply."""
     kind = recorded["message_type"]
@@ -245,6 +255,8 @@ def audit(recorded: dict[str, Any], expected: Expected, secrets: Secrets) -> lis
             _check_metrics(where, content, problems)
         else:
             _check_config(where, content, expected, secrets, problems)
+    if kind == "evaluate" and {"confusion", "metrics"} <= set(reply.content):
+        _check_confusion(f"{kind}/confusion", reply, expected, problems)
     # The bytes that travel, and each array's buffer whole (the wire may split it into chunks).
     blobs = [b"".join(recorded["objects"].values())]
     blobs += [
@@ -400,6 +412,10 @@ def _pixels_as_metric_list(reply: Message, secrets: Secrets) -> None:
     reply.content["metrics"]["loss"] = secrets.images[0].reshape(-1).astype(float).tolist()
 
 
+def _pixels_as_confusion_counts(reply: Message, secrets: Secrets) -> None:
+    reply.content["confusion"]["counts"] = secrets.images[0].reshape(-1).astype(int).tolist()
+
+
 def _pixels_as_metrics(reply: Message, secrets: Secrets) -> None:
     for index, value in enumerate(secrets.images[0].reshape(-1)[:32]):
         reply.content["metrics"][f"px-{index}"] = int(value)
@@ -433,8 +449,9 @@ SMUGGLING = [
     pytest.param("train", _surrogate_in_parameter, "(float32 / 255)", id="surrogate-in-parameter"),
     pytest.param("train", _key_in_parameter, "the bytes of site key 0", id="site-key-in-parameter"),
     pytest.param("train", _flattened_image_as_parameter, "(576,) float32, expected", id="flat-image-as-parameter"),
-    pytest.param("evaluate", _arrays_in_evaluate, "records ['arrays', 'metrics', 'site']", id="arrays-in-evaluate"),
+    pytest.param("evaluate", _arrays_in_evaluate, "records ['arrays', 'confusion', 'metrics', 'site']", id="arrays-in-evaluate"),
     pytest.param("evaluate", _pixels_as_metric_list, "not a scalar (list)", id="pixels-as-metric-list"),
+    pytest.param("evaluate", _pixels_as_confusion_counts, "not 2x2 non-negative counts", id="pixels-as-confusion"),
     pytest.param("train", _pixels_as_metrics, "keys ['num-examples', 'px-0'", id="pixels-as-metrics"),
     pytest.param("train", _file_name_as_site_name, "contains 'mrn-0048213'", id="file-name-as-site-name"),
     pytest.param("query.prepare", _data_folder_word_as_class, "contains 'radiology'", id="folder-word-as-class"),
