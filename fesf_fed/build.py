@@ -117,6 +117,50 @@ def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield indices[start : start + size]
 
 
+def _hosts(config: SiteConfig, site_key: bytes, channels: int, device: torch.device) -> tuple[HostBank, HostSpectrum]:
+    """The site's host bank with ``channels`` channels, and its spectra on ``device``."""
+    if config.hosts.source == "phantom":
+        seed = phantom_bank_seed(site_key)
+        bank = phantom_host_bank(config.hosts.phantom_count, config.data.image_size, seed)
+        bank.images = to_channels(bank.images, channels)
+    else:
+        bank = load_host_bank(config.hosts.path, config.data.image_size, channels)
+    return bank, host_spectrum(to_unit_float(bank.images, device))
+
+
+def site_pipeline(config: SiteConfig, channels: int) -> tuple[SurrogatePipeline, HostBank, bytes]:
+    """The site's trained surrogate pipeline, to convert images from outside its dataset.
+
+    The images go through the same host bank, site key and IQEM generator G as the
+    site's own surrogates, so call :func:`build_surrogates` with ``config`` first.
+
+    Parameters
+    ----------
+    config : SiteConfig
+        The site's validated configuration, as built.
+    channels : int
+        Channels of the images to convert (1 or 3): those the site's G was trained on.
+
+    Returns
+    -------
+    pipeline : SurrogatePipeline
+        On the configured device, with the trained G.
+    bank : HostBank
+        The host bank; pick each image's host with :func:`fesf_fed.hosts.assign_hosts`.
+    site_key : bytes
+        The site's secret key for that assignment.
+
+    Raises
+    ------
+    FesfError
+        For unusable hosts, device or key, or when G has not been trained yet.
+    """
+    plan = _plan(config)
+    device = select_device(config.device)
+    bank, spectra = _hosts(config, plan.site_key, channels, device)
+    return SurrogatePipeline(spectra, load_generator(plan.checkpoint, device), config.pipeline), bank, plan.site_key
+
+
 def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs:
     data = load_dataset(config.data, progress=progress)
     too_few = {name: count for name, count in data.class_counts().items() if count < 2}
@@ -127,18 +171,12 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
             "at least 2 (one to train on, one to test on): add images or raise data.max_per_class"
         )
     train, test = stratified_split(data.labels, config.data.test_fraction, config.data.seed)
-    channels = data.images.shape[1]
-    if config.hosts.source == "phantom":
-        seed = phantom_bank_seed(site_key)
-        bank = phantom_host_bank(config.hosts.phantom_count, config.data.image_size, seed)
-        bank.images = to_channels(bank.images, channels)
-    else:
-        bank = load_host_bank(config.hosts.path, config.data.image_size, channels)
     device = select_device(config.device)
+    bank, spectra = _hosts(config, site_key, data.images.shape[1], device)
     return _Inputs(
         data=data,
         bank=bank,
-        spectra=host_spectrum(to_unit_float(bank.images, device)),
+        spectra=spectra,
         host_index=assign_hosts(data.ids, len(bank.ids), site_key),
         splits={"train": train, "test": test},
         device=device,
@@ -168,8 +206,8 @@ def _convert(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline, c
                 stages: dict[str, list[np.ndarray]] = {kind: [] for kind in config.pipeline.outputs}
                 for batch in _batches(shard, config.pipeline.batch_size):
                     outputs = pipeline(to_unit_float(inputs.data.images[batch], pipeline.device), inputs.host_index[batch])
-                    for kind in stages:
-                        stages[kind].append(tensor_to_uint8(outputs[kind]))
+                    for kind, parts in stages.items():
+                        parts.append(tensor_to_uint8(outputs[kind]))
                     bar.update(len(batch))
                 cache.write_shard(split, number, {kind: np.concatenate(parts) for kind, parts in stages.items()})
 
@@ -191,7 +229,7 @@ def _quality(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline) -
     pairs = measure_quality({name: np.concatenate(parts) for name, parts in images.items()}, lpips_model)
     return {
         "settings": config.quality.model_dump(mode="json"),
-        "images": int(len(sample)),
+        "images": len(sample),
         "pairs": [vars(pair) for pair in pairs],
         "lpips_unavailable": lpips_reason or None,
     }

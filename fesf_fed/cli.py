@@ -1,4 +1,4 @@
-"""The ``fesf`` command: build a site's surrogates, show their quality, check a data folder."""
+"""The ``fesf`` command: build a site's surrogates, show their quality, check a data folder, diagnose scans."""
 
 import argparse
 import logging
@@ -13,6 +13,7 @@ from rich.table import Table
 from fesf_fed.build import SiteBuild, build_surrogates, site_cache
 from fesf_fed.config import DataConfig, SiteConfig, load_config
 from fesf_fed.data import ImageSet, SkippedFile, load_dataset
+from fesf_fed.diagnose import predict_folder, write_predictions
 from fesf_fed.errors import ConfigError, FesfError, run_command
 
 console = Console()
@@ -128,6 +129,29 @@ def _run_quality(args: argparse.Namespace) -> None:
     console.print(_quality_table(build_surrogates(config, progress=not args.quiet).quality))
 
 
+def _run_predict(args: argparse.Namespace) -> None:
+    config = _site_config(args)
+    result = predict_folder(
+        config, args.images.resolve(), args.run_name, args.server, args.root_certificates, progress=not args.quiet
+    )
+    rounds = ", ".join(str(number) for number in sorted({prediction.round for prediction in result.predictions}))
+    console.print(
+        f"run {args.run_name}: {len(result.predictions)} scans diagnosed from their {result.run.mode} surrogates "
+        f"by the global model of round {rounds}"
+    )
+    table = Table()
+    for column in ("file", "class", "probability"):
+        table.add_column(column, justify="right" if column == "probability" else "left")
+    for prediction in result.predictions:
+        table.add_row(prediction.file, prediction.label, f"{prediction.probabilities[prediction.label]:.4f}")
+    console.print(table)
+    if result.skipped:
+        console.print(_skipped_table(f"Skipped files ({len(result.skipped)})", result.skipped))
+    if args.output:
+        write_predictions(args.output, result)
+        console.print(f"predictions written to {args.output}")
+
+
 def _data_config(args: argparse.Namespace) -> DataConfig:
     path = Path(args.path).resolve()
     source = args.source or ("medmnist" if path.suffix == ".npz" else "csv" if path.suffix == ".csv" else "folder")
@@ -166,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     quality = commands.add_parser("quality", parents=[common], help="print the Table 2/3 quality figures of built surrogates")
     _site_arguments(quality)
     quality.set_defaults(run=_run_quality)
+
+    predict = commands.add_parser(
+        "predict", parents=[common], help="diagnose scans with a run's global model, sending only their surrogates"
+    )
+    # dest: ``run`` is the subcommand's function.
+    predict.add_argument(
+        "--run", dest="run_name", metavar="RUN", required=True, help="the run whose global model diagnoses (its name)"
+    )
+    predict.add_argument("--images", required=True, type=Path, metavar="DIR", help="folder of scans (recursively)")
+    predict.add_argument("--server", default="http://127.0.0.1:8050", help="fesf-dashboard's address (%(default)s)")
+    predict.add_argument("--root-certificates", type=Path, metavar="FILE", help="CA bundle (PEM) for an HTTPS --server")
+    predict.add_argument("--output", type=Path, metavar="FILE.csv", help="also write file, class, probabilities as CSV")
+    _site_arguments(predict)
+    predict.set_defaults(run=_run_predict)
 
     data = commands.add_parser("data", help="inspect a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True)
