@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Flower must not phone home or install app dependencies (see the README).
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: federate demo br35h loopback test benchmark
+.PHONY: federate dashboard demo br35h loopback test benchmark
 
 $(BIN)/fesf: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -17,6 +17,9 @@ $(BIN)/fesf: pyproject.toml
 federate: $(BIN)/fesf  ## the default federation: 3 simulated phantom sites (see the README)
 	PATH="$(abspath $(BIN)):$$PATH" flwr run . --stream
 
+dashboard: $(BIN)/fesf  ## the evaluation dashboard on http://127.0.0.1:8050 over ~/.fesf/runs (see the README)
+	$(BIN)/fesf-dashboard
+
 demo: $(BIN)/fesf  ## build surrogates for the built-in phantom data (one site, no federation)
 	$(BIN)/fesf surrogates --config configs/phantom.yaml
 
@@ -26,7 +29,15 @@ br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 128 px (CPU-
 loopback: $(BIN)/fesf  ## rehearse a TLS-secured, authenticated deployment of two sites on 127.0.0.1
 	PATH="$(abspath $(BIN)):$$PATH" deploy/loopback.sh
 
-test: $(BIN)/fesf  ## the whole test suite
+# The browser tests drive Debian's Chromium: Playwright never downloads a browser.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the dashboard's browser tests"
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+test: $(BIN)/fesf $(CHROMIUM)  ## the whole test suite
 	$(BIN)/pytest -q
 
 benchmark: $(BIN)/fesf  ## IHM, pipeline, IQEM, federated and deployed round speed (see docs/benchmarks.md)

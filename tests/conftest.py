@@ -1,5 +1,6 @@
 """Fixtures shared by the test modules."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,30 @@ TINY_BUILD = {
 def tiny_build() -> dict[str, object]:
     """The overrides of TINY_BUILD, for tests that build surrogates."""
     return dict(TINY_BUILD)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished federation of ``tests.simulation.TINY_RUN``: 2 rounds, x_su', three simulated sites."""
+
+    #: Its FESF_HOME: the runs folder and the sites' caches (trained IQEM generators included).
+    home: Path
+    #: Its run folder, ``home/runs/<run-id>``.
+    folder: Path
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """One real tiny federation for the whole session, for the tests that only read a finished run.
+
+    Shared, so never changed: a test that edits or adds runs copies the run folder first.
+    """
+    # Imported here: tests.simulation imports Flower, and this module.
+    from tests.simulation import TINY_RUN, run_config, simulate
+
+    home = tmp_path_factory.mktemp("finished-run-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FESF_HOME", str(home))
+        simulate(run_config(**TINY_RUN))
+    (folder,) = (home / "runs").iterdir()
+    return FinishedRun(home, folder)

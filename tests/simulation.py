@@ -6,6 +6,8 @@ the defaults of ``pyproject.toml`` updated with the test's values.
 """
 
 import dataclasses
+import functools
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +42,26 @@ def run_config(**overrides: Any) -> dict[str, Any]:
     with (REPO / "pyproject.toml").open("rb") as handle:
         defaults = flatten_dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
     return {**defaults, **overrides}
+
+
+def _delayed(handler: Handler, seconds: float, message: Message, context: Context) -> Message:
+    if message.metadata.message_type == "train":
+        time.sleep(seconds)
+    return handler(message, context)
+
+
+@dataclasses.dataclass(frozen=True)
+class Delay:
+    """A ``simulate`` instrument that makes every training reply take ``seconds`` longer.
+
+    For tests that watch a run while it goes on: rounds last seconds without costing CPU.
+    A module-level class and a ``functools.partial``, so Ray can ship it to its actors.
+    """
+
+    seconds: float
+
+    def __call__(self, handler: Handler) -> Handler:
+        return functools.partial(_delayed, handler, self.seconds)
 
 
 def _client_app(config: dict[str, Any], instrument: Callable[[Handler], Handler] | None) -> ClientApp:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -70,6 +71,7 @@ def test_a_run_repeated_with_the_same_seed_gives_the_same_figures():
         (entry["train"], entry["evaluate"]) for entry in second
     ]
 
+
 def test_surrogate_sites_report_quality_and_a_stopped_run_resumes_from_its_checkpoint():
     simulate(run_config(**{**TINY_RUN, "num-server-rounds": 1}, strategy="fedadam"))
     run = _only_run()
@@ -87,9 +89,9 @@ def test_surrogate_sites_report_quality_and_a_stopped_run_resumes_from_its_check
     assert resumed["flower_run"] != first["flower_run"]
 
 
-def test_resuming_with_a_different_model_is_refused():
-    simulate(run_config(**{**TINY_RUN, "num-server-rounds": 1}))
-    run = _only_run()
+def test_resuming_with_a_different_model_is_refused(finished_run):
+    run = runs_folder() / finished_run.folder.name
+    shutil.copytree(finished_run.folder, run)
     settings, site_defaults = parse_run_settings(run_config(**TINY_RUN, model="resnet34", resume=run.name))
     with pytest.raises(ConfigError, match=f"run config model: run {run.name} used 'smallcnn', not 'resnet34'"):
         run_federation(None, settings, site_defaults, "ignored")
@@ -109,7 +111,9 @@ def _free_port() -> int:
 
 
 def _superlink_pids(port: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-f", f"flower-superlink.*--port {port}"], capture_output=True, text=True, check=False)
+    found = subprocess.run(
+        ["pgrep", "-f", f"flower-superlink.*--port {port}"], capture_output=True, text=True, check=False
+    )
     return [int(pid) for pid in found.stdout.split()]
 
 

@@ -1,0 +1,197 @@
+"""The dashboard as one Dash app: pages by address, refreshed while runs change, plus the HTTP API."""
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import torch
+from dash import Dash, Input, Output, State, dcc, html
+from dash.exceptions import PreventUpdate
+
+from server.dashboard.access import require_token
+from server.dashboard.api import api_blueprint
+from server.dashboard.diagnosis import DiagnosisError, DiagnosisService
+from server.dashboard.pages import compare_page, diagnose_section, message_page, run_page, runs_page, table
+from server.dashboard.runs import UnknownRun, list_runs, open_run, run_details
+from server.run_store import stored_runs
+
+#: How often an open page checks its runs for new rounds.
+REFRESH_MS = 2000
+
+
+def _run_name(pathname: str) -> str:
+    return pathname.removeprefix("/runs/").strip("/")
+
+
+def _compared(search: str | None) -> list[str]:
+    names = parse_qs((search or "").lstrip("?")).get("runs", [""])[0]
+    return [name for name in names.split(",") if name]
+
+
+class _Pages:
+    """Builds a page for an address, and says whether what it shows has changed since it was built."""
+
+    def __init__(self, runs: Path) -> None:
+        self.runs = runs
+
+    def _stamp(self, names: list[str]) -> list[Any]:
+        stamps = []
+        for name in names:
+            store = self.runs / name / "store.sqlite"
+            stamps.append([name, store.stat().st_mtime_ns if store.is_file() else None])
+        return stamps
+
+    def version(self, pathname: str, search: str | None) -> list[Any]:
+        """What the page at this address depends on: the address and its runs' store times."""
+        if pathname.startswith("/runs/"):
+            names = [_run_name(pathname)]
+        elif pathname == "/compare":
+            names = _compared(search)
+        else:
+            names = [path.name for path in stored_runs(self.runs)]
+        return [pathname, search or "", self._stamp(names)]
+
+    def details(self, name: str):
+        run = open_run(self.runs, name)
+        try:
+            return run_details(run)
+        finally:
+            run.close()
+
+    def build(self, pathname: str, search: str | None) -> list[Any]:
+        try:
+            if pathname.startswith("/runs/"):
+                return run_page(self.details(_run_name(pathname)))
+            if pathname == "/compare":
+                return compare_page([self.details(name) for name in _compared(search)])
+        except UnknownRun as exc:
+            return message_page("Unknown run", f"{exc}. The runs list shows every run there is.")
+        if pathname in ("/", ""):
+            return runs_page(list_runs(self.runs), str(self.runs))
+        return message_page("Not found", f"There is no page {pathname}; start from the runs list.")
+
+
+def _diagnosis_view(result: dict[str, Any]) -> list[Any]:
+    rows = [[name, f"{probability:.4f}"] for name, probability in result["probabilities"].items()]
+    return [
+        html.P(
+            [
+                "Predicted class: ",
+                html.Strong(result["class"], id="diagnosis-class"),
+                f" (global model after round {result['round']})",
+            ]
+        ),
+        table(["class", "probability"], rows, "diagnosis-table"),
+    ]
+
+
+def create_app(
+    runs: Path,
+    *,
+    token: str | None = None,
+    resize: bool = False,
+    max_upload: int = 10 * 2**20,
+    device: torch.device | None = None,
+) -> Dash:
+    """Build the dashboard.
+
+    Parameters
+    ----------
+    runs : Path
+        The folder of run folders (``$FESF_HOME/runs``); read only.
+    token : str, optional
+        Access token every request must carry (see :mod:`server.dashboard.access`).
+    resize : bool
+        Let the diagnosis service resize uploads to the model's input size instead of refusing them.
+    max_upload : int
+        Largest request body in bytes; larger uploads get 413.
+    device : torch.device, optional
+        Where the diagnosis service runs models (default: the CPU).
+    """
+    pages = _Pages(runs)
+    diagnosis = DiagnosisService(runs, resize, device or torch.device("cpu"))
+    app = Dash(
+        __name__,
+        title="FESF-Fed dashboard",
+        update_title=None,
+        suppress_callback_exceptions=True,
+        serve_locally=True,  # every script and style from this server: hospitals may have no internet
+        assets_folder=str(Path(__file__).with_name("assets")),
+    )
+    app.server.config["MAX_CONTENT_LENGTH"] = max_upload
+    app.server.json.sort_keys = False  # probabilities stay in the run's class order
+    if token:
+        require_token(app.server, token)
+    app.server.register_blueprint(api_blueprint(runs, diagnosis))
+    app.layout = html.Div(
+        [
+            dcc.Location(id="url"),
+            dcc.Interval(id="tick", interval=REFRESH_MS),
+            dcc.Store(id="shown"),
+            dcc.Store(id="diagnose-shown"),
+            html.Header([dcc.Link("FESF-Fed", href="/", className="brand"), dcc.Link("Runs", href="/")]),
+            html.Main([html.Div(id="page"), html.Div(id="diagnose-area")]),
+        ]
+    )
+
+    @app.callback(
+        Output("page", "children"),
+        Output("shown", "data"),
+        Input("url", "pathname"),
+        Input("url", "search"),
+        Input("tick", "n_intervals"),
+        State("shown", "data"),
+    )
+    def render(pathname: str | None, search: str | None, _tick: int | None, shown: list[Any] | None):
+        version = pages.version(pathname or "/", search)
+        if version == shown:
+            raise PreventUpdate  # nothing new: leave the page (and what the user is doing on it) alone
+        return pages.build(pathname or "/", search), version
+
+    @app.callback(
+        Output("diagnose-area", "children"),
+        Output("diagnose-shown", "data"),
+        Input("shown", "data"),
+        State("diagnose-shown", "data"),
+    )
+    def diagnose_area(shown: list[Any] | None, offered: list[Any] | None):
+        # Apart from the page, and redrawn only when what it offers changes: a new round
+        # must not clear a file being uploaded or the diagnosis shown.
+        pathname = shown[0] if shown else "/"
+        content, offer = [], None
+        if pathname.startswith("/runs/"):
+            try:
+                details = pages.details(_run_name(pathname))
+            except UnknownRun:
+                pass
+            else:
+                content = diagnose_section(details)
+                offer = [pathname, details.summary.mode, details.has_model, details.input]
+        if offer == offered:
+            raise PreventUpdate
+        return content, offer
+
+    @app.callback(Output("compare-link", "href"), Input("compare-choice", "value"))
+    def compare_link(chosen: list[str] | None) -> str:
+        return "/compare?runs=" + ",".join(chosen or [])
+
+    @app.callback(
+        Output("diagnosis-result", "children"),
+        Input("diagnose-upload", "contents"),
+        State("url", "pathname"),
+        prevent_initial_call=True,
+    )
+    def diagnose_upload(contents: str | None, pathname: str) -> Any:
+        if not contents:
+            raise PreventUpdate
+        try:
+            data = base64.b64decode(contents.partition(",")[2], validate=True)
+            return _diagnosis_view(diagnosis.diagnose(_run_name(pathname), data))
+        except binascii.Error:
+            return html.P("The upload could not be read; choose the file again.", className="error")
+        except DiagnosisError as exc:
+            return html.P(exc.message, className="error", id="diagnosis-error")
+
+    return app

@@ -1,0 +1,185 @@
+"""The surrogate diagnosis service (paper section 2.4): a run's global model classifies an uploaded surrogate.
+
+A clinician's site turns a scan into a surrogate locally (``fesf predict``) and sends
+only the surrogate; the service returns the predicted class and the class
+probabilities. Uploads are decoded in memory and never written anywhere.
+"""
+
+import io
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from fesf_fed.models import build_model
+from fesf_fed.pixels import to_unit_float
+from server.dashboard.runs import UnknownRun, open_run
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Larger images are refused before decoding: a small PNG can inflate to gigabytes of pixels.
+MAX_PIXELS = 4096 * 4096
+#: Global models kept in memory, newest used last.
+_CACHED_MODELS = 4
+
+
+class DiagnosisError(Exception):
+    """A request the service refuses, with the HTTP status that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    """A run's latest global model and what its input must be."""
+
+    model: torch.nn.Module
+    classes: list[str]
+    channels: int
+    size: int
+    round: int
+
+
+def decode_png(data: bytes, channels: int) -> np.ndarray:
+    """Decode a PNG upload to uint8 ``(channels, H, W)``.
+
+    Parameters
+    ----------
+    data : bytes
+        The uploaded file.
+    channels : int
+        1 (grey) or 3 (RGB): colour becomes grey by luminance, grey is replicated.
+
+    Raises
+    ------
+    DiagnosisError
+        415 for anything that is not a PNG, 413 for one with too many pixels, 400 for a corrupt one.
+    """
+    if not data:
+        raise DiagnosisError(400, "no image: send a PNG as the request body (Content-Type: image/png)")
+    if not data.startswith(_PNG_SIGNATURE):
+        raise DiagnosisError(415, "the upload is not a PNG image; send a surrogate as PNG")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise DiagnosisError(
+                        413, f"the image has {image.width}x{image.height} pixels; at most {MAX_PIXELS}"
+                    )
+                image.load()
+                pixels = np.array(image.convert("L" if channels == 1 else "RGB"))
+    except DiagnosisError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DiagnosisError(400, f"the PNG cannot be decoded ({exc}); re-export it") from None
+    return pixels[np.newaxis] if pixels.ndim == 2 else np.ascontiguousarray(np.moveaxis(pixels, -1, 0))
+
+
+class DiagnosisService:
+    """Classify surrogates with the latest global model of any run under ``runs``.
+
+    Parameters
+    ----------
+    runs : Path
+        The folder of run folders (read-only).
+    resize : bool
+        Resize uploads of another size to the model's input; otherwise they are refused.
+    device : torch.device
+        Where models run.
+    """
+
+    def __init__(self, runs: Path, resize: bool, device: torch.device) -> None:
+        self.runs = runs
+        self.resize = resize
+        self.device = device
+        self._models: OrderedDict[tuple[str, str, int], GlobalModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def global_model(self, name: str) -> GlobalModel:
+        """The run's latest global model, loaded once per checkpoint.
+
+        Raises
+        ------
+        DiagnosisError
+            404 for an unknown run; 409 for a run without a model yet or one trained on plaintext.
+        """
+        try:
+            run = open_run(self.runs, name)
+        except UnknownRun as exc:
+            raise DiagnosisError(404, str(exc)) from None
+        try:
+            info = run.info()
+            checkpoint = run.latest_checkpoint_path()
+            if info.get("config", {}).get("mode") == "plaintext":
+                # Its model expects plaintext, and plaintext must not be sent to a service.
+                raise DiagnosisError(
+                    409, f"run {name} was trained on plaintext; diagnose with a run trained on surrogates"
+                )
+            if checkpoint is None or "input" not in info:
+                raise DiagnosisError(409, f"run {name} has no global model yet; wait for its first round")
+            key = (name, checkpoint.name, checkpoint.stat().st_mtime_ns)
+            with self._lock:
+                if key in self._models:
+                    self._models.move_to_end(key)
+                    return self._models[key]
+            state = run.latest_checkpoint()
+        finally:
+            run.close()
+        classes, channels, size = info["classes"], info["input"]["channels"], info["input"]["image-size"]
+        model = build_model(info["config"]["model"], len(classes), channels)
+        model.load_state_dict(state["arrays"])
+        loaded = GlobalModel(model.to(self.device).eval(), classes, channels, size, int(state["round"]))
+        with self._lock:
+            self._models[key] = loaded
+            while len(self._models) > _CACHED_MODELS:
+                self._models.popitem(last=False)
+        return loaded
+
+    def diagnose(self, name: str, png: bytes) -> dict[str, Any]:
+        """Classify one surrogate PNG with run ``name``'s global model.
+
+        Returns
+        -------
+        dict
+            ``run``, ``round`` (of the model), ``class`` (the most probable) and
+            ``probabilities`` (class name to probability, in the run's class order).
+
+        Raises
+        ------
+        DiagnosisError
+            With the status and a message that says what to change.
+        """
+        loaded = self.global_model(name)
+        pixels = decode_png(png, loaded.channels)
+        height, width = pixels.shape[1:]
+        if (height, width) != (loaded.size, loaded.size):
+            if not self.resize:
+                raise DiagnosisError(
+                    422,
+                    f"the image is {width}x{height} px; run {name}'s model takes {loaded.size}x{loaded.size} "
+                    "(send surrogates made at the run's image size, or start the dashboard with --resize)",
+                )
+            pixels = np.stack(
+                [
+                    np.asarray(Image.fromarray(plane).resize((loaded.size, loaded.size), Image.Resampling.BICUBIC))
+                    for plane in pixels
+                ]
+            )
+        with torch.no_grad():
+            logits = loaded.model(to_unit_float(pixels[np.newaxis], self.device))
+            probabilities = torch.softmax(logits, dim=1)[0].cpu().tolist()
+        return {
+            "run": name,
+            "round": loaded.round,
+            "class": loaded.classes[int(np.argmax(probabilities))],
+            "probabilities": dict(zip(loaded.classes, probabilities)),
+        }

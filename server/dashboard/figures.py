@@ -1,0 +1,107 @@
+"""Plotly figures of a run: metrics per round, per site, the confusion matrix, and runs compared."""
+
+from typing import Any
+
+import plotly.colors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from server.dashboard.runs import METRICS, RunDetails, series
+from server.run_store import GLOBAL
+
+#: Plotly's default qualitative colours, so a site or run keeps its colour across panels.
+_COLOURS = plotly.colors.qualitative.Plotly
+_LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "hovermode": "x unified"}
+#: Per-site panels: the four evaluation scores, the evaluation loss, and the training loss.
+_SITE_PANELS = (*((metric, "evaluate") for metric in METRICS), ("train-loss", "train"))
+
+
+def _label(metric: str) -> str:
+    return {"f1": "F1", "train-loss": "training loss"}.get(metric, metric)
+
+
+def global_figure(details: RunDetails) -> go.Figure:
+    """The global model per round: federated (and central) scores on the left, losses on the right."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("Scores of the global model", "Loss"))
+    for phase, dash, prefix in (("evaluate", "solid", "federated"), ("central", "dot", "central")):
+        for metric in METRICS:
+            rounds, values = series(details.history, phase, GLOBAL, metric)
+            if rounds:
+                figure.add_scatter(
+                    x=rounds,
+                    y=values,
+                    name=f"{prefix} {_label(metric)}",
+                    mode="lines+markers",
+                    line={"dash": dash},
+                    row=1,
+                    col=2 if metric == "loss" else 1,
+                )
+    rounds, values = series(details.history, "train", GLOBAL, "train-loss")
+    if rounds:
+        figure.add_scatter(x=rounds, y=values, name="training loss", mode="lines+markers", row=1, col=2)
+    figure.update_yaxes(range=[0, 1.02], row=1, col=1)
+    figure.update_xaxes(title_text="round", dtick=1)
+    return figure.update_layout(**_LAYOUT, height=380)
+
+
+def sites_figure(details: RunDetails) -> go.Figure:
+    """Each site's evaluation scores, loss and training loss per round: one panel per figure, a line per site."""
+    figure = make_subplots(rows=2, cols=3, subplot_titles=[_label(metric) for metric, _ in _SITE_PANELS])
+    for number, site in enumerate(sorted(details.sites)):
+        for index, (metric, phase) in enumerate(_SITE_PANELS):
+            rounds, values = series(details.history, phase, site, metric)
+            figure.add_scatter(
+                x=rounds,
+                y=values,
+                name=site,
+                legendgroup=site,
+                showlegend=index == 0,
+                mode="lines+markers",
+                marker={"color": _COLOURS[number % len(_COLOURS)]},
+                line={"color": _COLOURS[number % len(_COLOURS)]},
+                row=index // 3 + 1,
+                col=index % 3 + 1,
+            )
+    figure.update_xaxes(dtick=1)
+    return figure.update_layout(**_LAYOUT, height=520)
+
+
+def confusion_figure(confusion: dict[str, Any]) -> go.Figure:
+    """The confusion matrix as a heatmap with its counts: rows the true class, columns the predicted one."""
+    classes = confusion["classes"]
+    figure = go.Figure(
+        go.Heatmap(
+            z=confusion["counts"],
+            x=classes,
+            y=classes,
+            text=confusion["counts"],
+            texttemplate="%{text}",
+            colorscale="Blues",
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
+    figure.update_xaxes(title_text="predicted class", type="category")
+    figure.update_yaxes(title_text="true class", type="category", autorange="reversed")
+    return figure.update_layout(**{**_LAYOUT, "hovermode": "closest"}, height=380, width=460)
+
+
+def compare_figure(runs: list[RunDetails]) -> go.Figure:
+    """Federated accuracy and F1 per round of several runs, one colour per run."""
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "F1"))
+    for number, details in enumerate(runs):
+        for col, metric in ((1, "accuracy"), (2, "f1")):
+            rounds, values = series(details.history, "evaluate", GLOBAL, metric)
+            figure.add_scatter(
+                x=rounds,
+                y=values,
+                name=f"{details.summary.name} ({details.summary.mode})",
+                legendgroup=details.summary.name,
+                showlegend=col == 1,
+                mode="lines+markers",
+                line={"color": _COLOURS[number % len(_COLOURS)]},
+                row=1,
+                col=col,
+            )
+    figure.update_yaxes(range=[0, 1.02])
+    figure.update_xaxes(title_text="round", dtick=1)
+    return figure.update_layout(**_LAYOUT, height=380)

@@ -1,0 +1,286 @@
+"""The dashboard's pages as Dash components: the runs list, a run, and runs compared."""
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from dash import dcc, html
+
+from fesf_fed.quality import QUALITY_PAIRS
+from server.dashboard.figures import compare_figure, confusion_figure, global_figure, sites_figure
+from server.dashboard.runs import METRICS, RunDetails, RunSummary, final_metrics, participation
+from server.run_store import GLOBAL
+
+_GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
+#: Quality figures as the sites report them (``ssim-x_pl-x_su_prime``), labelled as in Tables 2 and 3.
+_QUALITY_COLUMNS = [
+    (f"{measure}-{reference}-{stage}", f"{measure.upper()} {label}")
+    for label, reference, stage in QUALITY_PAIRS
+    for measure in ("ssim", "psnr")
+]
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str) -> html.Table:
+    """A plain HTML table; cells may be text or components."""
+    return html.Table(
+        [
+            html.Thead(html.Tr([html.Th(name) for name in header])),
+            html.Tbody([html.Tr([html.Td(cell) for cell in row]) for row in rows]),
+        ],
+        id=table_id,
+        className="data",
+    )
+
+
+def _section(title: str, *children: Any, section_id: str) -> html.Section:
+    # Dash renders components only in flat child lists: a nested list would reach React raw.
+    flat = [item for child in children for item in (child if isinstance(child, list) else [child])]
+    return html.Section([html.H2(title), *flat], id=section_id)
+
+
+def _status(status: str) -> html.Span:
+    return html.Span(status, className=f"status status-{status.split(' ')[0]}")
+
+
+def _rounds(summary: RunSummary) -> str:
+    return f"{summary.rounds_done}/{summary.rounds_total}"
+
+
+def runs_page(summaries: list[RunSummary], folder: str) -> list[Any]:
+    """Every run with its status, settings and best F1; pick runs to compare."""
+    if not summaries:
+        return [html.H1("Runs"), html.P(f"No runs in {folder} yet. Start one with `flwr run .` (make federate).")]
+    rows = [
+        [
+            dcc.Link(summary.name, href=f"/runs/{summary.name}"),
+            _status(summary.status),
+            summary.strategy,
+            summary.mode,
+            summary.model,
+            ", ".join(summary.sites),
+            _rounds(summary),
+            _number(summary.best_f1),
+            summary.started[:19].replace("T", " "),
+        ]
+        for summary in summaries
+    ]
+    names = [summary.name for summary in summaries]
+    return [
+        html.H1("Runs"),
+        html.P(f"From {folder}; this page follows new runs and rounds as they are stored.", className="note"),
+        table(
+            ["run", "status", "strategy", "mode", "model", "sites", "rounds", "best F1", "started (UTC)"],
+            rows,
+            "runs-table",
+        ),
+        html.Div(
+            [
+                dcc.Dropdown(
+                    names,
+                    [],
+                    multi=True,
+                    id="compare-choice",
+                    placeholder="Pick runs to compare…",
+                    persistence=True,  # a live run re-renders the list: keep the choice
+                    persistence_type="memory",
+                ),
+                dcc.Link("Compare", href="/compare", id="compare-link", className="button"),
+            ],
+            className="compare-picker",
+        ),
+    ]
+
+
+def _site_rows(details: RunDetails) -> list[list[Any]]:
+    latest = details.history[-1].get("evaluate", {}) if details.history else {}
+    rows = []
+    for site in sorted(details.sites):
+        metrics = latest.get(site, {})
+        rows.append(
+            [
+                site,
+                *(_number(metrics.get(metric)) for metric in METRICS),
+                _number(details.sites[site].get("train-examples")),
+                _number(details.sites[site].get("test-examples")),
+            ]
+        )
+    return rows
+
+
+def _quality(details: RunDetails) -> Any:
+    if details.summary.mode == "plaintext":
+        return html.P("This run trained on plaintext: its sites built no surrogates to measure.", className="note")
+    rows = [
+        [
+            site,
+            *(_number(details.sites[site].get(key), 4 if key.startswith("ssim") else 2) for key, _ in _QUALITY_COLUMNS),
+        ]
+        for site in sorted(details.sites)
+    ]
+    return [
+        html.P(
+            "SSIM and PSNR (dB) of each site's surrogates to their host images and to the plaintext "
+            "(the paper's Tables 2 and 3), on a sample of its test split. Low values to the plaintext mean "
+            "the surrogate shows little of it.",
+            className="note",
+        ),
+        table(["site", *(label for _, label in _QUALITY_COLUMNS)], rows, "quality-table"),
+    ]
+
+
+def _participation(details: RunDetails) -> html.Table:
+    sites = sorted(details.sites)
+    taking_part = participation(details.history)
+    rows = [
+        [
+            entry["round"],
+            *("✓" if site in taking_part[entry["round"]] else "–" for site in sites),
+            _number(entry.get("timing", {}).get(GLOBAL, {}).get("seconds"), 1),
+        ]
+        for entry in details.history
+    ]
+    return table(["round", *sites, "seconds"], rows, "participation-table")
+
+
+def _confusion(details: RunDetails) -> Any:
+    if details.confusion is None:
+        return html.P("No evaluation with a confusion matrix yet.", className="note")
+    return [
+        html.P(
+            f"Round {details.confusion['round']}, {details.confusion['source']}.",
+            className="note",
+            id="confusion-source",
+        ),
+        dcc.Graph(figure=confusion_figure(details.confusion), id="confusion-figure", config=_GRAPH_CONFIG),
+    ]
+
+
+def _diagnose(details: RunDetails) -> Any:
+    if details.summary.mode == "plaintext":
+        return html.P("This run's model was trained on plaintext; the diagnosis service only serves surrogate runs.")
+    if not details.has_model:
+        return html.P("No global model yet: it appears after the first round.")
+    size, channels = details.input.get("image-size"), details.input.get("channels")
+    return [
+        html.P(
+            f"Upload a {details.summary.mode} surrogate PNG ({size}x{size}, {'grey' if channels == 1 else 'RGB'}) "
+            "made at a site (fesf predict does this for a folder of scans). It is classified in memory and not stored.",
+            className="note",
+        ),
+        dcc.Upload(
+            html.Div("Drop a surrogate PNG here, or click to choose one"), id="diagnose-upload", className="upload"
+        ),
+        html.Div(id="diagnosis-result"),
+    ]
+
+
+def run_page(details: RunDetails) -> list[Any]:
+    """One run: curves, per-site figures, confusion matrix, surrogate quality, participation, config, export."""
+    summary = details.summary
+    final = final_metrics(details)
+    headline = (
+        f"accuracy {_number(final.get('accuracy'))}, F1 {_number(final.get('f1'))} after round {summary.rounds_done}"
+        if final
+        else "no round finished yet"
+    )
+    export = f"/api/runs/{quote(summary.name)}/metrics"
+    return [
+        html.H1(["Run ", summary.name, " ", _status(summary.status)]),
+        html.P(
+            f"{summary.mode} · {summary.model} · {summary.strategy} · sites {', '.join(summary.sites) or '–'} · "
+            f"round {_rounds(summary)} · {headline}",
+            id="run-headline",
+        ),
+        _section(
+            "Global model",
+            dcc.Graph(figure=global_figure(details), id="global-figure", config=_GRAPH_CONFIG),
+            section_id="global",
+        ),
+        _section(
+            "Sites",
+            dcc.Graph(figure=sites_figure(details), id="sites-figure", config=_GRAPH_CONFIG),
+            table(
+                ["site", *METRICS, "training images", "test images"],
+                _site_rows(details),
+                "sites-table",
+            ),
+            section_id="sites",
+        ),
+        _section("Confusion matrix", _confusion(details), section_id="confusion"),
+        _section("Surrogate quality", _quality(details), section_id="quality"),
+        _section("Rounds and participating sites", _participation(details), section_id="participation"),
+        _section(
+            "Configuration",
+            table(
+                ["setting", "value"],
+                [[key, str(value)] for key, value in sorted(details.config.items())],
+                "config-table",
+            ),
+            section_id="config",
+        ),
+        _section(
+            "Export",
+            html.A("metrics.csv", href=f"{export}.csv", id="export-csv"),
+            " · ",
+            html.A("metrics.json", href=f"{export}.json", id="export-json"),
+            section_id="export",
+        ),
+    ]
+
+
+def diagnose_section(details: RunDetails) -> Any:
+    """A run's upload box for the diagnosis service; kept apart from :func:`run_page`, which new rounds redraw."""
+    return _section("Diagnose a surrogate", _diagnose(details), section_id="diagnose")
+
+
+def _mean_over_sites(details: RunDetails, key: str) -> float | None:
+    values = [site[key] for site in details.sites.values() if key in site]
+    return sum(values) / len(values) if values else None
+
+
+def compare_page(runs: list[RunDetails]) -> list[Any]:
+    """Runs side by side (the paper's Table 1), with accuracy relative to the first run."""
+    if len(runs) < 2:
+        return [html.H1("Compare runs"), html.P("Pick two or more runs on the runs list to compare them.")]
+    finals = [final_metrics(details) for details in runs]
+    reference = finals[0].get("accuracy")
+
+    def relative(final: dict[str, float]) -> str:
+        accuracy = final.get("accuracy")
+        return "–" if accuracy is None or not reference else f"{accuracy / reference:.3f}"
+
+    rows = [
+        ["status", *(details.summary.status for details in runs)],
+        ["mode", *(details.summary.mode for details in runs)],
+        ["model", *(details.summary.model for details in runs)],
+        ["strategy", *(details.summary.strategy for details in runs)],
+        ["sites", *(len(details.summary.sites) for details in runs)],
+        ["rounds", *(_rounds(details.summary) for details in runs)],
+        *([metric, *(_number(final.get(metric)) for final in finals)] for metric in METRICS),
+        ["best F1", *(_number(details.summary.best_f1) for details in runs)],
+        [f"accuracy / {runs[0].summary.name}'s", *(relative(final) for final in finals)],
+        *(
+            [f"{label} (mean of sites)", *(_number(_mean_over_sites(details, key), 4) for details in runs)]
+            for key, label in _QUALITY_COLUMNS
+            if key.startswith("ssim")
+        ),
+    ]
+    return [
+        html.H1("Compare runs"),
+        html.P(
+            "Final federated evaluation of each run's global model, as in the paper's Table 1; the accuracy ratio is "
+            "against the first run (put the plaintext run first).",
+            className="note",
+        ),
+        table(["", *(dcc.Link(d.summary.name, href=f"/runs/{d.summary.name}") for d in runs)], rows, "compare-table"),
+        dcc.Graph(figure=compare_figure(runs), id="compare-figure", config=_GRAPH_CONFIG),
+    ]
+
+
+def message_page(title: str, text: str) -> list[Any]:
+    """A page that only says something (an unknown run or page)."""
+    return [html.H1(title), html.P(text)]

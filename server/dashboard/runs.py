@@ -1,0 +1,174 @@
+"""What the dashboard shows of runs, read from their stores: list rows, a run's details, exports."""
+
+import csv
+import io
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from server.run_store import GLOBAL, RUN_NAME, StoredRun, stored_runs
+
+#: The classification figures of every evaluation, in the order pages show them.
+METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "loss")
+
+
+class UnknownRun(LookupError):
+    """A run name that is malformed or has no run store in the dashboard's folder."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One row of the runs list."""
+
+    name: str
+    status: str
+    strategy: str
+    mode: str
+    model: str
+    sites: list[str]
+    rounds_done: int
+    rounds_total: int
+    best_f1: float | None
+    started: str
+
+
+@dataclass(frozen=True)
+class RunDetails:
+    """Everything a run page shows, read in one go so a page never mixes two rounds."""
+
+    summary: RunSummary
+    config: dict[str, Any]
+    classes: list[str]
+    input: dict[str, int]
+    sites: dict[str, dict[str, Any]]
+    history: list[dict[str, Any]]
+    #: The latest central evaluation's confusion matrix, or else the sites' summed one.
+    confusion: dict[str, Any] | None
+    has_model: bool
+
+
+def open_run(folder: Path, name: str) -> StoredRun:
+    """Open run ``name`` under ``folder`` read-only.
+
+    Raises
+    ------
+    UnknownRun
+        If ``name`` is not a run folder name (no path tricks) or holds no store.
+    """
+    if not RUN_NAME.fullmatch(name) or not (folder / name / "store.sqlite").is_file():
+        raise UnknownRun(f"no run {name!r} in {folder}")
+    return StoredRun(folder / name)
+
+
+def _summary(run: StoredRun, info: dict[str, Any], sites: dict[str, Any], history: list[dict[str, Any]]) -> RunSummary:
+    config = info.get("config", {})
+    f1s = [entry["evaluate"][GLOBAL]["f1"] for entry in history if "f1" in entry.get("evaluate", {}).get(GLOBAL, {})]
+    return RunSummary(
+        name=run.name,
+        status=info.get("status", "starting"),
+        strategy=config.get("strategy", ""),
+        mode=config.get("mode", ""),
+        model=config.get("model", ""),
+        sites=sorted(sites),
+        rounds_done=max((entry["round"] for entry in history), default=0),
+        rounds_total=int(info.get("rounds", config.get("num-server-rounds", 0))),
+        best_f1=max(f1s) if f1s else None,
+        started=info.get("started", ""),
+    )
+
+
+def list_runs(folder: Path) -> list[RunSummary]:
+    """Every readable run under ``folder``, newest first; a store that cannot be read is listed as such."""
+    summaries = []
+    for path in stored_runs(folder):
+        try:
+            run = StoredRun(path)
+            try:
+                summaries.append(_summary(run, run.info(), run.sites(), run.history()))
+            finally:
+                run.close()
+        except (sqlite3.Error, OSError, ValueError) as exc:
+            summaries.append(RunSummary(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, ""))
+    return sorted(summaries, key=lambda summary: (summary.started, summary.name), reverse=True)
+
+
+def _confusion(run: StoredRun, classes: list[str]) -> dict[str, Any] | None:
+    for phase, source in (("central", "central evaluation"), ("evaluate", "federated evaluation, summed over sites")):
+        if found := run.latest_confusion(phase):
+            server_round, counts = found
+            return {"round": server_round, "source": source, "classes": classes, "counts": counts}
+    return None
+
+
+def run_details(run: StoredRun) -> RunDetails:
+    """Read everything a run page shows from ``run``."""
+    with run.snapshot():  # the federation may commit a round meanwhile
+        info, sites, history = run.info(), run.sites(), run.history()
+        classes = list(info.get("classes", []))
+        confusion = _confusion(run, classes)
+    return RunDetails(
+        summary=_summary(run, info, sites, history),
+        config=info.get("config", {}),
+        classes=classes,
+        input=info.get("input", {}),
+        sites=sites,
+        history=history,
+        confusion=confusion,
+        has_model=run.latest_checkpoint_path() is not None,
+    )
+
+
+def participation(history: list[dict[str, Any]]) -> dict[int, list[str]]:
+    """Per round, the sites whose training reply was aggregated."""
+    return {entry["round"]: sorted(set(entry.get("train", {})) - {GLOBAL}) for entry in history}
+
+
+def series(history: list[dict[str, Any]], phase: str, scope: str, metric: str) -> tuple[list[int], list[float]]:
+    """One metric of one phase and scope over the rounds that have it."""
+    points = [
+        (entry["round"], entry[phase][scope][metric])
+        for entry in history
+        if metric in entry.get(phase, {}).get(scope, {})
+    ]
+    return [point[0] for point in points], [point[1] for point in points]
+
+
+def final_metrics(details: RunDetails) -> dict[str, float]:
+    """The last round's federated evaluation of the global model (empty before the first round)."""
+    return dict(details.history[-1].get("evaluate", {}).get(GLOBAL, {})) if details.history else {}
+
+
+def metric_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every stored metric as a flat row: round, phase, scope, metric, value."""
+    return [
+        {"round": entry["round"], "phase": phase, "scope": scope, "metric": metric, "value": value}
+        for entry in history
+        for phase, scopes in entry.items()
+        if phase != "round"
+        for scope, metrics in scopes.items()
+        for metric, value in metrics.items()
+    ]
+
+
+def metrics_csv(history: list[dict[str, Any]]) -> str:
+    """The run's metrics as CSV, one row per value (what ``metric_rows`` gives)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["round", "phase", "scope", "metric", "value"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(metric_rows(history))
+    return buffer.getvalue()
+
+
+def details_json(details: RunDetails) -> dict[str, Any]:
+    """A run's details as JSON: what the run page shows, for scripts."""
+    return {
+        **asdict(details.summary),
+        "config": details.config,
+        "classes": details.classes,
+        "input": details.input,
+        "sites": details.sites,
+        "history": details.history,
+        "confusion": details.confusion,
+        "has_model": details.has_model,
+    }

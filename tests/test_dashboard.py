@@ -1,0 +1,348 @@
+"""The dashboard and the diagnosis service: its API on a real finished run, access control, the
+read-only store, and a real browser (Debian's headless Chromium driven by Playwright) on a
+finished run and on a live one.
+
+Servers bind to 127.0.0.1 on free ports, and every process a test starts is stopped by its
+PID (process group) before the test ends.
+"""
+
+import csv
+import io
+import json
+import shutil
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fesf_fed.models import build_model
+from fesf_fed.processes import FlowerProcess, flower_env
+from server.dashboard.access import COOKIE, check_token
+from server.dashboard.app import create_app
+from server.dashboard.cli import main as dashboard_main
+from server.run_store import RunFolder, StoredRun, runs_folder
+from tests.browser import CHROMIUM, Browser, chromium, dashboard
+from tests.conftest import TINY_BUILD, FinishedRun
+from tests.simulation import REPO, TINY_RUN, run_config
+
+TOKEN = "t" * 32
+PLAIN_RUN = "plaintext-run"
+
+
+@dataclass(frozen=True)
+class Runs:
+    """A folder with a finished 2-round x_su' federation of three sites and a plaintext run beside it."""
+
+    folder: Path
+    surrogate: str
+
+    def summary(self) -> dict:
+        return json.loads((self.folder / self.surrogate / "summary.json").read_text())
+
+
+def _png(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_plaintext_run(template: dict) -> None:
+    """A finished plaintext run, written as the federation writes one (through RunFolder)."""
+    run = RunFolder(PLAIN_RUN)
+    run.set_info(
+        config={**template["config"], "mode": "plaintext"},
+        classes=template["classes"],
+        input=template["input"],
+        rounds=1,
+        started="2026-01-01T00:00:00+00:00",
+        status="finished",
+    )
+    run.record(1, "evaluate", "global", {"accuracy": 0.9, "precision": 0.9, "recall": 0.9, "f1": 0.9, "loss": 0.3})
+    model = build_model("smallcnn", len(template["classes"]), template["input"]["channels"])
+    run.save_checkpoint(1, {"arrays": model.state_dict(), "strategy": {}}, keep=1)
+    run.close()
+
+
+@pytest.fixture(scope="module")
+def runs(finished_run: FinishedRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FESF_HOME", str(tmp_path_factory.mktemp("fesf-home")))
+        surrogate = finished_run.folder.name
+        shutil.copytree(finished_run.folder, runs_folder() / surrogate)
+        _write_plaintext_run(json.loads((runs_folder() / surrogate / "summary.json").read_text()))
+        yield Runs(runs_folder(), surrogate)
+
+
+@pytest.fixture
+def client(runs: Runs):
+    return create_app(runs.folder).server.test_client()
+
+
+def _surrogate_png(runs: Runs) -> bytes:
+    size = runs.summary()["input"]["image-size"]
+    return _png(np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8))
+
+
+# --- the API -------------------------------------------------------------------------------
+
+
+def test_the_runs_list_gives_each_runs_status_settings_and_best_f1(client, runs):
+    listed = {run["name"]: run for run in client.get("/api/runs").get_json()}
+    assert set(listed) == {runs.surrogate, PLAIN_RUN}
+    run = listed[runs.surrogate]
+    history = runs.summary()["history"]
+    assert (run["status"], run["mode"], run["model"], run["strategy"]) == (
+        "finished",
+        "x_su_prime",
+        "smallcnn",
+        "fedavg",
+    )
+    assert run["sites"] == ["site-1", "site-2", "site-3"]
+    assert (run["rounds_done"], run["rounds_total"]) == (2, 2)
+    assert run["best_f1"] == max(entry["evaluate"]["global"]["f1"] for entry in history)
+
+
+def test_a_runs_details_hold_every_round_each_sites_figures_and_the_confusion_matrix(client, runs):
+    details = client.get(f"/api/runs/{runs.surrogate}").get_json()
+    assert [entry["round"] for entry in details["history"]] == [1, 2]
+    for entry in details["history"]:
+        assert set(entry["evaluate"]) == {"global", "site-1", "site-2", "site-3"}
+        assert set(entry["train"]) == {"global", "site-1", "site-2", "site-3"}
+    quality = details["sites"]["site-1"]
+    assert 0 <= quality["ssim-x_pl-x_su_prime"] <= 1 and quality["psnr-host-x_su_prime"] > 0
+    confusion = details["confusion"]
+    assert (confusion["round"], confusion["source"]) == (2, "federated evaluation, summed over sites")
+    tested = sum(site["test-examples"] for site in details["sites"].values())
+    assert np.asarray(confusion["counts"]).sum() == tested  # every site's test image, once
+    final = details["history"][-1]["evaluate"]["global"]
+    assert np.trace(confusion["counts"]) / tested == pytest.approx(final["accuracy"])
+
+
+def test_metrics_export_as_csv_and_json_with_every_stored_value(client, runs):
+    response = client.get(f"/api/runs/{runs.surrogate}/metrics.csv")
+    assert response.mimetype == "text/csv" and "attachment" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    as_json = client.get(f"/api/runs/{runs.surrogate}/metrics.json").get_json()
+    assert len(rows) == len(as_json) > 0
+    history = runs.summary()["history"]
+    expected = {
+        (entry["round"], phase, scope, name): value
+        for entry in history
+        for phase, scopes in entry.items()
+        if phase != "round"
+        for scope, metrics in scopes.items()
+        for name, value in metrics.items()
+    }
+    assert {(int(r["round"]), r["phase"], r["scope"], r["metric"]): float(r["value"]) for r in rows} == expected
+    assert {(r["round"], r["phase"], r["scope"], r["metric"]): r["value"] for r in as_json} == expected
+
+
+@pytest.mark.parametrize("name", ["nope", "..", "%2E%2E%2Fetc", "a b"])
+def test_an_unknown_or_malformed_run_is_404(client, name):
+    response = client.get(f"/api/runs/{name}")
+    assert response.status_code == 404
+    assert "error" in response.get_json()
+
+
+def test_the_diagnosis_service_gives_the_global_models_class_and_probabilities(client, runs):
+    png = _surrogate_png(runs)
+    response = client.post(f"/api/runs/{runs.surrogate}/diagnose", data=png, content_type="image/png")
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()
+    summary = runs.summary()
+    assert list(result["probabilities"]) == summary["classes"]
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0)
+    # The same figures as the last round's checkpoint gives when run by hand.
+    checkpoint = torch.load(runs.folder / runs.surrogate / "checkpoints" / "round-0002.pt", weights_only=True)
+    model = build_model("smallcnn", len(summary["classes"]), 1)
+    model.load_state_dict(checkpoint["arrays"])
+    pixels = torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)), dtype=np.float32) / 255)[None, None]
+    expected = torch.softmax(model.eval()(pixels), dim=1)[0].tolist()
+    assert list(result["probabilities"].values()) == pytest.approx(expected, abs=1e-6)
+    assert result["class"] == summary["classes"][int(np.argmax(expected))]
+    assert result["round"] == 2
+
+
+def _diagnose(client, run: str, data: bytes, content_type: str = "image/png"):
+    response = client.post(f"/api/runs/{run}/diagnose", data=data, content_type=content_type)
+    return response.status_code, response.get_json()["error"] if response.status_code >= 400 else response.get_json()
+
+
+def test_bad_uploads_get_clear_4xx_errors(client, runs):
+    png = _surrogate_png(runs)
+    assert _diagnose(client, runs.surrogate, b"GIF89a not a png") == (
+        415,
+        "the upload is not a PNG image; send a surrogate as PNG",
+    )
+    status, error = _diagnose(client, runs.surrogate, png, "multipart/form-data; boundary=x")
+    assert status == 415 and "Content-Type: image/png" in error
+    status, error = _diagnose(client, runs.surrogate, png[:40])
+    assert status == 400 and "cannot be decoded" in error
+    status, error = _diagnose(client, runs.surrogate, _png(np.zeros((20, 24), dtype=np.uint8)))
+    assert status == 422 and "the image is 24x20 px" in error and "--resize" in error
+    assert _diagnose(client, runs.surrogate, b"")[0] == 400
+    status, error = _diagnose(client, PLAIN_RUN, png)
+    assert status == 409 and "trained on plaintext" in error
+    assert _diagnose(client, "nope", png)[0] == 404
+
+
+def test_uploads_over_the_limit_are_413_and_other_sizes_are_resized_when_configured(runs):
+    small = create_app(runs.folder, max_upload=1000).server.test_client()
+    status, error = _diagnose(
+        small, runs.surrogate, _png(np.random.default_rng(1).integers(0, 256, (64, 64), dtype=np.uint8))
+    )
+    assert status == 413 and "larger than" in error
+    resizing = create_app(runs.folder, resize=True).server.test_client()
+    status, result = _diagnose(resizing, runs.surrogate, _png(np.zeros((20, 24, 3), dtype=np.uint8)))
+    assert status == 200 and set(result["probabilities"]) == set(runs.summary()["classes"])
+
+
+def test_the_store_is_read_only_and_uploads_are_never_written(client, runs):
+    before = {path: path.stat().st_mtime_ns for path in runs.folder.rglob("*")}
+    client.get("/")
+    client.get(f"/api/runs/{runs.surrogate}")
+    assert _diagnose(client, runs.surrogate, _surrogate_png(runs))[0] == 200
+    assert {path: path.stat().st_mtime_ns for path in runs.folder.rglob("*")} == before
+    stored = StoredRun(runs.folder / runs.surrogate)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        stored.store.execute("DELETE FROM metrics")
+    stored.close()
+
+
+# --- access ---------------------------------------------------------------------------------
+
+
+def test_any_address_but_loopback_needs_a_token_of_at_least_128_bits():
+    assert check_token("127.0.0.1", None) is None and check_token("::1", None) is None
+    assert "FESF_DASHBOARD_TOKEN" in check_token("0.0.0.0", None)
+    assert "at least 22" in check_token("127.0.0.1", "short")
+    assert check_token("0.0.0.0", TOKEN) is None
+
+
+def test_the_command_refuses_to_listen_beyond_loopback_without_a_token(monkeypatch, capsys):
+    monkeypatch.delenv("FESF_DASHBOARD_TOKEN", raising=False)
+    assert dashboard_main(["--host", "0.0.0.0"]) == 2
+    assert capsys.readouterr().err.startswith("error: --host 0.0.0.0 lets other machines reach the dashboard")
+
+
+def test_with_a_token_every_request_needs_it(runs):
+    client = create_app(runs.folder, token=TOKEN).server.test_client()
+    assert client.get("/api/runs").status_code == 401
+    assert client.get("/").status_code == 401
+    assert client.get("/api/runs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/runs", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    opened = client.get(f"/?token={TOKEN}")
+    assert opened.status_code == 302 and opened.headers["Location"] == "/"  # the token leaves the address bar
+    cookie = client.get_cookie(COOKIE)
+    assert cookie.value == TOKEN and cookie.http_only and cookie.same_site == "Strict"
+    assert client.get("/api/runs").status_code == 200  # the browser's cookie now opens it
+
+
+# --- a real browser -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: browser tests need Debian's chromium (make test installs it)")
+    with chromium() as opened:
+        yield opened
+    assert opened.outside == [], f"the page fetched from outside this machine: {opened.outside}"
+
+
+def test_the_browser_shows_a_finished_runs_curves_sites_quality_and_diagnosis(runs, browser, tmp_path):
+    page = browser.page
+    with dashboard(runs.folder) as served:
+        page.goto(served.url + "/")
+        page.get_by_role("link", name=runs.surrogate).click()
+        page.wait_for_selector("#global-figure .scatterlayer .trace")
+        assert "x_su_prime · smallcnn · fedavg" in page.inner_text("#run-headline")
+        assert "round 2/2" in page.inner_text("#run-headline")
+        # Four scores, the evaluation loss and the training loss: one plotted line each.
+        assert page.locator("#global-figure .scatterlayer .trace").count() == 6
+        assert page.locator("#sites-figure .scatterlayer .trace").count() == 3 * 6
+        summary = runs.summary()
+        site = summary["sites"]["site-2"]
+        quality_row = page.locator("#quality-table tr", has_text="site-2").inner_text()
+        assert f"{site['ssim-x_pl-x_su_prime']:.4f}" in quality_row and f"{site['psnr-host-x_sy']:.2f}" in quality_row
+        final = summary["history"][-1]["evaluate"]
+        assert f"{final['site-3']['accuracy']:.3f}" in page.locator("#sites-table tr", has_text="site-3").inner_text()
+        assert page.locator("#participation-table tbody tr").count() == 2
+        assert page.locator("#participation-table tbody tr").first.inner_text().count("✓") == 3
+        counts = np.asarray(summary["final"]["confusion"]["evaluate"])
+        assert page.locator("#confusion-figure .heatmaplayer").count() == 1
+        # Each cell of the heatmap is labelled with its count, row by row.
+        labels = page.locator("#confusion-figure .heatmap-label text").all_text_contents()
+        assert [int(label) for label in labels] == counts.ravel().tolist()
+        assert "mode" in page.inner_text("#config-table") and "x_su_prime" in page.inner_text("#config-table")
+        assert page.get_attribute("#export-csv", "href") == f"/api/runs/{runs.surrogate}/metrics.csv"
+
+        upload = tmp_path / "surrogate.png"
+        upload.write_bytes(_surrogate_png(runs))
+        page.set_input_files("#diagnose-upload input[type=file]", str(upload))
+        assert page.inner_text("#diagnosis-class", timeout=30_000) in summary["classes"]
+
+        page.goto(f"{served.url}/compare?runs={PLAIN_RUN},{runs.surrogate}")
+        page.wait_for_selector("#compare-figure .scatterlayer .trace")
+        table = page.inner_text("#compare-table")
+        ratio = summary["final"]["accuracy"] / 0.9
+        assert "plaintext" in table and "x_su_prime" in table and f"{ratio:.3f}" in table
+
+
+def _headline_round(page) -> int | None:
+    text = page.inner_text("#run-headline")
+    marker = text.split("round ", 1)[1].split("/", 1)[0] if "round " in text else ""
+    return int(marker) if marker.isdigit() else None
+
+
+def test_a_live_run_appears_and_its_rounds_show_without_a_reload(browser, tmp_path):
+    # Rounds go on after a diagnosis: its answer must stay on the page as the page follows them.
+    page = browser.page
+    home = tmp_path / "live-home"
+    rounds = 4
+    config = run_config(**{**TINY_RUN, "num-server-rounds": rounds})
+    # Rounds of about 3 s (each site's training waits 1.5 s; two SuperNodes serve three sites), so the
+    # page, checking every 2 s, sees them one by one.
+    script = f"from tests.simulation import Delay, simulate; simulate({config!r}, instrument=Delay(1.5))"
+    log = io.StringIO()
+    federation = FlowerProcess(
+        [sys.executable, "-c", script], env=flower_env(FESF_HOME=str(home), PYTHONPATH=str(REPO)), sink=log
+    )
+    try:
+        with dashboard(home / "runs") as served:
+            page.goto(served.url + "/")
+            page.evaluate("window.notReloaded = true")
+            link = page.locator("#runs-table a").first
+            link.wait_for(timeout=120_000)  # the run appears in the open list by itself
+            link.click()
+            page.wait_for_selector("#run-headline")
+            size = TINY_BUILD["data.image_size"]
+            upload = tmp_path / "surrogate.png"
+            upload.write_bytes(_png(np.random.default_rng(1).integers(0, 256, (size, size), dtype=np.uint8)))
+            seen, diagnosed_at = [], None
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and "finished" not in page.inner_text("h1"):
+                seen.append(_headline_round(page))
+                if diagnosed_at is None and page.locator("#diagnose-upload").count():
+                    page.set_input_files("#diagnose-upload input[type=file]", str(upload))
+                    page.wait_for_selector("#diagnosis-class", timeout=30_000)
+                    diagnosed_at = _headline_round(page)
+                time.sleep(0.5)
+            assert "finished" in page.inner_text("h1"), log.getvalue()[-3000:]
+            assert _headline_round(page) == rounds
+            assert page.evaluate("window.notReloaded") is True
+            shown = sorted({value for value in seen if value})
+            assert len(shown) >= 3, f"the page showed rounds {shown} while the run went on"
+            assert page.locator("#global-figure .scatterlayer .trace").first.locator("path.point").count() == rounds
+            assert diagnosed_at is not None and diagnosed_at < rounds, f"diagnosed at round {diagnosed_at}"
+            assert page.locator("#diagnosis-class").count() == 1, "a new round cleared the diagnosis"
+    finally:
+        federation.stop(grace=10)
+    shutil.rmtree(home, ignore_errors=True)
