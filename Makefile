@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Flower must not phone home or install app dependencies (see the README).
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: federate dashboard demo br35h loopback test benchmark
+.PHONY: federate dashboard demo br35h loopback results test benchmark
 
 $(BIN)/fesf: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -36,6 +36,9 @@ $(CHROMIUM):
 	@echo "installing Debian's chromium for the dashboard's browser tests"
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+results: $(BIN)/fesf  ## the paper's Tables 1-3 on ../shared/data, federated and central: regenerates docs/results.md (hours on a CPU)
+	$(BIN)/fesf-reproduce suite configs/results.yaml
 
 test: $(BIN)/fesf $(CHROMIUM)  ## the whole test suite
 	$(BIN)/pytest -q

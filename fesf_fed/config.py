@@ -231,6 +231,21 @@ def parse_config(
     return _resolve_paths(config, (base_dir or Path.cwd()).resolve())
 
 
+def read_yaml(path: Path, missing: str) -> Any:
+    """Parse a YAML file; a missing file or bad syntax is a one-line ConfigError naming it.
+
+    ``missing`` ends the message for a missing file, e.g. ``"config file not found; ..."``.
+    """
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {missing}") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -246,14 +261,7 @@ def load_config(
     if path is None:
         return parse_config({}, source="built-in defaults", overrides=overrides, defaults=defaults)
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found; pass an existing YAML file") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None
+    raw = read_yaml(path, "config file not found; pass an existing YAML file")
     return parse_config(
         raw,
         source=str(path),

@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fesf_fed.config import SiteConfig, load_config
+from fesf_fed.config import SiteConfig, load_config, read_yaml
 from fesf_fed.errors import ConfigError
 from fesf_fed.models import MODEL_NAMES
 from fesf_fed.training_data import TRAINING_MODES
@@ -160,12 +159,7 @@ def simulated_site_configs(settings: RunSettings, site_defaults: dict[str, Any])
     """
     if settings.sites_file:
         path = _path(settings.sites_file, "sites-file")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: sites file not found; set sites-file to an existing YAML file") from None
-        except yaml.YAMLError:
-            raise ConfigError(f"{path}: not valid YAML; fix the syntax") from None
+        raw = read_yaml(path, "sites file not found; set sites-file to an existing YAML file")
         sites = raw.get("sites") if isinstance(raw, dict) else None
         if not isinstance(sites, dict) or not sites:
             raise ConfigError(f"{path}: expected a 'sites' mapping of site name to site config file")

@@ -1,32 +1,25 @@
-"""Run the project's Flower apps in an in-process simulation with a given run config.
+"""Run configs and instruments for the tests' in-process simulations (:func:`server.simulation.simulate`).
 
-Flower's Python API (``run_simulation``) gives apps an empty run config, so the
-apps are wrapped: each call gets a copy of its context carrying ``run_config``,
-the defaults of ``pyproject.toml`` updated with the test's values.
+:func:`run_config` is the app's default run config, from ``pyproject.toml``, updated
+with a test's values, as ``flwr run . --run-config`` would make it.
 """
 
 import dataclasses
 import functools
 import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
-from flwr.clientapp import ClientApp
 from flwr.common.config import flatten_dict
-from flwr.serverapp import Grid, ServerApp
-from flwr.simulation import run_simulation
 
-import clients.app
-import server.app
+from server.simulation import Handler, simulate
 from tests.conftest import TINY_BUILD
 
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["REPO", "TINY_RUN", "Delay", "Handler", "run_config", "simulate"]
 
-#: A ClientApp handler: what ``@app.train()`` and friends register.
-Handler = Callable[[Message, Context], Message]
+REPO = Path(__file__).resolve().parents[1]
 
 #: A federation that finishes in seconds: tiny phantom sites, one local epoch.
 TINY_RUN: dict[str, Any] = {
@@ -62,43 +55,3 @@ class Delay:
 
     def __call__(self, handler: Handler) -> Handler:
         return functools.partial(_delayed, handler, self.seconds)
-
-
-def _client_app(config: dict[str, Any], instrument: Callable[[Handler], Handler] | None) -> ClientApp:
-    app = ClientApp()
-    for register, handler in (
-        (app.query("describe"), clients.app.describe),
-        (app.query("prepare"), clients.app.prepare),
-        (app.train(), clients.app.train_round),
-        (app.evaluate(), clients.app.evaluate_round),
-    ):
-
-        def wrapped(message: Message, context: Context, handler=handler) -> Message:
-            return handler(message, dataclasses.replace(context, run_config=config))
-
-        register(instrument(wrapped) if instrument else wrapped)
-    return app
-
-
-def simulate(
-    config: dict[str, Any], num_supernodes: int = 2, instrument: Callable[[Handler], Handler] | None = None
-) -> None:
-    """Run the federation of ``config`` on ``num_supernodes`` simulated SuperNodes, in this process.
-
-    ``instrument``, if given, wraps every ClientApp handler (benchmarks time them with it).
-    """
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        server.app.main(grid, dataclasses.replace(context, run_config=config))
-
-    run_simulation(
-        server_app,
-        _client_app(config, instrument),
-        num_supernodes=num_supernodes,
-        backend_config={
-            "client_resources": {"num_cpus": 1},
-            "init_args": {"num_cpus": 2},
-        },
-    )

@@ -1,0 +1,231 @@
+"""One reproduction of the paper's Tables 1-3: every training mode, federated and central, over seeds.
+
+A reproduction is a folder, ``$FESF_HOME/reproductions/<name>/``, whose ``results.json``
+holds the plan and one entry per finished cell: a (setting, mode, seed) triple, where
+the setting is ``federated`` (a Flower simulation of the plan's sites, its run folder in
+``$FESF_HOME/runs`` like any other) or ``central`` (the same sites' images pooled,
+:mod:`fesf_fed.central`). The file is rewritten atomically after each cell, so an
+interrupted reproduction continues where it stopped when it is started again.
+
+Seeds vary the initial weights and the shuffling. The split of the dataset over the
+sites and the surrogates stay fixed (``partition-seed``; each site builds its
+surrogates once, and every mode and seed reuses them).
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fesf_fed.atomic import write_json
+from fesf_fed.central import pooled_site_data, train_central
+from fesf_fed.config import SiteConfig
+from fesf_fed.device import select_device
+from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.home import fesf_home
+from fesf_fed.run_settings import RunSettings, parse_run_settings, simulated_site_configs
+from fesf_fed.task import classification_figures
+from fesf_fed.training_data import TRAINING_MODES
+from server.run_store import RUN_NAME, runs_folder
+from server.simulation import simulate
+
+#: The paper's IHM strengths (alpha, beta, alpha', beta'): the headline figure uses these only.
+PAPER_PIPELINE = {"alpha": 0.5, "beta": 0.5, "refine_alpha": 0.5, "refine_beta": 0.1}
+SETTINGS = ("federated", "central")
+
+
+def reproductions_folder() -> Path:
+    """Where reproductions are kept: ``$FESF_HOME/reproductions``."""
+    return fesf_home() / "reproductions"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a reproduction trains: one dataset and model, every mode, federated and central, per seed."""
+
+    name: str
+    #: The dataset's site config (absolute path); "" for the built-in phantoms.
+    site_config: str
+    model: str
+    image_size: int
+    seeds: tuple[int, ...]
+    rounds: int
+    local_epochs: int
+    modes: tuple[str, ...] = TRAINING_MODES
+    central: bool = True
+    #: Further run-config keys, as ``flwr run --run-config`` takes them (``site.`` ones included).
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def run_config(self, mode: str, seed: int) -> dict[str, Any]:
+        """The flat run config of the federated cell (``mode``, ``seed``)."""
+        return {
+            **self.overrides,
+            "num-server-rounds": self.rounds,
+            "local-epochs": self.local_epochs,
+            "model": self.model,
+            "mode": mode,
+            "seed": seed,
+            "site-config": self.site_config,
+            "site.data.image_size": self.image_size,
+        }
+
+    def cells(self) -> list[tuple[str, str, int]]:
+        """Every (setting, mode, seed), in the order they run: seed by seed, federated first."""
+        settings = SETTINGS if self.central else SETTINGS[:1]
+        return [(setting, mode, seed) for seed in self.seeds for setting in settings for mode in self.modes]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "seeds": list(self.seeds), "modes": list(self.modes)}
+
+
+def cell_key(setting: str, mode: str, seed: int) -> str:
+    return f"{setting}/{mode}/{seed}"
+
+
+def check_plan(plan: Plan) -> tuple[RunSettings, list[SiteConfig]]:
+    """Validate every cell's run config up front; return the first one's settings and its sites.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the key or file: an unknown mode or model, a missing dataset...
+    """
+    if not RUN_NAME.fullmatch(plan.name):
+        raise ConfigError(f"--name {plan.name!r}: use letters, digits, '.', '_' and '-' only")
+    if not plan.seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    unknown = [mode for mode in plan.modes if mode not in TRAINING_MODES]
+    if unknown or not plan.modes:
+        raise ConfigError(f"--modes {','.join(unknown)}: choose from {', '.join(TRAINING_MODES)}")
+    if "plaintext" not in plan.modes:
+        raise ConfigError("--modes: include plaintext, the reference every other mode is measured against")
+    for key in ("resume", "central-eval", "sites-file"):
+        if plan.overrides.get(key):
+            raise ConfigError(f"--set {key}: not available in a reproduction, which starts every run afresh")
+    checked = [parse_run_settings(plan.run_config(mode, plan.seeds[0])) for mode in plan.modes]
+    settings, site_defaults = checked[0]
+    return settings, simulated_site_configs(settings, site_defaults)
+
+
+def pipeline_variant(sites: list[SiteConfig]) -> dict[str, float]:
+    """The IHM strengths that differ from the paper's, e.g. ``{"refine_beta": 0.2}``; empty for the paper's."""
+    pipeline = sites[0].pipeline
+    return {key: getattr(pipeline, key) for key, value in PAPER_PIPELINE.items() if getattr(pipeline, key) != value}
+
+
+def _figures(confusion: np.ndarray) -> dict[str, Any]:
+    return {**classification_figures(confusion), "examples": int(confusion.sum()), "confusion": confusion.tolist()}
+
+
+def _federated_cell(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
+    runs = runs_folder()
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    began = time.perf_counter()
+    simulate(plan.run_config(mode, seed))
+    seconds = time.perf_counter() - began
+    new = [path for path in (set(runs.iterdir()) if runs.is_dir() else set()) - before if path.is_dir()]
+    if len(new) != 1:
+        raise FesfError(f"the {mode} federation (seed {seed}) left no run folder in {runs}; see its log above")
+    run = new[0]
+    summary = json.loads((run / "summary.json").read_text())
+    if summary.get("status") != "finished":
+        raise FesfError(f"the {mode} federation (seed {seed}) did not finish: see {run / 'summary.json'} and the log")
+    final = summary["final"]
+    return {
+        "run": run.name,
+        "seconds": seconds,
+        # Pooled over every site's test split: the sites' confusion matrices summed.
+        **_figures(np.asarray(final["confusion"]["evaluate"])),
+        "sites": {
+            site: {"accuracy": values["accuracy"], "f1": values["f1"]} for site, values in final["sites"].items()
+        },
+        "quality": summary.get("sites", {}),
+    }
+
+
+def _central_cell(plan: Plan, mode: str, seed: int, sites: list[SiteConfig], settings: RunSettings) -> dict[str, Any]:
+    began = time.perf_counter()
+    data = pooled_site_data(sites, mode)
+    evaluation = train_central(
+        data,
+        model_name=plan.model,
+        epochs=plan.rounds * plan.local_epochs,
+        lr=settings.learning_rate,
+        batch_size=settings.batch_size,
+        seed=seed,
+        device=select_device(sites[0].device),
+        weights=Path(settings.pretrained_weights) if settings.pretrained_weights else None,
+    )
+    return {"seconds": time.perf_counter() - began, **_figures(np.asarray(evaluation.confusion))}
+
+
+def load_results(folder: Path) -> dict[str, Any]:
+    """A reproduction's ``results.json``.
+
+    Raises
+    ------
+    ConfigError
+        When the folder holds no readable results.
+    """
+    path = folder / "results.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; run fesf-reproduce run --name {folder.name} first") from None
+    except json.JSONDecodeError:
+        raise ConfigError(f"{path}: not valid JSON; delete it to start the reproduction again") from None
+
+
+def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every cell of ``plan`` that ``results.json`` does not hold yet; return the results.
+
+    Parameters
+    ----------
+    plan : Plan
+        What to train.
+    report : callable
+        Receives one line per cell started and finished.
+
+    Raises
+    ------
+    ConfigError
+        For an invalid plan, or a folder of the same name made with another plan.
+    FesfError
+        When a federation fails.
+    """
+    settings, sites = check_plan(plan)
+    folder = reproductions_folder() / plan.name
+    path = folder / "results.json"
+    planned = plan.to_json()
+    if path.exists():
+        results = load_results(folder)
+        if results.get("plan") != planned:
+            changed = sorted(key for key in planned if results.get("plan", {}).get(key) != planned[key])
+            raise ConfigError(
+                f"{path}: made with other settings ({', '.join(changed)}); choose another --name or delete the folder"
+            )
+    else:
+        results = {"plan": planned, "pipeline": sites[0].pipeline.model_dump(mode="json"), "cells": {}}
+    results["variant"] = pipeline_variant(sites)
+    cells = plan.cells()
+    for number, (setting, mode, seed) in enumerate(cells, start=1):
+        key = cell_key(setting, mode, seed)
+        if key in results["cells"]:
+            continue
+        report(f"[{number}/{len(cells)}] {setting} {mode}, seed {seed}")
+        if setting == "federated":
+            cell = _federated_cell(plan, mode, seed)
+        else:
+            cell = _central_cell(plan, mode, seed, sites, settings)
+        results["cells"][key] = cell
+        write_json(path, results)
+        report(
+            f"[{number}/{len(cells)}] {setting} {mode}, seed {seed}: accuracy {cell['accuracy']:.3f}, "
+            f"F1 {cell['f1']:.3f} ({cell['seconds']:.0f} s)"
+        )
+    write_json(path, results)
+    return results

@@ -1,0 +1,200 @@
+"""Markdown tables of reproductions, beside the paper's figures (Tables 1-3)."""
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from fesf_fed.quality import QUALITY_PAIRS
+from server.reproduce.experiment import cell_key
+from server.reproduce.paper import PAPER_MEAN_RATIO, paper_accuracy, paper_quality
+
+#: How the table names each training mode (the paper's symbols).
+MODE_LABELS = {"plaintext": "x_pl (plaintext)", "x_sy": "x_sy", "x_su": "x_su", "x_su_prime": "x_su'"}
+
+
+def _spread(values: Sequence[float], digits: int = 3) -> str:
+    """``mean ± sample standard deviation`` (just the mean for one value); ``–`` for none."""
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _values(results: dict[str, Any], setting: str, mode: str, name: str) -> list[float]:
+    cells = results["cells"]
+    keys = (cell_key(setting, mode, seed) for seed in results["plan"]["seeds"])
+    return [cells[key][name] for key in keys if key in cells]
+
+
+def accuracy_ratios(results: dict[str, Any], setting: str, mode: str) -> list[float]:
+    """Per seed: the mode's accuracy over plaintext's accuracy with the same seed."""
+    cells = results["cells"]
+    ratios = []
+    for seed in results["plan"]["seeds"]:
+        mine, plain = cells.get(cell_key(setting, mode, seed)), cells.get(cell_key(setting, "plaintext", seed))
+        if mine and plain and plain["accuracy"] > 0:
+            ratios.append(mine["accuracy"] / plain["accuracy"])
+    return ratios
+
+
+def surrogate_quality(results: dict[str, Any]) -> dict[str, float]:
+    """SSIM and PSNR of each pair, averaged over the sites (every mode and seed shares the surrogates)."""
+    for cell in results["cells"].values():
+        sites = [values for values in cell.get("quality", {}).values() if "ssim-x_pl-x_su_prime" in values]
+        if sites:
+            return {
+                key: statistics.mean(site[key] for site in sites)
+                for key in sites[0]
+                if key.startswith(("ssim-", "psnr-"))
+            }
+    return {}
+
+
+def _hours(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def _variant_text(variant: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in variant.items())
+
+
+def headline(results: dict[str, Any]) -> str:
+    """One sentence: the share of plaintext accuracy x_su' keeps, and SSIM(x_pl, x_su')."""
+    federated = accuracy_ratios(results, "federated", "x_su_prime")
+    central = accuracy_ratios(results, "central", "x_su_prime")
+    ssim = surrogate_quality(results).get("ssim-x_pl-x_su_prime")
+    parts = [f"x_su' keeps {_spread(federated)} of plaintext accuracy federated"]
+    if central:
+        parts.append(f"{_spread(central)} central")
+    text = ", ".join(parts)
+    if ssim is not None:
+        text += f", at SSIM(x_pl, x_su') {ssim:.4f}"
+    if results.get("variant"):
+        text += f" (**changed hyper-parameters: {_variant_text(results['variant'])}**; not the headline figure)"
+    return text + "."
+
+
+def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
+    """One reproduction's section: its settings, Table 1 (accuracy), Tables 2-3 (quality), time."""
+    plan = results["plan"]
+    pipeline = results["pipeline"]
+    planned = len(plan["seeds"]) * len(plan["modes"]) * (2 if plan["central"] else 1)
+    done = "" if len(results["cells"]) == planned else f" **{len(results['cells'])} of {planned} cells finished.**"
+    lines = [
+        f"### {dataset}: {plan['model']}, {plan['image_size']} px",
+        "",
+        (
+            f"`{plan['name']}`: 3 sites (Dirichlet split), {plan['rounds']} rounds x {plan['local_epochs']} local epochs "
+            f"federated, {plan['rounds'] * plan['local_epochs']} epochs central; seeds {', '.join(map(str, plan['seeds']))}; "
+            f"IHM alpha {pipeline['alpha']}, beta {pipeline['beta']}, alpha' {pipeline['refine_alpha']}, "
+            f"beta' {pipeline['refine_beta']}.{done}"
+        ),
+        "",
+        f"**{headline(results)}**",
+        "",
+    ]
+    rows = []
+    for mode in plan["modes"]:
+        paper = paper_accuracy(dataset, plan["model"], mode)
+        rows.append(
+            [
+                MODE_LABELS[mode],
+                _spread(_values(results, "federated", mode, "accuracy")),
+                _spread(_values(results, "federated", mode, "f1")),
+                _spread(accuracy_ratios(results, "federated", mode)),
+                _spread(_values(results, "central", mode, "accuracy")),
+                _spread(_values(results, "central", mode, "f1")),
+                _spread(accuracy_ratios(results, "central", mode)),
+                "–" if paper is None else f"{paper:.4f}",
+            ]
+        )
+    lines += _table(
+        [
+            "trained on",
+            "federated accuracy",
+            "federated F1",
+            "accuracy / plaintext",
+            "central accuracy",
+            "central F1",
+            "accuracy / plaintext",
+            "paper accuracy",
+        ],
+        rows,
+    )
+    quality = surrogate_quality(results)
+    if quality:
+        lines += ["", "Surrogate quality, mean over the sites' test samples (the paper's Tables 2 and 3):", ""]
+        quality_rows = []
+        for label, reference, stage in QUALITY_PAIRS:
+            paper = paper_quality(dataset, reference, stage)
+            quality_rows.append(
+                [
+                    label,
+                    f"{quality[f'ssim-{reference}-{stage}']:.4f}",
+                    f"{quality[f'psnr-{reference}-{stage}']:.2f}",
+                    "–" if paper is None else f"{paper[0]:.4f}",
+                    "–" if paper is None or paper[1] is None else f"{paper[1]:.2f}",
+                ]
+            )
+        lines += _table(["pair", "SSIM", "PSNR (dB)", "paper SSIM", "paper PSNR (dB)"], quality_rows)
+    seconds = {
+        setting: sum(cell["seconds"] for key, cell in results["cells"].items() if key.startswith(setting))
+        for setting in ("federated", "central")
+    }
+    first = plan["seeds"][0]
+    runs = [results["cells"].get(cell_key("federated", mode, first), {}).get("run") for mode in plan["modes"]]
+    lines += [
+        "",
+        (
+            f"Time: {_hours(seconds['federated'])} federated, {_hours(seconds['central'])} central. "
+            f"In the dashboard: `/compare?runs={','.join(run for run in runs if run)}` (seed {first})."
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, notes: str) -> str:
+    """The whole results page: a summary table of every reproduction, their sections, then ``notes``."""
+    rows = []
+    for dataset, results in sections:
+        plan = results["plan"]
+        quality = surrogate_quality(results)
+        rows.append(
+            [
+                dataset,
+                f"{plan['model']}, {plan['image_size']} px"
+                + (f" ({_variant_text(results['variant'])})" if results.get("variant") else ""),
+                _spread(_values(results, "federated", "plaintext", "accuracy")),
+                _spread(_values(results, "federated", "x_su_prime", "accuracy")),
+                _spread(accuracy_ratios(results, "federated", "x_su_prime")),
+                _spread(accuracy_ratios(results, "central", "x_su_prime")),
+                f"{quality['ssim-x_pl-x_su_prime']:.4f}" if quality else "–",
+            ]
+        )
+    summary = _table(
+        [
+            "dataset",
+            "model",
+            "plaintext accuracy (federated)",
+            "x_su' accuracy (federated)",
+            "x_su' / plaintext, federated",
+            "x_su' / plaintext, central",
+            "SSIM(x_pl, x_su')",
+        ],
+        rows,
+    )
+    paper = f"The paper: x_su' keeps about {PAPER_MEAN_RATIO} of plaintext accuracy on average over its datasets."
+    body = [preamble.rstrip(), "", "## Summary", "", *summary, "", paper, "", "## Per dataset", ""]
+    body += [reproduction_markdown(results, dataset) for dataset, results in sections]
+    return "\n".join(body).rstrip() + "\n\n" + notes.strip() + "\n"

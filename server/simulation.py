@@ -1,0 +1,81 @@
+"""Run the federation in Flower's in-process simulation, with a given run config.
+
+``flwr run .`` is the way to simulate from the shell. Python callers (``fesf-reproduce``,
+the tests, the benchmarks) use :func:`simulate`: Flower's ``run_simulation`` gives apps
+an empty run config, so both apps are wrapped here, and each call gets a copy of its
+context carrying ``run_config``.
+"""
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.simulation import run_simulation
+
+import clients.app
+import server.app
+
+#: A ClientApp handler: what ``@app.train()`` and friends register.
+Handler = Callable[[Message, Context], Message]
+
+
+def _client_app(config: dict[str, Any], instrument: Callable[[Handler], Handler] | None) -> ClientApp:
+    app = ClientApp()
+    for register, handler in (
+        (app.query("describe"), clients.app.describe),
+        (app.query("prepare"), clients.app.prepare),
+        (app.train(), clients.app.train_round),
+        (app.evaluate(), clients.app.evaluate_round),
+    ):
+
+        def wrapped(message: Message, context: Context, handler=handler) -> Message:
+            return handler(message, dataclasses.replace(context, run_config=config))
+
+        register(instrument(wrapped) if instrument else wrapped)
+    return app
+
+
+def _backend_config(num_supernodes: int) -> dict[str, Any]:
+    """Ray's resources: every core, and the GPUs shared by the SuperNodes (Ray hides them otherwise)."""
+    cores = os.cpu_count() or 1
+    resources: dict[str, Any] = {"num_cpus": max(1, cores // num_supernodes)}
+    init: dict[str, Any] = {"num_cpus": cores}
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        resources["num_gpus"] = gpus / num_supernodes
+        init["num_gpus"] = gpus
+    return {"client_resources": resources, "init_args": init}
+
+
+def simulate(
+    config: dict[str, Any], num_supernodes: int = 2, instrument: Callable[[Handler], Handler] | None = None
+) -> None:
+    """Run the federation of ``config`` on ``num_supernodes`` simulated SuperNodes, in this process.
+
+    Parameters
+    ----------
+    config : dict
+        A complete flat run config, as ``flwr run`` would pass it (keys of
+        ``[tool.flwr.app.config]``); the run folder lands in ``$FESF_HOME/runs``.
+    num_supernodes : int
+        Simulated SuperNodes; they host the run's ``num-sites`` sites in turn.
+    instrument : callable, optional
+        Wraps every ClientApp handler (the benchmarks time them, the tests record replies).
+    """
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        server.app.main(grid, dataclasses.replace(context, run_config=config))
+
+    run_simulation(
+        server_app,
+        _client_app(config, instrument),
+        num_supernodes=num_supernodes,
+        backend_config=_backend_config(num_supernodes),
+    )

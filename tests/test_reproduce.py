@@ -1,0 +1,175 @@
+"""`fesf-reproduce` end to end on tiny phantoms: federated and central cells, tables, resume, the suite page."""
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import server.reproduce.experiment as experiment_module
+from fesf_fed.config import load_config
+from fesf_fed.task import classification_figures
+from server.reproduce.cli import load_suite, main
+from tests.conftest import TINY_BUILD
+
+#: Two modes (plaintext is the reference), one seed, one round: two real simulations.
+SITE_KEYS = {f"site.{key}": value for key, value in TINY_BUILD.items() if key != "data.image_size"}
+PLAN_FLAGS = [
+    "--name",
+    "tiny",
+    "--dataset",
+    "Phantoms",
+    "--image-size",
+    "16",
+    "--seeds",
+    "0",
+    "--rounds",
+    "1",
+    "--local-epochs",
+    "1",
+    "--modes",
+    "plaintext,x_su_prime",
+    *[flag for key, value in SITE_KEYS.items() for flag in ("--set", f"{key}={value}")],
+]
+
+
+def _main(*args: str) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reproduction(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("fesf-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FESF_HOME", str(home))
+        code, stdout = _main("run", *PLAN_FLAGS)
+    assert code == 0, stdout
+    folder = home / "reproductions" / "tiny"
+    return home, json.loads((folder / "results.json").read_text()), (folder / "results.md").read_text()
+
+
+def test_every_mode_is_trained_federated_and_central_and_tabulated(reproduction):
+    home, results, markdown = reproduction
+    cells = results["cells"]
+    assert set(cells) == {
+        f"{setting}/{mode}/0" for setting in ("federated", "central") for mode in ("plaintext", "x_su_prime")
+    }
+    for mode in ("plaintext", "x_su_prime"):
+        federated = cells[f"federated/{mode}/0"]
+        summary = json.loads((home / "runs" / federated["run"] / "summary.json").read_text())
+        assert (summary["config"]["mode"], summary["status"]) == (mode, "finished")
+        # Pooled over the sites: the figures are those of the summed confusion matrix.
+        confusion = np.asarray(summary["final"]["confusion"]["evaluate"])
+        assert federated["confusion"] == confusion.tolist()
+        assert federated["accuracy"] == pytest.approx(classification_figures(confusion)["accuracy"])
+        central = cells[f"central/{mode}/0"]
+        assert central["examples"] == federated["examples"] == confusion.sum()  # the same pooled test images
+    quality = cells["federated/x_su_prime/0"]["quality"]
+    assert set(quality) == {"site-1", "site-2", "site-3"} and "ssim-x_pl-x_su_prime" in quality["site-2"]
+    ssim = np.mean([site["ssim-x_pl-x_su_prime"] for site in quality.values()])
+
+    ratio = cells["federated/x_su_prime/0"]["accuracy"] / cells["federated/plaintext/0"]["accuracy"]
+    assert f"x_su' keeps {ratio:.3f} of plaintext accuracy federated" in markdown
+    assert f"SSIM(x_pl, x_su') {ssim:.4f}" in markdown
+    plaintext_row = next(line for line in markdown.splitlines() if line.startswith("| x_pl (plaintext)"))
+    assert f"{cells['central/plaintext/0']['accuracy']:.3f}" in plaintext_row
+    assert "| x_pl vs x_su' |" in markdown and "changed hyper-parameters" not in markdown
+    assert f"/compare?runs={cells['federated/plaintext/0']['run']},{cells['federated/x_su_prime/0']['run']}" in markdown
+
+
+def test_a_second_start_skips_finished_cells_and_another_plan_is_refused(reproduction, monkeypatch, capsys):
+    home, results, _ = reproduction
+    monkeypatch.setenv("FESF_HOME", str(home))
+
+    def no_federation(config):
+        raise AssertionError(f"finished cells ran again: {config['mode']}")
+
+    monkeypatch.setattr(experiment_module, "simulate", no_federation)
+    code, stdout = _main("run", *PLAN_FLAGS)
+    assert code == 0 and "[1/4]" not in stdout
+    assert json.loads((home / "reproductions" / "tiny" / "results.json").read_text())["cells"] == results["cells"]
+
+    code, _ = _main("run", *PLAN_FLAGS, "--local-epochs", "2")
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "made with other settings (local_epochs)" in error and "--name" in error
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--modes", "x_sy,x_su"], "--modes: include plaintext"),
+        (["--modes", "plaintext,x_magic"], "--modes x_magic: choose from plaintext, x_sy, x_su, x_su_prime"),
+        (["--seeds", "one"], "--seeds 'one': give whole numbers"),
+        (["--site-config", "/no/such.yaml"], "--site-config /no/such.yaml: file not found"),
+        (["--model", "alexnet"], "run config model"),
+        (["--set", "resume=123"], "--set resume: not available in a reproduction"),
+    ],
+)
+def test_bad_input_is_one_line(flags, message, capsys):
+    code, _ = _main("run", "--name", "bad", *flags)
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and message in error
+
+
+def test_a_suite_writes_the_results_page_from_its_reproductions(reproduction, tmp_path, monkeypatch):
+    home, results, markdown = reproduction
+    monkeypatch.setenv("FESF_HOME", str(home))
+    (tmp_path / "notes.md").write_text("## Discussion\n\nWhere surrogates lose accuracy.\n")
+    entry = {
+        "name": "tiny",
+        "dataset": "Phantoms",
+        "image_size": 16,
+        "seeds": [0],
+        "rounds": 1,
+        "local_epochs": 1,
+        "modes": ["plaintext", "x_su_prime"],
+        "run_config": SITE_KEYS,
+    }
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"output": "page.md", "notes": "notes.md", "reproductions": [entry]}))
+    code, _ = _main("suite", str(suite))
+    assert code == 0
+    page = (tmp_path / "page.md").read_text()
+    assert page.startswith("# Results") and "fesf-reproduce suite" in page
+    summary_row = next(line for line in page.splitlines() if line.startswith("| Phantoms |"))
+    ratio = (
+        results["cells"]["federated/x_su_prime/0"]["accuracy"] / results["cells"]["federated/plaintext/0"]["accuracy"]
+    )
+    assert f"{ratio:.3f}" in summary_row
+    assert markdown.strip() in page  # the reproduction's own section
+    assert page.rstrip().endswith("Where surrogates lose accuracy.")
+
+    # Interim page: nothing runs, reproductions not started yet are left out.
+    later = {**entry, "name": "not-yet", "dataset": "Later"}
+    suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": [entry, later]}))
+    code, stdout = _main("suite", str(suite), "--report-only", "--output", str(tmp_path / "interim.md"))
+    assert code == 0 and "not-yet: not run yet" in stdout
+    interim = (tmp_path / "interim.md").read_text()
+    assert summary_row in interim and "| Later |" not in interim
+
+
+def test_a_suite_file_with_an_unknown_key_is_one_line(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"output": "x.md", "reproductions": [{"name": "a", "dataset": "A", "epochs": 3}]}))
+    code, _ = _main("suite", str(suite))
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"{suite}: reproductions.0.epochs" in error
+
+
+def test_the_shipped_suite_names_valid_site_configs():
+    path = Path(__file__).resolve().parents[1] / "configs" / "results.yaml"
+    suite = load_suite(path)
+    assert {entry.dataset for entry in suite.reproductions} == {"Br35H", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"}
+    for entry in suite.reproductions:
+        config = load_config(path.parent / entry.site_config)
+        assert (config.pipeline.alpha, config.pipeline.beta) == (0.5, 0.5)  # the paper's IHM strengths
+        assert (config.pipeline.refine_alpha, config.pipeline.refine_beta) == (0.5, 0.1)
