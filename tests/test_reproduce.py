@@ -54,7 +54,7 @@ def reproduction(tmp_path_factory: pytest.TempPathFactory):
     return home, json.loads((folder / "results.json").read_text()), (folder / "results.md").read_text()
 
 
-def test_every_mode_is_trained_federated_and_central_and_tabulated(reproduction):
+def test_both_modes_are_trained_federated_and_central_and_tabulated(reproduction):
     home, results, markdown = reproduction
     cells = results["cells"]
     assert set(cells) == {
@@ -109,7 +109,11 @@ def test_a_second_start_skips_finished_cells_and_another_plan_is_refused(reprodu
         (["--seeds", "one"], "--seeds 'one': give whole numbers"),
         (["--site-config", "/no/such.yaml"], "--site-config /no/such.yaml: file not found"),
         (["--model", "alexnet"], "run config model"),
-        (["--set", "resume=123"], "--set resume: not available in a reproduction"),
+        (["--set", "resume=123"], "--set resume: a reproduction sets this itself"),
+        (["--set", "seed=3"], "--set seed: a reproduction sets this itself"),
+        (["--seeds", "0,0"], "--seeds [0, 0]: give one or more different seeds"),
+        (["--modes", "plaintext,plaintext"], "name each mode once"),
+        (["--image-size", "4"], "data.image_size: Input should be greater than or equal to 8"),
     ],
 )
 def test_bad_input_is_one_line(flags, message, capsys):
@@ -140,10 +144,11 @@ def test_a_suite_writes_the_results_page_from_its_reproductions(reproduction, tm
     page = (tmp_path / "page.md").read_text()
     assert page.startswith("# Results") and "fesf-reproduce suite" in page
     summary_row = next(line for line in page.splitlines() if line.startswith("| Phantoms |"))
+    columns = [column.strip() for column in summary_row.strip("|").split("|")]
     ratio = (
         results["cells"]["federated/x_su_prime/0"]["accuracy"] / results["cells"]["federated/plaintext/0"]["accuracy"]
     )
-    assert f"{ratio:.3f}" in summary_row
+    assert columns[4] == f"{ratio:.3f}"  # x_su' / plaintext accuracy, federated
     assert markdown.strip() in page  # the reproduction's own section
     assert page.rstrip().endswith("Where surrogates lose accuracy.")
 
@@ -173,3 +178,15 @@ def test_the_shipped_suite_names_valid_site_configs():
         config = load_config(path.parent / entry.site_config)
         assert (config.pipeline.alpha, config.pipeline.beta) == (0.5, 0.5)  # the paper's IHM strengths
         assert (config.pipeline.refine_alpha, config.pipeline.refine_beta) == (0.5, 0.1)
+
+
+def test_the_plan_sets_the_image_size_even_where_the_dataset_config_has_its_own(tmp_path):
+    dataset = tmp_path / "dataset.yaml"
+    dataset.write_text(yaml.safe_dump({"data": {"source": "phantom", "image_size": 48}}))
+    plan = experiment_module.Plan(
+        name="sized", site_config=str(dataset), model="smallcnn", image_size=16, seeds=(0,), rounds=1, local_epochs=1
+    )
+    derived = tmp_path / "derived.yaml"
+    derived.write_text(yaml.safe_dump(experiment_module.dataset_config(plan).model_dump(mode="json")))
+    _, sites = experiment_module.plan_sites(plan, derived)
+    assert [site.data.image_size for site in sites] == [16, 16, 16]

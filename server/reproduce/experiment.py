@@ -16,26 +16,44 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import yaml
 
-from fesf_fed.atomic import write_json
+from fesf_fed.atomic import atomic_writer, write_json
 from fesf_fed.central import pooled_site_data, train_central
-from fesf_fed.config import SiteConfig
+from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.home import fesf_home
 from fesf_fed.run_settings import RunSettings, parse_run_settings, simulated_site_configs
 from fesf_fed.task import classification_figures
 from fesf_fed.training_data import TRAINING_MODES
+from server.reproduce.paper import PAPER_PIPELINE
 from server.run_store import RUN_NAME, runs_folder
 from server.simulation import simulate
 
-#: The paper's IHM strengths (alpha, beta, alpha', beta'): the headline figure uses these only.
-PAPER_PIPELINE = {"alpha": 0.5, "beta": 0.5, "refine_alpha": 0.5, "refine_beta": 0.1}
-SETTINGS = ("federated", "central")
+#: Where a cell trains: a Flower simulation of the sites, or their images pooled in one place.
+TRAINING_PLACES = ("federated", "central")
+#: Run-config keys a reproduction sets itself; ``--set`` may not change them.
+PLAN_KEYS = {
+    "num-server-rounds",
+    "local-epochs",
+    "model",
+    "mode",
+    "seed",
+    "site-config",
+    "sites-file",
+    "num-sites",
+    "partition",
+    "resume",
+    "central-eval",
+    "site.data.image_size",
+}
 
 
 def reproductions_folder() -> Path:
@@ -60,8 +78,8 @@ class Plan:
     #: Further run-config keys, as ``flwr run --run-config`` takes them (``site.`` ones included).
     overrides: dict[str, Any] = field(default_factory=dict)
 
-    def run_config(self, mode: str, seed: int) -> dict[str, Any]:
-        """The flat run config of the federated cell (``mode``, ``seed``)."""
+    def run_config(self, mode: str, seed: int, dataset_file: Path) -> dict[str, Any]:
+        """The flat run config of the federated cell (``mode``, ``seed``) over the sites of ``dataset_file``."""
         return {
             **self.overrides,
             "num-server-rounds": self.rounds,
@@ -69,25 +87,34 @@ class Plan:
             "model": self.model,
             "mode": mode,
             "seed": seed,
-            "site-config": self.site_config,
-            "site.data.image_size": self.image_size,
+            "site-config": str(dataset_file),
         }
 
     def cells(self) -> list[tuple[str, str, int]]:
         """Every (setting, mode, seed), in the order they run: seed by seed, federated first."""
-        settings = SETTINGS if self.central else SETTINGS[:1]
-        return [(setting, mode, seed) for seed in self.seeds for setting in settings for mode in self.modes]
+        places = TRAINING_PLACES if self.central else TRAINING_PLACES[:1]
+        return [(place, mode, seed) for seed in self.seeds for place in places for mode in self.modes]
 
     def to_json(self) -> dict[str, Any]:
+        """The plan as ``results.json`` stores it (lists for tuples)."""
         return {**asdict(self), "seeds": list(self.seeds), "modes": list(self.modes)}
 
 
 def cell_key(setting: str, mode: str, seed: int) -> str:
+    """A cell's key in ``results.json``, e.g. ``federated/x_su_prime/0``."""
     return f"{setting}/{mode}/{seed}"
 
 
-def check_plan(plan: Plan) -> tuple[RunSettings, list[SiteConfig]]:
-    """Validate every cell's run config up front; return the first one's settings and its sites.
+def dataset_config(plan: Plan) -> SiteConfig:
+    """The dataset's site config at the plan's image size: what every site is split from.
+
+    The size is set as an override: a run config's ``site.`` keys would lose to the file's own value.
+    """
+    return load_config(plan.site_config or None, overrides={"data.image_size": plan.image_size})
+
+
+def check_plan(plan: Plan) -> None:
+    """Validate every cell's run config up front.
 
     Raises
     ------
@@ -96,18 +123,29 @@ def check_plan(plan: Plan) -> tuple[RunSettings, list[SiteConfig]]:
     """
     if not RUN_NAME.fullmatch(plan.name):
         raise ConfigError(f"--name {plan.name!r}: use letters, digits, '.', '_' and '-' only")
-    if not plan.seeds:
-        raise ConfigError("--seeds: give at least one seed")
+    if not plan.seeds or min(plan.seeds) < 0 or len(set(plan.seeds)) != len(plan.seeds):
+        raise ConfigError(f"--seeds {list(plan.seeds)}: give one or more different seeds, none negative")
+    if len(set(plan.modes)) != len(plan.modes):
+        raise ConfigError(f"--modes {','.join(plan.modes)}: name each mode once")
     unknown = [mode for mode in plan.modes if mode not in TRAINING_MODES]
     if unknown or not plan.modes:
         raise ConfigError(f"--modes {','.join(unknown)}: choose from {', '.join(TRAINING_MODES)}")
     if "plaintext" not in plan.modes:
         raise ConfigError("--modes: include plaintext, the reference every other mode is measured against")
-    for key in ("resume", "central-eval", "sites-file"):
-        if plan.overrides.get(key):
-            raise ConfigError(f"--set {key}: not available in a reproduction, which starts every run afresh")
-    checked = [parse_run_settings(plan.run_config(mode, plan.seeds[0])) for mode in plan.modes]
-    settings, site_defaults = checked[0]
+    if taken := sorted(PLAN_KEYS & set(plan.overrides)):
+        raise ConfigError(
+            f"--set {', '.join(taken)}: a reproduction sets this itself (3 sites, Dirichlet split, fresh runs); "
+            "use the command's own options"
+        )
+    dataset_config(plan)  # a bad dataset config fails here, before anything runs
+    for seed in plan.seeds:
+        for mode in plan.modes:
+            parse_run_settings(plan.run_config(mode, seed, Path("/dataset.yaml")))
+
+
+def plan_sites(plan: Plan, dataset_file: Path) -> tuple[RunSettings, list[SiteConfig]]:
+    """The settings of the plan's first cell and its sites, split from ``dataset_file``."""
+    settings, site_defaults = parse_run_settings(plan.run_config(plan.modes[0], plan.seeds[0], dataset_file))
     return settings, simulated_site_configs(settings, site_defaults)
 
 
@@ -121,25 +159,32 @@ def _figures(confusion: np.ndarray) -> dict[str, Any]:
     return {**classification_figures(confusion), "examples": int(confusion.sum()), "confusion": confusion.tolist()}
 
 
-def _federated_cell(plan: Plan, mode: str, seed: int) -> dict[str, Any]:
+def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dict[str, Any]:
     runs = runs_folder()
     before = set(runs.iterdir()) if runs.is_dir() else set()
     began = time.perf_counter()
-    simulate(plan.run_config(mode, seed))
+    simulate(plan.run_config(mode, seed, dataset_file))
     seconds = time.perf_counter() - began
     new = [path for path in (set(runs.iterdir()) if runs.is_dir() else set()) - before if path.is_dir()]
     if len(new) != 1:
-        raise FesfError(f"the {mode} federation (seed {seed}) left no run folder in {runs}; see its log above")
+        raise FesfError(
+            f"the {mode} federation (seed {seed}) left {len(new)} new run folders in {runs}, not one; "
+            "run one reproduction at a time per FESF_HOME and see the log above"
+        )
     run = new[0]
-    summary = json.loads((run / "summary.json").read_text())
-    if summary.get("status") != "finished":
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+        confusion = summary["final"]["confusion"]["evaluate"]
+    except (OSError, ValueError, KeyError, TypeError):
+        summary, confusion = {}, None
+    if summary.get("status") != "finished" or confusion is None:
         raise FesfError(f"the {mode} federation (seed {seed}) did not finish: see {run / 'summary.json'} and the log")
     final = summary["final"]
     return {
         "run": run.name,
         "seconds": seconds,
         # Pooled over every site's test split: the sites' confusion matrices summed.
-        **_figures(np.asarray(final["confusion"]["evaluate"])),
+        **_figures(np.asarray(confusion)),
         "sites": {
             site: {"accuracy": values["accuracy"], "f1": values["f1"]} for site, values in final["sites"].items()
         },
@@ -173,11 +218,20 @@ def load_results(folder: Path) -> dict[str, Any]:
     """
     path = folder / "results.json"
     try:
-        return json.loads(path.read_text())
+        results = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: not found; run fesf-reproduce run --name {folder.name} first") from None
     except json.JSONDecodeError:
-        raise ConfigError(f"{path}: not valid JSON; delete it to start the reproduction again") from None
+        results = None
+    if not isinstance(results, dict) or not isinstance(results.get("plan"), dict) or "cells" not in results:
+        raise ConfigError(f"{path}: not a reproduction's results; delete it to start the reproduction again")
+    return results
+
+
+def _environment() -> dict[str, str]:
+    """Where the cells were trained, for the results page."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    return {"date": f"{datetime.now(UTC):%Y-%m-%d}", "device": device, "torch": torch.__version__}
 
 
 def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, Any]:
@@ -197,19 +251,26 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
     FesfError
         When a federation fails.
     """
-    settings, sites = check_plan(plan)
+    check_plan(plan)
     folder = reproductions_folder() / plan.name
     path = folder / "results.json"
-    planned = plan.to_json()
+    planned, dataset = plan.to_json(), dataset_config(plan).model_dump(mode="json")
     if path.exists():
         results = load_results(folder)
-        if results.get("plan") != planned:
-            changed = sorted(key for key in planned if results.get("plan", {}).get(key) != planned[key])
+        changed = sorted(key for key in planned if results["plan"].get(key) != planned[key])
+        changed += ["the dataset's site config"] if results.get("dataset") != dataset else []
+        if changed:
             raise ConfigError(
                 f"{path}: made with other settings ({', '.join(changed)}); choose another --name or delete the folder"
             )
     else:
-        results = {"plan": planned, "pipeline": sites[0].pipeline.model_dump(mode="json"), "cells": {}}
+        results = {"plan": planned, "dataset": dataset, "environment": _environment(), "cells": {}}
+    # The sites are split from this file: the dataset's config at the plan's size, kept with the results.
+    dataset_file = folder / "dataset.yaml"
+    with atomic_writer(dataset_file) as stream:
+        stream.write(yaml.safe_dump(dataset, sort_keys=False).encode("utf-8"))
+    settings, sites = plan_sites(plan, dataset_file)
+    results["pipeline"] = sites[0].pipeline.model_dump(mode="json")
     results["variant"] = pipeline_variant(sites)
     cells = plan.cells()
     for number, (setting, mode, seed) in enumerate(cells, start=1):
@@ -218,7 +279,7 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
             continue
         report(f"[{number}/{len(cells)}] {setting} {mode}, seed {seed}")
         if setting == "federated":
-            cell = _federated_cell(plan, mode, seed)
+            cell = _federated_cell(plan, mode, seed, dataset_file)
         else:
             cell = _central_cell(plan, mode, seed, sites, settings)
         results["cells"][key] = cell

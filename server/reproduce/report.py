@@ -6,7 +6,7 @@ from typing import Any
 
 from fesf_fed.quality import QUALITY_PAIRS
 from server.reproduce.experiment import cell_key
-from server.reproduce.paper import PAPER_MEAN_RATIO, paper_accuracy, paper_quality
+from server.reproduce.paper import PAPER_MEAN_RATIO, paper_quality
 
 #: How the table names each training mode (the paper's symbols).
 MODE_LABELS = {"plaintext": "x_pl (plaintext)", "x_sy": "x_sy", "x_su": "x_su", "x_su_prime": "x_su'"}
@@ -27,15 +27,15 @@ def _values(results: dict[str, Any], setting: str, mode: str, name: str) -> list
     return [cells[key][name] for key in keys if key in cells]
 
 
-def accuracy_ratios(results: dict[str, Any], setting: str, mode: str) -> list[float]:
-    """Per seed: the mode's accuracy over plaintext's accuracy with the same seed."""
+def ratios(results: dict[str, Any], setting: str, mode: str, metric: str = "accuracy") -> list[float]:
+    """Per seed: the mode's ``metric`` over plaintext's with the same seed."""
     cells = results["cells"]
-    ratios = []
+    found = []
     for seed in results["plan"]["seeds"]:
         mine, plain = cells.get(cell_key(setting, mode, seed)), cells.get(cell_key(setting, "plaintext", seed))
-        if mine and plain and plain["accuracy"] > 0:
-            ratios.append(mine["accuracy"] / plain["accuracy"])
-    return ratios
+        if mine and plain and plain[metric] > 0:
+            found.append(mine[metric] / plain[metric])
+    return found
 
 
 def surrogate_quality(results: dict[str, Any]) -> dict[str, float]:
@@ -68,10 +68,23 @@ def _variant_text(variant: dict[str, float]) -> str:
     return ", ".join(f"{key} {value}" for key, value in variant.items())
 
 
+def majority_share(cell: dict[str, Any]) -> float:
+    """The accuracy of always answering the test set's largest class: what a model that learned nothing scores."""
+    confusion = cell["confusion"]
+    return max(sum(row) for row in confusion) / max(sum(map(sum, confusion)), 1)
+
+
+def _one_class(cell: dict[str, Any]) -> bool:
+    """Whether the model answered one class for every test image."""
+    return sum(1 for column in zip(*cell["confusion"]) if sum(column)) <= 1
+
+
 def headline(results: dict[str, Any]) -> str:
     """One sentence: the share of plaintext accuracy x_su' keeps, and SSIM(x_pl, x_su')."""
-    federated = accuracy_ratios(results, "federated", "x_su_prime")
-    central = accuracy_ratios(results, "central", "x_su_prime")
+    if "x_su_prime" not in results["plan"]["modes"]:
+        return "x_su' was not trained in this reproduction."
+    federated = ratios(results, "federated", "x_su_prime")
+    central = ratios(results, "central", "x_su_prime")
     ssim = surrogate_quality(results).get("ssim-x_pl-x_su_prime")
     parts = [f"x_su' keeps {_spread(federated)} of plaintext accuracy federated"]
     if central:
@@ -79,6 +92,9 @@ def headline(results: dict[str, Any]) -> str:
     text = ", ".join(parts)
     if ssim is not None:
         text += f", at SSIM(x_pl, x_su') {ssim:.4f}"
+    cells = [cell for key, cell in results["cells"].items() if "/x_su_prime/" in key]
+    if cells and all(_one_class(cell) for cell in cells):
+        text += f"; but every x_su' model answered one class only (majority share {majority_share(cells[0]):.3f})"
     if results.get("variant"):
         text += f" (**changed hyper-parameters: {_variant_text(results['variant'])}**; not the headline figure)"
     return text + "."
@@ -90,13 +106,16 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     pipeline = results["pipeline"]
     planned = len(plan["seeds"]) * len(plan["modes"]) * (2 if plan["central"] else 1)
     done = "" if len(results["cells"]) == planned else f" **{len(results['cells'])} of {planned} cells finished.**"
+    central = f", {plan['rounds'] * plan['local_epochs']} epochs central" if plan["central"] else ""
+    environment = results.get("environment", {})
+    size = results["dataset"]["data"]["image_size"]
     lines = [
-        f"### {dataset}: {plan['model']}, {plan['image_size']} px",
+        f"### {dataset}: {plan['model']}, {size} px",
         "",
         (
             f"`{plan['name']}`: 3 sites (Dirichlet split), {plan['rounds']} rounds x {plan['local_epochs']} local epochs "
-            f"federated, {plan['rounds'] * plan['local_epochs']} epochs central; seeds {', '.join(map(str, plan['seeds']))}; "
-            f"IHM alpha {pipeline['alpha']}, beta {pipeline['beta']}, alpha' {pipeline['refine_alpha']}, "
+            f"federated{central}; seeds {', '.join(map(str, plan['seeds']))}; "
+            f"trained from {environment.get('date', '?')} on {environment.get('device', '?')}; IHM alpha {pipeline['alpha']}, beta {pipeline['beta']}, alpha' {pipeline['refine_alpha']}, "
             f"beta' {pipeline['refine_beta']}.{done}"
         ),
         "",
@@ -105,17 +124,17 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     ]
     rows = []
     for mode in plan["modes"]:
-        paper = paper_accuracy(dataset, plan["model"], mode)
+        cells = [cell for key, cell in results["cells"].items() if key.startswith("federated/") and f"/{mode}/" in key]
+        one_class = " (one class only)" if cells and all(_one_class(cell) for cell in cells) else ""
         rows.append(
             [
                 MODE_LABELS[mode],
-                _spread(_values(results, "federated", mode, "accuracy")),
+                _spread(_values(results, "federated", mode, "accuracy")) + one_class,
                 _spread(_values(results, "federated", mode, "f1")),
-                _spread(accuracy_ratios(results, "federated", mode)),
+                _spread(ratios(results, "federated", mode)),
                 _spread(_values(results, "central", mode, "accuracy")),
                 _spread(_values(results, "central", mode, "f1")),
-                _spread(accuracy_ratios(results, "central", mode)),
-                "–" if paper is None else f"{paper:.4f}",
+                _spread(ratios(results, "central", mode)),
             ]
         )
     lines += _table(
@@ -123,17 +142,21 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
             "trained on",
             "federated accuracy",
             "federated F1",
-            "accuracy / plaintext",
+            "federated accuracy / plaintext",
             "central accuracy",
             "central F1",
-            "accuracy / plaintext",
-            "paper accuracy",
+            "central accuracy / plaintext",
         ],
         rows,
     )
     quality = surrogate_quality(results)
     if quality:
-        lines += ["", "Surrogate quality, mean over the sites' test samples (the paper's Tables 2 and 3):", ""]
+        lines += [
+            "",
+            "Surrogate quality: each site's mean over its quality sample (at most quality.max_images test images),",
+            "averaged over the sites (the paper's Tables 2 and 3):",
+            "",
+        ]
         quality_rows = []
         for label, reference, stage in QUALITY_PAIRS:
             paper = paper_quality(dataset, reference, stage)
@@ -148,7 +171,7 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
             )
         lines += _table(["pair", "SSIM", "PSNR (dB)", "paper SSIM", "paper PSNR (dB)"], quality_rows)
     seconds = {
-        setting: sum(cell["seconds"] for key, cell in results["cells"].items() if key.startswith(setting))
+        setting: sum(cell["seconds"] for key, cell in results["cells"].items() if key.startswith(setting + "/"))
         for setting in ("federated", "central")
     }
     first = plan["seeds"][0]
@@ -156,7 +179,9 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     lines += [
         "",
         (
-            f"Time: {_hours(seconds['federated'])} federated, {_hours(seconds['central'])} central. "
+            f"Time: {_hours(seconds['federated'])} federated (the first surrogate mode includes building the "
+            f"surrogates), {_hours(seconds['central'])} central; majority-class share of the test images: "
+            f"{majority_share(next(iter(results['cells'].values()))) if results['cells'] else 0:.3f}. "
             f"In the dashboard: `/compare?runs={','.join(run for run in runs if run)}` (seed {first})."
         ),
         "",
@@ -173,12 +198,13 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
         rows.append(
             [
                 dataset,
-                f"{plan['model']}, {plan['image_size']} px"
+                f"{plan['model']}, {results['dataset']['data']['image_size']} px"
                 + (f" ({_variant_text(results['variant'])})" if results.get("variant") else ""),
                 _spread(_values(results, "federated", "plaintext", "accuracy")),
                 _spread(_values(results, "federated", "x_su_prime", "accuracy")),
-                _spread(accuracy_ratios(results, "federated", "x_su_prime")),
-                _spread(accuracy_ratios(results, "central", "x_su_prime")),
+                _spread(ratios(results, "federated", "x_su_prime")),
+                _spread(ratios(results, "central", "x_su_prime")),
+                _spread(ratios(results, "federated", "x_su_prime", "f1")),
                 f"{quality['ssim-x_pl-x_su_prime']:.4f}" if quality else "–",
             ]
         )
@@ -190,6 +216,7 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
             "x_su' accuracy (federated)",
             "x_su' / plaintext, federated",
             "x_su' / plaintext, central",
+            "F1: x_su' / plaintext, federated",
             "SSIM(x_pl, x_su')",
         ],
         rows,
