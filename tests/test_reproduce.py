@@ -113,7 +113,7 @@ def test_a_second_start_skips_finished_cells_and_another_plan_is_refused(reprodu
         (["--set", "seed=3"], "--set seed: a reproduction sets this itself"),
         (["--seeds", "0,0"], "--seeds [0, 0]: give one or more different seeds"),
         (["--modes", "plaintext,plaintext"], "name each mode once"),
-        (["--image-size", "4"], "data.image_size: Input should be greater than or equal to 8"),
+        (["--image-size", "4"], "--image-size 4: Input should be greater than or equal to 8"),
     ],
 )
 def test_bad_input_is_one_line(flags, message, capsys):

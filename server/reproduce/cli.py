@@ -40,6 +40,29 @@ class _Entry(BaseModel):
     central: bool = True
     run_config: dict[str, Any] = Field(default_factory=dict)
 
+    def to_plan(self, base: Path) -> Plan:
+        """The entry's plan; a relative ``site_config`` is relative to ``base``."""
+        return Plan(
+            name=self.name,
+            site_config=_resolve(self.site_config, base),
+            model=self.model,
+            image_size=self.image_size,
+            seeds=tuple(self.seeds),
+            rounds=self.rounds,
+            local_epochs=self.local_epochs,
+            modes=tuple(self.modes),
+            central=self.central,
+            overrides=dict(self.run_config),
+        )
+
+
+def _reproduce(entry: _Entry, base: Path) -> dict[str, Any]:
+    """Run the entry's missing cells and write its ``results.md``; return its results."""
+    plan = entry.to_plan(base)
+    results = reproduce(plan)
+    _write_text(reproductions_folder() / plan.name / "results.md", reproduction_markdown(results, entry.dataset))
+    return results
+
 
 class _Suite(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,25 +109,33 @@ def _run_one(args: argparse.Namespace) -> int:
     if site_config and not Path(site_config).is_file():
         raise ConfigError(f"--site-config {args.site_config}: file not found; name a site config YAML")
     dataset = args.dataset or (Path(site_config).stem if site_config else "phantoms")
-    plan = Plan(
+    try:
+        entry = _entry_from(args, site_config, dataset)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        option = str(error["loc"][0]).replace("_", "-")
+        raise ConfigError(f"--{option} {error['input']!r}: {error['msg']}") from None
+    folder = reproductions_folder() / entry.name
+    _reproduce(entry, Path.cwd())
+    print((folder / "results.md").read_text())
+    print(f"results: {folder / 'results.json'} and results.md")
+    return 0
+
+
+def _entry_from(args: argparse.Namespace, site_config: str, dataset: str) -> _Entry:
+    return _Entry(
         name=args.name or f"{dataset.lower()}-{args.model}-{args.image_size}",
+        dataset=dataset,
         site_config=site_config,
         model=args.model,
         image_size=args.image_size,
-        seeds=_seeds(args.seeds),
+        seeds=list(_seeds(args.seeds)),
         rounds=args.rounds,
         local_epochs=args.local_epochs,
-        modes=tuple(args.modes.split(",")),
+        modes=args.modes.split(","),
         central=not args.no_central,
-        overrides=_overrides(args.set),
+        run_config=_overrides(args.set),
     )
-    results = reproduce(plan)
-    folder = reproductions_folder() / plan.name
-    markdown = reproduction_markdown(results, dataset)
-    _write_text(folder / "results.md", markdown)
-    print(markdown)
-    print(f"results: {folder / 'results.json'} and results.md")
-    return 0
 
 
 def load_suite(path: Path) -> _Suite:
@@ -139,29 +170,14 @@ def _run_suite(args: argparse.Namespace) -> int:
     sections = []
     for entry in suite.reproductions:
         print(f"== {entry.name}: {entry.dataset}, {entry.model}, {entry.image_size} px", flush=True)
-        plan = Plan(
-            name=entry.name,
-            site_config=_resolve(entry.site_config, path.parent),
-            model=entry.model,
-            image_size=entry.image_size,
-            seeds=tuple(entry.seeds),
-            rounds=entry.rounds,
-            local_epochs=entry.local_epochs,
-            modes=tuple(entry.modes),
-            central=entry.central,
-            overrides=dict(entry.run_config),
-        )
         if args.report_only:
-            folder = reproductions_folder() / plan.name
+            folder = reproductions_folder() / entry.name
             if not (folder / "results.json").is_file():
                 print(f"{entry.name}: not run yet, left out of the page")
                 continue
             results = load_results(folder)
         else:
-            results = reproduce(plan)
-            _write_text(
-                reproductions_folder() / plan.name / "results.md", reproduction_markdown(results, entry.dataset)
-            )
+            results = _reproduce(entry, path.parent)
         sections.append((entry.dataset, results))
     notes = ""
     if suite.notes:
