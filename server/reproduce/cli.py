@@ -19,7 +19,7 @@ from fesf_fed.atomic import atomic_writer
 from fesf_fed.config import read_yaml
 from fesf_fed.errors import ConfigError, run_command
 from fesf_fed.training_data import TRAINING_MODES
-from server.reproduce.experiment import Plan, load_results, reproduce, reproductions_folder
+from server.reproduce.experiment import Plan, load_plan_results, reproduce, reproductions_folder
 from server.reproduce.report import reproduction_markdown, results_markdown
 
 
@@ -175,7 +175,7 @@ def _run_suite(args: argparse.Namespace) -> int:
             if not (folder / "results.json").is_file():
                 print(f"{entry.name}: not run yet, left out of the page")
                 continue
-            results = load_results(folder)
+            results = load_plan_results(entry.to_plan(path.parent))
         else:
             results = _reproduce(entry, path.parent)
         sections.append((entry.dataset, results))

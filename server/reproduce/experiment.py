@@ -208,7 +208,7 @@ def _central_cell(plan: Plan, mode: str, seed: int, sites: list[SiteConfig], set
     return {"seconds": time.perf_counter() - began, **_figures(np.asarray(evaluation.confusion))}
 
 
-def load_results(folder: Path) -> dict[str, Any]:
+def _load_results(folder: Path) -> dict[str, Any]:
     """A reproduction's ``results.json``.
 
     Raises
@@ -225,6 +225,29 @@ def load_results(folder: Path) -> dict[str, Any]:
         results = None
     if not isinstance(results, dict) or not isinstance(results.get("plan"), dict) or "cells" not in results:
         raise ConfigError(f"{path}: not a reproduction's results; delete it to start the reproduction again")
+    return results
+
+
+def load_plan_results(plan: Plan) -> dict[str, Any]:
+    """The ``results.json`` of ``plan``'s folder, refused when it was made with other settings.
+
+    Raises
+    ------
+    ConfigError
+        When the folder holds no results, or results of another plan or dataset config: its cells
+        would not be the plan's.
+    """
+    folder = reproductions_folder() / plan.name
+    results = _load_results(folder)
+    planned = plan.to_json()
+    changed = sorted(key for key in planned if results["plan"].get(key) != planned[key])
+    if results.get("dataset") != dataset_config(plan).model_dump(mode="json"):
+        changed.append("the dataset's site config")
+    if changed:
+        raise ConfigError(
+            f"{folder / 'results.json'}: made with other settings ({', '.join(changed)}); "
+            "choose another --name or delete the folder"
+        )
     return results
 
 
@@ -254,17 +277,11 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
     check_plan(plan)
     folder = reproductions_folder() / plan.name
     path = folder / "results.json"
-    planned, dataset = plan.to_json(), dataset_config(plan).model_dump(mode="json")
+    dataset = dataset_config(plan).model_dump(mode="json")
     if path.exists():
-        results = load_results(folder)
-        changed = sorted(key for key in planned if results["plan"].get(key) != planned[key])
-        changed += ["the dataset's site config"] if results.get("dataset") != dataset else []
-        if changed:
-            raise ConfigError(
-                f"{path}: made with other settings ({', '.join(changed)}); choose another --name or delete the folder"
-            )
+        results = load_plan_results(plan)
     else:
-        results = {"plan": planned, "dataset": dataset, "environment": _environment(), "cells": {}}
+        results = {"plan": plan.to_json(), "dataset": dataset, "environment": _environment(), "cells": {}}
     # The sites are split from this file: the dataset's config at the plan's size, kept with the results.
     dataset_file = folder / "dataset.yaml"
     with atomic_writer(dataset_file) as stream:
