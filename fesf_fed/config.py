@@ -158,7 +158,8 @@ def _resolve_paths(config: SiteConfig, base: Path) -> SiteConfig:
     sections = {}
     for name in ("data", "hosts", "quality"):
         section = getattr(config, name)
-        updates = {field: _relative_to(base, getattr(section, field)) for field in type(section).model_fields}
+        # Only the fields the file set: a dump with exclude_unset stays what the file said.
+        updates = {field: _relative_to(base, getattr(section, field)) for field in section.model_fields_set}
         sections[name] = section.model_copy(update=updates)
     return config.model_copy(update=sections)
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import server.reproduce.experiment as experiment_module
+import server.reproduce.report as report_module
 from fesf_fed.config import load_config
 from fesf_fed.task import classification_figures
 from server.reproduce.cli import load_suite, main
@@ -56,6 +57,8 @@ def reproduction(tmp_path_factory: pytest.TempPathFactory):
 
 def test_both_modes_are_trained_federated_and_central_and_tabulated(reproduction):
     home, results, markdown = reproduction
+    # The --set site.* keys reach the sites wherever the dataset config leaves the field unset.
+    assert (results["site"]["iqem"]["steps"], results["site"]["quality"]["max_images"]) == (3, 4)
     cells = results["cells"]
     assert set(cells) == {
         f"{setting}/{mode}/0" for setting in ("federated", "central") for mode in ("plaintext", "x_su_prime")
@@ -72,7 +75,8 @@ def test_both_modes_are_trained_federated_and_central_and_tabulated(reproduction
         assert central["examples"] == federated["examples"] == confusion.sum()  # the same pooled test images
     quality = cells["federated/x_su_prime/0"]["quality"]
     assert set(quality) == {"site-1", "site-2", "site-3"} and "ssim-x_pl-x_su_prime" in quality["site-2"]
-    ssim = np.mean([site["ssim-x_pl-x_su_prime"] for site in quality.values()])
+    weights = [min(site["test-examples"], 4) for site in quality.values()]  # TINY_BUILD's quality.max_images
+    ssim = np.average([site["ssim-x_pl-x_su_prime"] for site in quality.values()], weights=weights)
 
     ratio = cells["federated/x_su_prime/0"]["accuracy"] / cells["federated/plaintext/0"]["accuracy"]
     assert f"x_su' keeps {ratio:.3f} of plaintext accuracy federated" in markdown
@@ -187,6 +191,18 @@ def test_the_shipped_suite_names_valid_site_configs():
             paper_strengths.append(entry.dataset)
     # Each shared dataset once with the paper's IHM strengths; other entries are analysis rows.
     assert sorted(paper_strengths) == ["Br35H", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
+
+
+def test_surrogate_quality_weighs_each_site_by_the_images_it_measured():
+    def site(ssim: float, test_examples: int) -> dict:
+        return {"ssim-x_pl-x_su_prime": ssim, "psnr-x_pl-x_su_prime": 10 * ssim, "test-examples": test_examples}
+
+    # Site 2 measured 200 of its 300 test images (max_images), site 1 all of its 100.
+    cell = {"quality": {"site-1": site(0.1, 100), "site-2": site(0.4, 300)}}
+    results = {"site": {"quality": {"max_images": 200}}, "cells": {"federated/x_su_prime/0": cell}}
+    assert report_module.surrogate_quality(results) == pytest.approx(
+        {"ssim-x_pl-x_su_prime": 0.3, "psnr-x_pl-x_su_prime": 3.0}
+    )
 
 
 def test_the_plan_sets_the_image_size_even_where_the_dataset_config_has_its_own(tmp_path):

@@ -283,11 +283,13 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
     else:
         results = {"plan": plan.to_json(), "dataset": dataset, "environment": _environment(), "cells": {}}
     # The sites are split from this file: the dataset's config at the plan's size, kept with the results.
+    # Only the fields the dataset config sets, so that the plan's site.* keys fill the others.
     dataset_file = folder / "dataset.yaml"
+    explicit = dataset_config(plan).model_dump(mode="json", exclude_unset=True)
     with atomic_writer(dataset_file) as stream:
-        stream.write(yaml.safe_dump(dataset, sort_keys=False).encode("utf-8"))
+        stream.write(yaml.safe_dump(explicit, sort_keys=False).encode("utf-8"))
     settings, sites = plan_sites(plan, dataset_file)
-    results["pipeline"] = sites[0].pipeline.model_dump(mode="json")
+    results["site"] = sites[0].model_dump(mode="json")  # the first site's config as used
     results["variant"] = pipeline_variant(sites)
     cells = plan.cells()
     for number, (setting, mode, seed) in enumerate(cells, start=1):

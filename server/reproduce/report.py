@@ -39,12 +39,18 @@ def ratios(results: dict[str, Any], setting: str, mode: str, metric: str = "accu
 
 
 def surrogate_quality(results: dict[str, Any]) -> dict[str, float]:
-    """SSIM and PSNR of each pair, averaged over the sites (every mode and seed shares the surrogates)."""
+    """SSIM and PSNR of each pair over the sites' quality samples (every mode and seed shares the surrogates).
+
+    A site's figures are its sample's means; they are weighted by the sample's size, at most
+    ``quality.max_images`` of the site's test images.
+    """
+    limit = results["site"]["quality"]["max_images"]
     for cell in results["cells"].values():
         sites = [values for values in cell.get("quality", {}).values() if "ssim-x_pl-x_su_prime" in values]
         if sites:
+            weights = [min(site["test-examples"], limit or site["test-examples"]) for site in sites]
             return {
-                key: statistics.mean(site[key] for site in sites)
+                key: sum(weight * site[key] for weight, site in zip(weights, sites)) / sum(weights)
                 for key in sites[0]
                 if key.startswith(("ssim-", "psnr-"))
             }
@@ -103,7 +109,7 @@ def headline(results: dict[str, Any]) -> str:
 def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     """One reproduction's section: its settings, Table 1 (accuracy), Tables 2-3 (quality), time."""
     plan = results["plan"]
-    pipeline = results["pipeline"]
+    pipeline = results["site"]["pipeline"]
     planned = len(plan["seeds"]) * len(plan["modes"]) * (2 if plan["central"] else 1)
     done = "" if len(results["cells"]) == planned else f" **{len(results['cells'])} of {planned} cells finished.**"
     central = f", {plan['rounds'] * plan['local_epochs']} epochs central" if plan["central"] else ""
@@ -153,8 +159,8 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     if quality:
         lines += [
             "",
-            "Surrogate quality: each site's mean over its quality sample (at most quality.max_images test images),",
-            "averaged over the sites (the paper's Tables 2 and 3):",
+            "Surrogate quality over the sites' quality samples (at most quality.max_images test images each;",
+            "the paper's Tables 2 and 3):",
             "",
         ]
         quality_rows = []
