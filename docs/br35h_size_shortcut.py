@@ -14,13 +14,14 @@ import numpy as np
 from PIL import Image
 
 CLASSES = ("no_tumor", "tumor")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 
 def image_sizes(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """Widths and heights (N, 2) of every image under ``folder/<class>/``, and their labels (N,)."""
     sizes, labels = [], []
     for label, name in enumerate(CLASSES):
-        files = sorted((folder / name).iterdir()) if (folder / name).is_dir() else []
+        files = sorted(path for path in (folder / name).glob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SystemExit(f"error: {folder / name}: no images; name the Br35H folder (see ../shared/data/README.md)")
         for path in files:
@@ -44,6 +45,7 @@ def best_threshold_accuracy(feature: np.ndarray, labels: np.ndarray) -> float:
 
 
 def main(folder: Path) -> None:
+    """Print the majority-class share and the best threshold's accuracy for each size feature."""
     sizes, labels = image_sizes(folder)
     width, height = sizes[:, 0], sizes[:, 1]
     features = {"width": width, "height": height, "aspect ratio": width / height, "pixel count": width * height}

@@ -5,6 +5,7 @@ where the paper gives none. Relative paths in a file are read relative to that
 file's folder, so a config works from any working directory.
 """
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,20 +148,30 @@ class SiteConfig(_Section):
         return self
 
 
-def _relative_to(base: Path, value: Any) -> Any:
-    if isinstance(value, Path):
-        value = value.expanduser()
-        return value if value.is_absolute() else (base / value).resolve()
-    return value
+#: Dotted names of the fields that hold paths: relative ones are relative to the config file's folder.
+PATH_FIELDS = frozenset(
+    f"{section}.{field}"
+    for section in ("data", "hosts", "quality")
+    for field, info in SiteConfig.model_fields[section].annotation.model_fields.items()
+    if Path in typing.get_args(info.annotation)
+)
+
+
+def resolve_path(value: str | Path, base: Path) -> Path:
+    """``value`` as an absolute path, a relative one taken from ``base``; ``~`` expanded."""
+    value = Path(value).expanduser()
+    return value if value.is_absolute() else (base / value).resolve()
 
 
 def _resolve_paths(config: SiteConfig, base: Path) -> SiteConfig:
-    sections = {}
-    for name in ("data", "hosts", "quality"):
-        section = getattr(config, name)
-        # Only the fields the file set: a dump with exclude_unset stays what the file said.
-        updates = {field: _relative_to(base, getattr(section, field)) for field in section.model_fields_set}
-        sections[name] = section.model_copy(update=updates)
+    sections: dict[str, Any] = {}
+    for dotted in PATH_FIELDS:
+        name, field = dotted.split(".")
+        section = sections.get(name, getattr(config, name))
+        value = getattr(section, field)
+        # Only fields the file set: a dump with exclude_unset stays what the file said.
+        if value is not None and field in section.model_fields_set:
+            sections[name] = section.model_copy(update={field: resolve_path(value, base)})
     return config.model_copy(update=sections)
 
 

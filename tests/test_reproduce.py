@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,10 @@ def test_a_second_start_skips_finished_cells_and_another_plan_is_refused(reprodu
         (["--seeds", "0,0"], "--seeds [0, 0]: give one or more different seeds"),
         (["--modes", "plaintext,plaintext"], "name each mode once"),
         (["--image-size", "4"], "--image-size 4: Input should be greater than or equal to 8"),
+        (
+            ["--site-config", "configs/br35h.yaml", "--set", "site.iqem.steps=5"],
+            "--set site.iqem.steps: " + str(Path("configs/br35h.yaml").resolve()) + " sets iqem.steps itself",
+        ),
     ],
 )
 def test_bad_input_is_one_line(flags, message, capsys):
@@ -212,6 +217,44 @@ def test_the_plan_sets_the_image_size_even_where_the_dataset_config_has_its_own(
         name="sized", site_config=str(dataset), model="smallcnn", image_size=16, seeds=(0,), rounds=1, local_epochs=1
     )
     derived = tmp_path / "derived.yaml"
-    derived.write_text(yaml.safe_dump(experiment_module.dataset_config(plan).model_dump(mode="json")))
+    explicit = experiment_module.dataset_config(plan).model_dump(mode="json", exclude_unset=True)
+    derived.write_text(yaml.safe_dump(explicit))  # what reproduce() writes as dataset.yaml
     _, sites = experiment_module.plan_sites(plan, derived)
     assert [site.data.image_size for site in sites] == [16, 16, 16]
+
+
+def test_a_path_in_a_suite_entrys_site_key_is_relative_to_the_suite_file(tmp_path):
+    suite = tmp_path / "suite.yaml"
+    entry = {"name": "a", "dataset": "A", "run_config": {"site.quality.lpips_weights": "weights/alexnet.pth"}}
+    suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": [entry]}))
+    plan = load_suite(suite).reproductions[0].to_plan(tmp_path)
+    assert plan.overrides == {"site.quality.lpips_weights": str(tmp_path / "weights" / "alexnet.pth")}
+
+
+def test_results_from_before_site_configs_were_kept_still_make_a_page(reproduction, tmp_path, monkeypatch, capsys):
+    """results.json of fesf-reproduce before 2026-11-29: a pipeline key, no site; dataset.yaml the whole config."""
+    home, results, _ = reproduction
+    folder = tmp_path / "home" / "reproductions" / "tiny"
+    shutil.copytree(home / "reproductions" / "tiny", folder)
+    monkeypatch.setenv("FESF_HOME", str(tmp_path / "home"))
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(results["dataset"]))
+    entry = {"name": "tiny", "dataset": "Phantoms", "image_size": 16, "seeds": [0], "rounds": 1, "local_epochs": 1}
+    entry["modes"] = ["plaintext", "x_su_prime"]
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": [{**entry, "run_config": SITE_KEYS}]}))
+    old = {key: value for key, value in results.items() if key != "site"} | {"pipeline": results["site"]["pipeline"]}
+    (folder / "results.json").write_text(json.dumps(old))
+    # Its site. keys never reached the sites, so its cells are not what the entry asks for.
+    assert _main("suite", str(suite), "--report-only")[0] == 2
+    assert "made when --set site. keys did not reach the sites" in capsys.readouterr().err
+
+    old["plan"]["overrides"] = {}
+    (folder / "results.json").write_text(json.dumps(old))
+    suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": [entry]}))
+    assert _main("suite", str(suite), "--report-only")[0] == 0
+    assert "| Phantoms |" in (tmp_path / "page.md").read_text()
+
+    # Nothing finished at all: the page is left as it is.
+    suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": [{**entry, "name": "never"}]}))
+    assert _main("suite", str(suite), "--report-only")[0] == 2
+    assert "no reproduction has finished cells" in capsys.readouterr().err

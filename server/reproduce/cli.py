@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fesf_fed.atomic import atomic_writer
-from fesf_fed.config import read_yaml
+from fesf_fed.config import PATH_FIELDS, read_yaml, resolve_path
 from fesf_fed.errors import ConfigError, run_command
 from fesf_fed.training_data import TRAINING_MODES
 from server.reproduce.experiment import Plan, load_plan_results, reproduce, reproductions_folder
@@ -41,7 +41,12 @@ class _Entry(BaseModel):
     run_config: dict[str, Any] = Field(default_factory=dict)
 
     def to_plan(self, base: Path) -> Plan:
-        """The entry's plan; a relative ``site_config`` is relative to ``base``."""
+        """The entry's plan; a relative ``site_config``, or path in a ``site.`` key, is relative to ``base``."""
+        paths = {f"site.{field}" for field in PATH_FIELDS}
+        overrides = {
+            key: str(resolve_path(value, base)) if key in paths and isinstance(value, str) else value
+            for key, value in self.run_config.items()
+        }
         return Plan(
             name=self.name,
             site_config=_resolve(self.site_config, base),
@@ -52,7 +57,7 @@ class _Entry(BaseModel):
             local_epochs=self.local_epochs,
             modes=tuple(self.modes),
             central=self.central,
-            overrides=dict(self.run_config),
+            overrides=overrides,
         )
 
 
@@ -81,7 +86,7 @@ def _write_text(path: Path, text: str) -> None:
 
 def _resolve(path: str, base: Path) -> str:
     """An absolute path for ``path`` (relative to ``base``); "" stays "" (the built-in phantoms)."""
-    return str((base / path).resolve()) if path else ""
+    return str(resolve_path(path, base)) if path else ""
 
 
 def _overrides(assignments: list[str] | None) -> dict[str, Any]:
@@ -179,6 +184,11 @@ def _run_suite(args: argparse.Namespace) -> int:
         else:
             results = _reproduce(entry, path.parent)
         sections.append((entry.dataset, results))
+    if not sections:
+        raise ConfigError(
+            f"{path}: no reproduction has finished cells under {reproductions_folder()}; "
+            "run the suite without --report-only first"
+        )
     notes = ""
     if suite.notes:
         notes_file = Path(_resolve(suite.notes, path.parent))

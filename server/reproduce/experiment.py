@@ -113,13 +113,24 @@ def dataset_config(plan: Plan) -> SiteConfig:
     return load_config(plan.site_config or None, overrides={"data.image_size": plan.image_size})
 
 
-def check_plan(plan: Plan) -> None:
-    """Validate every cell's run config up front.
+def _field_names(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    """The dotted name of every field and section of a config dump, e.g. ``iqem`` and ``iqem.steps``."""
+    names = set()
+    for key, value in tree.items():
+        names.add(prefix + key)
+        if isinstance(value, dict):
+            names |= _field_names(value, f"{prefix}{key}.")
+    return names
+
+
+def check_plan(plan: Plan) -> SiteConfig:
+    """Validate every cell's run config up front; return the dataset's config (:func:`dataset_config`).
 
     Raises
     ------
     ConfigError
-        One line naming the key or file: an unknown mode or model, a missing dataset...
+        One line naming the key or file: an unknown mode or model, a missing dataset, a ``site.``
+        key for a field the dataset config sets itself...
     """
     if not RUN_NAME.fullmatch(plan.name):
         raise ConfigError(f"--name {plan.name!r}: use letters, digits, '.', '_' and '-' only")
@@ -137,10 +148,19 @@ def check_plan(plan: Plan) -> None:
             f"--set {', '.join(taken)}: a reproduction sets this itself (3 sites, Dirichlet split, fresh runs); "
             "use the command's own options"
         )
-    dataset_config(plan)  # a bad dataset config fails here, before anything runs
+    dataset = dataset_config(plan)  # a bad dataset config fails here, before anything runs
+    explicit = _field_names(dataset.model_dump(exclude_unset=True))
+    for key in plan.overrides:
+        if key.startswith("site.") and key.removeprefix("site.") in explicit:
+            raise ConfigError(
+                f"--set {key}: {plan.site_config or 'the built-in phantom config'} sets "
+                f"{key.removeprefix('site.')} itself and a site. key only fills unset fields; "
+                "edit a copy of the dataset config instead"
+            )
     for seed in plan.seeds:
         for mode in plan.modes:
             parse_run_settings(plan.run_config(mode, seed, Path("/dataset.yaml")))
+    return dataset
 
 
 def plan_sites(plan: Plan, dataset_file: Path) -> tuple[RunSettings, list[SiteConfig]]:
@@ -239,6 +259,16 @@ def load_plan_results(plan: Plan) -> dict[str, Any]:
     """
     folder = reproductions_folder() / plan.name
     results = _load_results(folder)
+    if "site" not in results:
+        # From fesf-reproduce before 2026-11-29: its dataset.yaml was the whole config, the sites' own,
+        # and site. keys did not reach the sites.
+        if any(key.startswith("site.") for key in plan.overrides):
+            raise ConfigError(
+                f"{folder / 'results.json'}: made when --set site. keys did not reach the sites; "
+                "choose another --name or delete the folder"
+            )
+        results["site"] = plan_sites(plan, folder / "dataset.yaml")[1][0].model_dump(mode="json")
+        results.pop("pipeline", None)
     planned = plan.to_json()
     changed = sorted(key for key in planned if results["plan"].get(key) != planned[key])
     if results.get("dataset") != dataset_config(plan).model_dump(mode="json"):
@@ -274,18 +304,22 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
     FesfError
         When a federation fails.
     """
-    check_plan(plan)
+    dataset = check_plan(plan)
     folder = reproductions_folder() / plan.name
     path = folder / "results.json"
-    dataset = dataset_config(plan).model_dump(mode="json")
     if path.exists():
         results = load_plan_results(plan)
     else:
-        results = {"plan": plan.to_json(), "dataset": dataset, "environment": _environment(), "cells": {}}
+        results = {
+            "plan": plan.to_json(),
+            "dataset": dataset.model_dump(mode="json"),
+            "environment": _environment(),
+            "cells": {},
+        }
     # The sites are split from this file: the dataset's config at the plan's size, kept with the results.
-    # Only the fields the dataset config sets, so that the plan's site.* keys fill the others.
+    # Only the fields the dataset config sets, so that the plan's site. keys fill the others.
     dataset_file = folder / "dataset.yaml"
-    explicit = dataset_config(plan).model_dump(mode="json", exclude_unset=True)
+    explicit = dataset.model_dump(mode="json", exclude_unset=True)
     with atomic_writer(dataset_file) as stream:
         stream.write(yaml.safe_dump(explicit, sort_keys=False).encode("utf-8"))
     settings, sites = plan_sites(plan, dataset_file)
