@@ -37,7 +37,7 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-results: $(BIN)/fesf  ## the paper's Tables 1-3 on ../shared/data, federated and central: regenerates docs/results.md (hours on a CPU)
+results: $(BIN)/fesf  ## the paper's Tables 1-3 on ../shared/data, federated and central: regenerates docs/results.md (about 1.5 h on 2 CPU cores)
 	$(BIN)/fesf-reproduce suite configs/results.yaml
 
 test: $(BIN)/fesf $(CHROMIUM)  ## the whole test suite

@@ -214,7 +214,9 @@ def _mean_over_datasets(sections: list[tuple[str, dict[str, Any]]]) -> str:
         f"x_su' keeps {statistics.mean(means['federated'].values()):.3f} of plaintext accuracy federated"
     )
     if means["central"]:
-        text += f", {statistics.mean(means['central'].values()):.3f} central ({', '.join(means['central'])})"
+        text += f", {statistics.mean(means['central'].values()):.3f} central"
+        if means["central"].keys() != means["federated"].keys():
+            text += f" ({', '.join(means['central'])})"
     return text + "."
 
 
@@ -251,7 +253,7 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
         rows,
     )
     paper = f"The paper: x_su' keeps about {PAPER_MEAN_RATIO} of plaintext accuracy on average over its datasets."
-    body = [preamble.rstrip(), "", "## Summary", "", *summary, "", _mean_over_datasets(sections), paper]
+    body = [preamble.rstrip(), "", "## Summary", "", *summary, "", _mean_over_datasets(sections), "", paper]
     body += ["", "## Per dataset", ""]
     body += [reproduction_markdown(results, dataset) for dataset, results in sections]
     return "\n".join(body).rstrip() + "\n\n" + notes.strip() + "\n"
