@@ -255,6 +255,8 @@ def test_results_from_before_site_configs_were_kept_still_make_a_page(reproducti
     assert "| Phantoms |" in (tmp_path / "page.md").read_text()
 
     # Nothing finished at all: the page is left as it is.
+    page = (tmp_path / "page.md").read_text()
     suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": [{**entry, "name": "never"}]}))
     assert _main("suite", str(suite), "--report-only")[0] == 2
     assert "no reproduction has finished cells" in capsys.readouterr().err
+    assert (tmp_path / "page.md").read_text() == page
