@@ -2,10 +2,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Flower must not phone home or install app dependencies (see the README).
-export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 RAY_USAGE_STATS_ENABLED=0
+# Flower must not phone home or install app dependencies (uv environments of several GB), nor
+# Ray report usage: the same switches as fesf_fed.processes.QUIET_FLOWER_ENV. One variable per
+# line: GNU make's `export A=0 B=1` exports only A, with "0 B=1" as its value.
+export FLWR_TELEMETRY_ENABLED=0
+export FLWR_DISABLE_UPDATE_CHECK=1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
+export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: federate dashboard demo br35h loopback results test benchmark
+.PHONY: federate stop dashboard demo br35h loopback results test benchmark
 
 $(BIN)/fesf: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -14,8 +19,16 @@ $(BIN)/fesf: pyproject.toml
 	$(BIN)/pip install --quiet --editable '.[test]'
 	touch $@
 
-federate: $(BIN)/fesf  ## the default federation: 3 simulated phantom sites (see the README)
-	PATH="$(abspath $(BIN)):$$PATH" flwr run . --stream
+# Run settings for `make federate`, as `flwr run --run-config` takes them: make federate RUN_CONFIG="mode='plaintext'"
+RUN_CONFIG ?=
+RUN_CONFIG_ARGS = $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
+
+federate: $(BIN)/fesf  ## the default federation: 3 simulated hospitals on the built-in demo set (see the README)
+	$(BIN)/fesf-server check $(RUN_CONFIG_ARGS)
+	PATH="$(abspath $(BIN)):$$PATH" flwr run . --stream $(RUN_CONFIG_ARGS)
+
+stop: $(BIN)/fesf  ## stop the local SuperLink that `flwr run` leaves running (this FLWR_HOME's only, by PID)
+	$(BIN)/fesf-server stop-local
 
 dashboard: $(BIN)/fesf  ## the evaluation dashboard on http://127.0.0.1:8050 over ~/.fesf/runs (see the README)
 	$(BIN)/fesf-dashboard
@@ -43,7 +56,8 @@ results: $(BIN)/fesf  ## the paper's Tables 1-3 on ../shared/data, federated and
 test: $(BIN)/fesf $(CHROMIUM)  ## the whole test suite
 	$(BIN)/pytest -q
 
-benchmark: $(BIN)/fesf  ## IHM, pipeline, IQEM, federated and deployed round speed (see docs/benchmarks.md)
+benchmark: $(BIN)/fesf  ## IHM, pipeline, IQEM, federated and deployed round speed, the demo's time and scores (see docs/benchmarks.md)
 	$(BIN)/python benchmarks/ihm.py
+	$(BIN)/python benchmarks/demo.py
 	PYTHONPATH=. $(BIN)/python benchmarks/federated.py
 	PYTHONPATH=. $(BIN)/python benchmarks/deployment.py

@@ -5,7 +5,9 @@ surrogate, never do. Message types:
 
 - ``query.describe``: which site this SuperNode is (or that it is simulated);
 - ``query.prepare``: build (or reuse) the site's surrogates; report class names,
-  channels, image counts and the surrogates' quality figures (SSIM, PSNR);
+  channels, image counts and the surrogates' quality figures (SSIM, PSNR). A simulated
+  site meanwhile leaves its progress in ``$FESF_HOME/progress/<run-id>/<site>.json``
+  for the ServerApp (:mod:`fesf_fed.progress`);
 - ``train`` / ``evaluate``: local training and evaluation of the global model; an
   evaluation also returns its confusion matrix (counts only, as the dashboard shows it).
 """
@@ -23,7 +25,7 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from clients.site import describe_node, site_config_for, site_data
+from clients.site import describe_node, progress_file, site_config_for, site_data
 from fesf_fed.config import SiteConfig
 from fesf_fed.device import select_device
 from fesf_fed.errors import FesfError
@@ -35,11 +37,17 @@ from fesf_fed.training_data import SiteData
 app = ClientApp()
 
 
-def _site(message: Message, context: Context) -> tuple[RunSettings, SiteConfig, SiteData]:
+def _site(message: Message, context: Context, report: bool = False) -> tuple[RunSettings, SiteConfig, SiteData]:
+    """The run's settings and the addressed site's config and data; ``report`` its preparation's progress.
+
+    Only the prepare handler reports: in a simulation another handler may run in another
+    process, load the data there again and must not write progress after preparation ended.
+    """
     settings, site_defaults = parse_run_settings(context.run_config)
     config = site_config_for(message.content["config"], context.node_config, settings, site_defaults)
+    reporter = progress_file(context.node_config, message.metadata.run_id, config.site) if report else None
     try:
-        return settings, config, site_data(config, settings.mode)
+        return settings, config, site_data(config, settings.mode, reporter)
     except FesfError as exc:
         raise FesfError(f"site {config.site}: {exc}") from None
 
@@ -67,7 +75,7 @@ def describe(message: Message, context: Context) -> Message:
 @app.query("prepare")
 def prepare(message: Message, context: Context) -> Message:
     """First contact with a site: build or reuse its surrogates and describe them."""
-    _, config, data = _site(message, context)
+    _, config, data = _site(message, context, report=True)
     description = ConfigRecord(
         {
             "classes": data.classes,

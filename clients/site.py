@@ -8,11 +8,13 @@ any number of SuperNodes can simulate any number of sites.
 """
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
 from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.errors import ConfigError
+from fesf_fed.progress import ProgressCallback, ProgressFile
 from fesf_fed.run_settings import RunSettings, simulated_site_configs
 from fesf_fed.training_data import SiteData, load_site_data
 
@@ -77,7 +79,33 @@ def _simulated_sites(settings: RunSettings, site_defaults: tuple[tuple[str, Any]
     return simulated_site_configs(settings, dict(site_defaults))
 
 
+def progress_file(node_config: Mapping[str, Any], run_id: int, site: str) -> ProgressFile | None:
+    """Where a simulated site reports its preparation to the ServerApp; None for a deployed site.
+
+    Only a simulation runs the ServerApp on this machine, with this FESF_HOME, to read the
+    file. A deployed site built its surrogates before joining, showing its own progress
+    bars, and must not leave a file per run in its FESF_HOME.
+    """
+    return None if NODE_SITE_KEY in node_config else ProgressFile(run_id, site)
+
+
+#: The ``report`` of the :func:`site_data` call under way: passed beside the cache, not in its key.
+_report: ContextVar[ProgressCallback | None] = ContextVar("report", default=None)
+
+
+def site_data(config: SiteConfig, mode: str, report: ProgressCallback | None = None) -> SiteData:
+    """The site's images in ``mode``, loaded (and its surrogates built) once per process.
+
+    ``report`` hears of the loading and building when this call does them; a later call
+    with another ``report``, or none, finds the same data.
+    """
+    token = _report.set(report)
+    try:
+        return _cached_site_data(config, mode)
+    finally:
+        _report.reset(token)
+
+
 @lru_cache(maxsize=16)
-def site_data(config: SiteConfig, mode: str) -> SiteData:
-    """The site's images in ``mode``, loaded (and its surrogates built) once per process."""
-    return load_site_data(config, mode)
+def _cached_site_data(config: SiteConfig, mode: str) -> SiteData:
+    return load_site_data(config, mode, report=_report.get())

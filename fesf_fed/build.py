@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from fesf_fed.cache import SurrogateCache, content_key
 from fesf_fed.config import SiteConfig
-from fesf_fed.data import ImageSet, load_dataset, source_fingerprint, stratified_split, to_channels
+from fesf_fed.data import ImageSet, data_location, load_dataset, source_fingerprint, stratified_split, to_channels
 from fesf_fed.device import select_device
 from fesf_fed.errors import DataError
 from fesf_fed.home import fesf_home, private_folder
@@ -38,6 +38,7 @@ from fesf_fed.ihm import HostSpectrum, host_spectrum, mask_coverage
 from fesf_fed.iqem import load_generator, train_iqem
 from fesf_fed.pipeline import SurrogatePipeline
 from fesf_fed.pixels import tensor_to_uint8, to_unit_float
+from fesf_fed.progress import ProgressCallback, ProgressMeter, Stage
 from fesf_fed.quality import load_lpips, measure_quality
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
     if too_few:
         name, count = next(iter(too_few.items()))
         raise DataError(
-            f"{config.data.path or 'phantom data'}: class {name!r} has {count} usable image(s); every class needs "
+            f"{data_location(config.data)}: class {name!r} has {count} usable image(s); every class needs "
             "at least 2 (one to train on, one to test on): add images or raise data.max_per_class"
         )
     train, test = stratified_split(data.labels, config.data.test_fraction, config.data.seed)
@@ -183,7 +184,9 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
     )
 
 
-def _train_generator(config: SiteConfig, inputs: _Inputs, checkpoint: Path, progress: bool) -> torch.nn.Module:
+def _train_generator(
+    config: SiteConfig, inputs: _Inputs, checkpoint: Path, progress: bool, meter: ProgressMeter
+) -> torch.nn.Module:
     """Train IQEM on the training split's x_sy (the first IHM step) only."""
     first_hiding = SurrogatePipeline(inputs.spectra, torch.nn.Identity(), config.pipeline)
     x_sy = np.concatenate(
@@ -192,16 +195,25 @@ def _train_generator(config: SiteConfig, inputs: _Inputs, checkpoint: Path, prog
             for batch in _batches(inputs.splits["train"], config.pipeline.batch_size)
         ]
     )
-    return train_iqem(x_sy, inputs.bank.images, config.iqem, inputs.device, checkpoint, progress=progress)
+    return train_iqem(x_sy, inputs.bank.images, config.iqem, inputs.device, checkpoint, progress=progress, meter=meter)
 
 
-def _convert(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline, cache: SurrogateCache, progress: bool) -> None:
+def _convert(
+    config: SiteConfig,
+    inputs: _Inputs,
+    pipeline: SurrogatePipeline,
+    cache: SurrogateCache,
+    progress: bool,
+    meter: ProgressMeter,
+) -> None:
     total = sum(len(indices) for indices in inputs.splits.values())
+    meter.stage(Stage.CONVERTING, total)
     with tqdm(total=total, desc="surrogates", unit="img", disable=not progress) as bar:
         for split, indices in inputs.splits.items():
             for number, shard in cache.shards(indices):
                 if cache.has_shard(split, number):  # finished before an interruption
                     bar.update(len(shard))
+                    meter.advance(len(shard))
                     continue
                 stages: dict[str, list[np.ndarray]] = {kind: [] for kind in config.pipeline.outputs}
                 for batch in _batches(shard, config.pipeline.batch_size):
@@ -209,14 +221,16 @@ def _convert(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline, c
                     for kind, parts in stages.items():
                         parts.append(tensor_to_uint8(outputs[kind]))
                     bar.update(len(batch))
+                    meter.advance(len(batch))
                 cache.write_shard(split, number, {kind: np.concatenate(parts) for kind, parts in stages.items()})
 
 
-def _quality(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline) -> dict[str, Any]:
+def _quality(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline, meter: ProgressMeter) -> dict[str, Any]:
     """Tables 2/3 figures on a seeded sample of the test split (all of it when max_images is 0)."""
     test = inputs.splits["test"]
     limit = config.quality.max_images or len(test)
     sample = np.sort(np.random.default_rng(config.data.seed).permutation(test)[:limit])
+    meter.stage(Stage.QUALITY, len(sample))
     images: dict[str, list[np.ndarray]] = {"x_pl": [], "host": [], "x_sy": [], "x_su_prime": []}
     for batch in _batches(sample, config.pipeline.batch_size):
         plain = to_unit_float(inputs.data.images[batch], pipeline.device)
@@ -225,6 +239,7 @@ def _quality(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline) -
         images["host"].append(inputs.bank.images[inputs.host_index[batch]].astype(np.float32) / 255)
         images["x_sy"].append(outputs["x_sy"].cpu().numpy())
         images["x_su_prime"].append(outputs["x_su_prime"].cpu().numpy())
+        meter.advance(len(batch))
     lpips_model, lpips_reason = load_lpips(config.quality.lpips_weights)
     pairs = measure_quality({name: np.concatenate(parts) for name, parts in images.items()}, lpips_model)
     return {
@@ -263,7 +278,7 @@ def _manifest(config: SiteConfig, inputs: _Inputs, timings: dict[str, float]) ->
     }
 
 
-def build_surrogates(config: SiteConfig, progress: bool = True) -> SiteBuild:
+def build_surrogates(config: SiteConfig, progress: bool = True, report: ProgressCallback | None = None) -> SiteBuild:
     """Build (or reuse) a site's surrogates and their quality figures.
 
     Parameters
@@ -272,6 +287,10 @@ def build_surrogates(config: SiteConfig, progress: bool = True) -> SiteBuild:
         The site's validated configuration.
     progress : bool
         Show progress bars for loading, IQEM training and conversion.
+    report : callable, optional
+        Hears of each stage (loading, iqem, converting, quality, then ready, or cached
+        alone) as a :class:`~fesf_fed.progress.SiteProgress`, and of the long stages'
+        counts every few seconds.
 
     Returns
     -------
@@ -286,12 +305,15 @@ def build_surrogates(config: SiteConfig, progress: bool = True) -> SiteBuild:
     start = time.perf_counter()
     select_device(config.device)  # a bad device is an error even when the cache has everything
     plan = _plan(config)
+    meter = ProgressMeter(report, config.site)
     stored_quality = plan.cache.read_quality()
     if plan.cache.complete and stored_quality and stored_quality["settings"] == config.quality.model_dump(mode="json"):
+        meter.stage(Stage.CACHED)
         return SiteBuild(plan.cache, plan.cache.manifest(), stored_quality, True, time.perf_counter() - start)
 
     timings: dict[str, float] = {}
     mark = time.perf_counter()
+    meter.stage(Stage.LOADING)
     inputs = _load_inputs(config, plan.site_key, progress)
     size = config.data.image_size
     logger.info(
@@ -307,17 +329,18 @@ def build_surrogates(config: SiteConfig, progress: bool = True) -> SiteBuild:
     if plan.cache.complete:  # only the quality settings changed: reuse G, measure again
         generator = load_generator(plan.checkpoint, inputs.device)
     else:
-        generator = _train_generator(config, inputs, plan.checkpoint, progress)
+        generator = _train_generator(config, inputs, plan.checkpoint, progress, meter)
         timings["iqem"] = time.perf_counter() - mark
     pipeline = SurrogatePipeline(inputs.spectra, generator, config.pipeline)
     if not plan.cache.complete:
         mark = time.perf_counter()
-        _convert(config, inputs, pipeline, plan.cache, progress)
+        _convert(config, inputs, pipeline, plan.cache, progress, meter)
         timings["convert"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    quality = _quality(config, inputs, pipeline)
+    quality = _quality(config, inputs, pipeline, meter)
     timings["quality"] = time.perf_counter() - mark
     plan.cache.write_quality(quality)
     if not plan.cache.complete:
         plan.cache.finish(_manifest(config, inputs, timings))
+    meter.stage(Stage.READY)
     return SiteBuild(plan.cache, plan.cache.manifest(), quality, False, time.perf_counter() - start, timings)

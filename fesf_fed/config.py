@@ -43,10 +43,14 @@ class PartitionConfig(_Section):
         return self
 
 
+#: Data sources that ship with FESF-Fed: they need no ``data.path`` and may use generated hosts.
+BUILT_IN_SOURCES = ("phantom", "demo")
+
+
 class DataConfig(_Section):
     """Where a site's plaintext images come from and how they are prepared."""
 
-    source: Literal["phantom", "folder", "medmnist", "csv"] = "phantom"
+    source: Literal["phantom", "demo", "folder", "medmnist", "csv"] = "phantom"
     path: Path | None = None
     image_size: int = Field(64, ge=8, le=4096)
     channels: Literal["auto", 1, 3] = "auto"
@@ -58,7 +62,7 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _path_given(self) -> "DataConfig":
-        if self.source != "phantom" and self.path is None:
+        if self.source not in BUILT_IN_SOURCES and self.path is None:
             raise ValueError(f"data.path is required for source {self.source!r}")
         return self
 
@@ -67,8 +71,8 @@ class HostConfig(_Section):
     """The host bank: non-patient images whose phase every surrogate carries.
 
     ``source`` is ``folder`` (images under ``path``) or ``phantom`` (generated head
-    phantoms, ``phantom_count`` of them). Left empty, it is ``phantom`` for the phantom
-    dataset only: real data must name its bank.
+    phantoms, ``phantom_count`` of them). Left empty, it is ``phantom`` for the built-in
+    sets only (``BUILT_IN_SOURCES``): real data must name its bank.
     """
 
     source: Literal["phantom", "folder"] | None = None
@@ -137,9 +141,9 @@ class SiteConfig(_Section):
 
     @model_validator(mode="after")
     def _hosts_named_for_real_data(self) -> "SiteConfig":
-        # DESIGN.md: no patient image becomes a host silently; only phantoms ship hosts.
+        # DESIGN.md: no patient image becomes a host silently; only the built-in sets default to phantom hosts.
         if self.hosts.source is None:
-            if self.data.source != "phantom":
+            if self.data.source not in BUILT_IN_SOURCES:
                 raise ValueError(
                     "hosts.source is required for real data: 'folder' with hosts.path (non-patient images "
                     "of the same modality) or 'phantom' (generated head phantoms)"

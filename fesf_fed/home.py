@@ -8,7 +8,8 @@ def fesf_home() -> Path:
     """Return the absolute FESF home folder (not created here).
 
     It holds ``cache/<site>/`` (surrogates and IQEM weights), ``secrets/<site>.key``
-    (the key of the host assignment) and, from the federation on, ``runs/``.
+    (the key of the host assignment) and, from the federation on, ``runs/`` (and, while
+    simulated sites prepare, ``progress/``: see :mod:`fesf_fed.progress`).
     """
     return Path(os.environ.get("FESF_HOME") or Path.home() / ".fesf").expanduser().resolve()
 

@@ -40,7 +40,7 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=lambda name: name.replace("_", "-"))
 
-    num_server_rounds: int = Field(5, ge=1)
+    num_server_rounds: int = Field(20, ge=1)
     strategy: Literal[STRATEGY_NAMES] = "fedavg"  # type: ignore[valid-type]
     fraction_train: float = Field(1.0, ge=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
@@ -56,7 +56,7 @@ class RunSettings(BaseModel):
     mode: Literal[TRAINING_MODES] = "x_su_prime"  # type: ignore[valid-type]
     model: Literal[MODEL_NAMES] = "smallcnn"  # type: ignore[valid-type]
     pretrained_weights: str = ""
-    local_epochs: int = Field(3, ge=1)
+    local_epochs: int = Field(5, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)

@@ -6,6 +6,7 @@ The task module of Flower's PyTorch examples, without Flower: the ClientApp call
 uint8 ``(N, C, H, W)``, and move to the device one batch at a time.
 """
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ class Evaluation:
 
     loss: float
     accuracy: float
+    balanced_accuracy: float
     precision: float
     recall: float
     f1: float
@@ -28,8 +30,12 @@ class Evaluation:
     examples: int
 
     def scalars(self) -> dict[str, float]:
-        """The figures without the confusion matrix: what may be sent as metrics."""
-        return {name: value for name, value in asdict(self).items() if name != "confusion"}
+        """The figures without the confusion matrix: what may be sent as metrics.
+
+        Keys are hyphenated (``balanced-accuracy``), as every metric that Flower carries and
+        the run store keeps is named.
+        """
+        return {name.replace("_", "-"): value for name, value in asdict(self).items() if name != "confusion"}
 
 
 def _check_set(images: np.ndarray, labels: np.ndarray) -> None:
@@ -104,9 +110,13 @@ def train(
 
 
 def classification_figures(confusion: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro precision, recall and F1 from a confusion matrix (rows: true class).
+    """Accuracy, balanced accuracy and macro precision, recall and F1 from a confusion matrix (rows: true class).
 
     A class that is never predicted has precision 0; one that never occurs has recall 0.
+    Balanced accuracy is scikit-learn's: the mean recall over the classes that occur, so a
+    class absent from the true labels is left out rather than counted as recall 0. Unlike
+    accuracy, it does not reward answering the largest class: a model that answers one
+    class for every image scores ``1 / k`` with ``k`` classes present.
     """
     true_positive = np.diag(confusion).astype(np.float64)
     predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
@@ -116,10 +126,35 @@ def classification_figures(confusion: np.ndarray) -> dict[str, float]:
     f1 = np.divide(2 * precision * recall, both, out=np.zeros_like(true_positive), where=both > 0)
     return {
         "accuracy": float(true_positive.sum() / max(confusion.sum(), 1)),
+        "balanced_accuracy": float(recall[actual > 0].mean()) if actual.any() else 0.0,
         "precision": float(precision.mean()),
         "recall": float(recall.mean()),
         "f1": float(f1.mean()),
     }
+
+
+def one_class_answer(confusion: np.ndarray | Sequence[Sequence[int]]) -> int | None:
+    """The class that a one-class model answers for every image, or None when the model is not one-class.
+
+    A confusion matrix (rows: true class, columns: predicted class) is one-class when every
+    prediction falls in one column while more than one true class occurs: the model ignores
+    its input, and its accuracy is merely that class's share of the images.
+
+    Parameters
+    ----------
+    confusion : array-like of int, shape (k, k)
+        The counts, as :func:`evaluate` or the run store give them.
+
+    Returns
+    -------
+    int or None
+        The index of the one predicted class, or None.
+    """
+    counts = np.asarray(confusion)
+    predicted = np.flatnonzero(counts.sum(axis=0))
+    if len(predicted) == 1 and np.count_nonzero(counts.sum(axis=1)) > 1:
+        return int(predicted[0])
+    return None
 
 
 @torch.no_grad()
@@ -132,7 +167,7 @@ def evaluate(
     batch_size: int,
     device: torch.device,
 ) -> Evaluation:
-    """Loss, accuracy, macro precision/recall/F1 and the confusion matrix of ``model`` on a set."""
+    """Loss, accuracy, balanced accuracy, macro precision/recall/F1 and the confusion matrix of ``model`` on a set."""
     _check_set(images, labels)
     model.to(device).eval()
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)

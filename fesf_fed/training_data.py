@@ -14,6 +14,7 @@ import numpy as np
 from fesf_fed.build import build_surrogates
 from fesf_fed.config import SURROGATE_KINDS, SiteConfig
 from fesf_fed.data import load_dataset, stratified_split
+from fesf_fed.progress import ProgressCallback, ProgressMeter, Stage
 from fesf_fed.quality import QUALITY_PAIRS
 
 #: What a classifier can be trained on: plaintext, or one surrogate stage.
@@ -51,7 +52,9 @@ def _quality_scalars(quality: dict[str, Any]) -> dict[str, float]:
     return scalars
 
 
-def load_site_data(config: SiteConfig, mode: str, progress: bool = False) -> SiteData:
+def load_site_data(
+    config: SiteConfig, mode: str, progress: bool = False, report: ProgressCallback | None = None
+) -> SiteData:
     """Return a site's images in ``mode``, building (or reusing) its surrogates when needed.
 
     Parameters
@@ -62,6 +65,9 @@ def load_site_data(config: SiteConfig, mode: str, progress: bool = False) -> Sit
         What to train on. A surrogate stage missing from ``pipeline.outputs`` is added to it.
     progress : bool
         Show progress bars while building.
+    report : callable, optional
+        Hears of the site's progress (see :func:`~fesf_fed.build.build_surrogates`); in
+        plaintext mode, of loading and then ready.
 
     Raises
     ------
@@ -73,8 +79,11 @@ def load_site_data(config: SiteConfig, mode: str, progress: bool = False) -> Sit
     if mode not in TRAINING_MODES:
         raise ValueError(f"mode must be one of {', '.join(TRAINING_MODES)}; got {mode!r}")
     if mode == "plaintext":
+        meter = ProgressMeter(report, config.site)
+        meter.stage(Stage.LOADING)
         data = load_dataset(config.data, progress=progress)
         train, test = stratified_split(data.labels, config.data.test_fraction, config.data.seed)
+        meter.stage(Stage.READY)
         return SiteData(
             data.images[train],
             data.labels[train],
@@ -86,7 +95,7 @@ def load_site_data(config: SiteConfig, mode: str, progress: bool = False) -> Sit
         config = config.model_copy(
             update={"pipeline": config.pipeline.model_copy(update={"outputs": (*config.pipeline.outputs, mode)})}
         )
-    build = build_surrogates(config, progress=progress)
+    build = build_surrogates(config, progress=progress, report=report)
     train_images, train_labels = build.cache.load("train", mode)
     test_images, test_labels = build.cache.load("test", mode)
     return SiteData(

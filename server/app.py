@@ -1,16 +1,44 @@
 """The Flower ServerApp: read the run config, run the federation, leave a run folder behind."""
 
+from datetime import UTC, datetime
+from logging import ERROR
+
 from flwr.app import Context
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from fesf_fed.errors import ConfigError
 from fesf_fed.run_settings import parse_run_settings
 from server.federation import run_federation
+from server.run_store import RunFolder
 
 app = ServerApp()
+
+
+def _refuse(run_name: str, run_config: dict, error: ConfigError) -> None:
+    """Leave a failed run in the store, so that the dashboard and scripts see the refusal too."""
+    run = RunFolder(run_name)
+    try:
+        run.set_info(
+            status="failed",
+            error=str(error),
+            config=dict(run_config),
+            started=datetime.now(UTC).isoformat(),
+        )
+        run.write_summary(final=None)
+    finally:
+        run.close()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Train the configured model across the run's sites; see ``$FESF_HOME/runs/<run-id>/``."""
-    settings, site_defaults = parse_run_settings(context.run_config)
+    try:
+        settings, site_defaults = parse_run_settings(context.run_config)
+    except ConfigError as exc:
+        # First thing, before any site prepares. Flower adds a traceback and `flwr run` still
+        # exits 0 (it does not report a run's status): this line is the one to read.
+        log(ERROR, "error: %s", exc)
+        _refuse(str(context.run_id), dict(context.run_config), exc)
+        raise
     run_federation(grid, settings, site_defaults, str(context.run_id))

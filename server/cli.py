@@ -9,6 +9,11 @@ site-keys folder, submits the FESF run with ``flwr run`` and streams its progres
 until it ends, then stops the SuperLink. The run folder is written as in simulation,
 to ``$FESF_HOME/runs/<run-id>/``. The ServerApp is told which SuperNode each site's
 key was registered as, and refuses a node that claims another site's name.
+
+``fesf-server check`` validates run settings as the ServerApp will, before anything
+starts (``make federate`` runs it first). ``fesf-server stop-local`` stops the SuperLink
+that ``flwr run .`` started for a local simulation and left running (``make stop``),
+found by its Flower home, never by name.
 """
 
 import argparse
@@ -26,6 +31,8 @@ from fesf_fed.errors import INTERRUPTED, ConfigError, FesfError, run_command
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.pki import check_site_name, make_consortium_keys
 from fesf_fed.processes import FlowerProcess, flower_env, flower_executable, split_address, wait_for_port
+from server.local_superlink import local_superlink_log, stop_local_superlink
+from server.run_config import check_run_config
 
 #: Names the operator's own commands use to reach the SuperLink on its host.
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
@@ -112,6 +119,8 @@ def _app_folder(path: Path | None) -> Path:
 def _run_run(args: argparse.Namespace) -> int:
     host, port = split_address(args.address, "--address")
     app = _app_folder(args.app)
+    # Before the SuperLink starts and keys are registered: a bad setting costs a second, not a start-up.
+    check_run_config(app, [args.run_config] if args.run_config else [], simulated=False)
     if args.insecure and (args.certificates or args.site_keys):
         raise ConfigError("--insecure: cannot be combined with --certificates or --site-keys; choose one")
     if not args.insecure and args.certificates is None:
@@ -147,7 +156,7 @@ def _run_run(args: argparse.Namespace) -> int:
             f"SuperLink listening on {host}:{port} ({'insecure' if tls is None else 'TLS, SuperNode authentication'})"
         )
         if host not in LOCAL_HOSTS:
-            # Flower 1.41 serves its Control API (submit runs, register nodes) on the sites' port, unauthenticated.
+            # Flower 1.42 serves its Control API (submit runs, register nodes) on the sites' port, unauthenticated.
             print(
                 f"warning: anyone who reaches {host}:{port} can use Flower's Control API; expose only the Fleet "
                 "API to the sites (deploy/nginx/fleet-only.conf, see deploy/README.md)"
@@ -195,9 +204,25 @@ def _submit(
         raise FesfError(f"the run did not finish (flwr run exited with status {status}); see the output above")
     finished = json.loads(Path(summary[0]).read_text())
     final = finished.get("final") or {}
-    figures = "  ".join(f"{name} {final[name]:.3f}" for name in ("accuracy", "f1") if name in final)
+    figures = "  ".join(f"{name} {final[name]:.3f}" for name in ("accuracy", "balanced-accuracy", "f1") if name in final)
     print(f"Run finished ({finished.get('status')}): {figures}; run folder {Path(summary[0]).parent}")
     return 0 if finished.get("status") == "finished" else 1
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    settings = check_run_config(_app_folder(args.app), [args.run_config] if args.run_config else [])
+    print(f"Run settings are valid: mode {settings.mode}, model {settings.model}, strategy {settings.strategy}")
+    return 0
+
+
+def _run_stop_local(args: argparse.Namespace) -> int:
+    log_file = local_superlink_log(args.flwr_home)
+    stopped = stop_local_superlink(args.flwr_home)
+    if stopped:
+        print(f"Stopped the local SuperLink (PID {', '.join(map(str, stopped))}) of {log_file.parent.parent}")
+    else:
+        print(f"No local SuperLink of {log_file.parent.parent} is running")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,6 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show the SuperLink's own log")
     run.set_defaults(run=_run_run)
+
+    check = commands.add_parser(
+        "check", help="validate run settings (and simulated sites' configs) before `flwr run` (make federate)"
+    )
+    check.add_argument("--run-config", help="run settings, as flwr run takes them")
+    check.add_argument("--app", type=Path, help="the FESF-Fed Flower app folder (default: this installation's checkout)")
+    check.set_defaults(run=_run_check)
+
+    stop_local = commands.add_parser(
+        "stop-local", help="stop the local SuperLink that `flwr run` left running for this FLWR_HOME (make stop)"
+    )
+    stop_local.add_argument("--flwr-home", type=Path, help="Flower's home (default: $FLWR_HOME, else ~/.flwr)")
+    stop_local.set_defaults(run=_run_stop_local)
     return parser
 
 

@@ -7,7 +7,7 @@ needs on top: per-site metrics, a checkpoint after every round and resuming from
 
 import time
 from datetime import UTC, datetime
-from logging import INFO
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -20,8 +20,9 @@ from fesf_fed.config import load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.models import build_model
+from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progress
 from fesf_fed.run_settings import RunSettings
-from fesf_fed.task import Evaluation, evaluate
+from fesf_fed.task import Evaluation, classification_figures, evaluate, one_class_answer
 from fesf_fed.training_data import SiteData, load_site_data
 from server.run_store import GLOBAL, RunFolder
 from server.sites import SiteGrid, check_minimums, discover_sites
@@ -49,17 +50,66 @@ def _errors(replies: list[Message]) -> list[str]:
     return [f"node {reply.metadata.src_node_id}: {reply.error.reason}" for reply in replies if reply.has_error()]
 
 
-def _prepare_sites(grid: SiteGrid, run: RunFolder, timeout: float) -> tuple[list[str], int, int]:
-    """Have every site build its surrogates; return the classes, channels and image size they agree on."""
-    messages = [
-        Message(
-            RecordDict({"config": ConfigRecord()}),
-            dst_node_id=site_id,
-            message_type="query.prepare",
-        )
+#: Seconds between two pulls of the sites' prepare replies (and reads of their progress files).
+_PULL_SECONDS = 1.0
+#: Seconds between two log reports of the sites still preparing.
+_LOG_SECONDS = 10.0
+
+
+def _await_preparation(grid: SiteGrid, run: RunFolder, run_id: str, timeout: float) -> list[Message]:
+    """Send every site its prepare message; collect the replies within ``timeout`` s, in site order.
+
+    Meanwhile the sites' progress, from the files that simulated sites write (see
+    :mod:`fesf_fed.progress`), goes to the run store as it changes and to the log every
+    ``_LOG_SECONDS``, one line per site still preparing.
+    """
+    began = time.monotonic()
+    deadline = began + timeout
+    sent = grid.push_messages(
+        Message(RecordDict({"config": ConfigRecord()}), dst_node_id=site_id, message_type="query.prepare")
         for site_id in grid.get_node_ids()
-    ]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    )
+    sites = {site_id: grid.sites[site_id] for site_id in sent.values()}
+    # A deployed site writes no file here: its progress shows on its own console.
+    latest = {
+        site.name: SiteProgress.at(site.name, Stage.WAITING if site.simulated_index is not None else Stage.REMOTE)
+        for site in sites.values()
+    }
+    pending = dict(sent)
+    replies: list[tuple[int, Message]] = []
+    stored: list[SiteProgress] = []
+    reported = began
+    try:
+        while pending and time.monotonic() < deadline:
+            for reply in grid.pull_messages(list(pending)):
+                site = sites[pending.pop(reply.metadata.reply_to_message_id)]
+                replies.append((site.site_id, reply))
+                if not reply.has_error():
+                    if latest[site.name].stage not in (Stage.READY, Stage.CACHED):
+                        latest[site.name] = SiteProgress.at(site.name, Stage.READY)
+                    log(INFO, "%s: %s after %.0f s", site.name, latest[site.name].describe(), time.monotonic() - began)
+            preparing = {sites[site_id].name for site_id in pending.values()}
+            latest.update({name: record for name, record in read_progress(run_id).items() if name in preparing})
+            if stored != (records := list(latest.values())):
+                run.set_preparation(records)
+                stored = records
+            if pending and time.monotonic() - reported >= _LOG_SECONDS:
+                for name in sorted(preparing):
+                    log(INFO, "%s: %s", name, latest[name].describe(now=time.time()))
+                reported = time.monotonic()
+            if pending:
+                time.sleep(min(_PULL_SECONDS, max(0.0, deadline - time.monotonic())))
+    finally:
+        remove_progress(run_id)
+    return [reply for _, reply in sorted(replies, key=lambda pair: pair[0])]
+
+
+def _prepare_sites(grid: SiteGrid, run: RunFolder, run_id: str, timeout: float) -> tuple[list[str], int, int]:
+    """Have every site build its surrogates; return the classes, channels and image size they agree on.
+
+    ``run_id`` is Flower's run id, which names the folder of the simulated sites' progress files.
+    """
+    replies = _await_preparation(grid, run, run_id, timeout)
     if failures := _errors(replies):
         raise FesfError("sites could not prepare their data: " + "; ".join(failures))
     if missing := {site.name for site in grid.sites.values()} - {_site_name(reply) for reply in replies}:
@@ -99,8 +149,14 @@ def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[M
             )
 
 
-def _record_confusion(run: RunFolder, server_round: int, replies: list[Message], num_classes: int) -> None:
-    """Store each site's evaluation confusion matrix and their sum, the federation's (as ``GLOBAL``)."""
+def _record_confusion(run: RunFolder, server_round: int, replies: list[Message], num_classes: int) -> float | None:
+    """Store each site's evaluation confusion matrix and their sum, the federation's (as ``GLOBAL``).
+
+    The sum also gives the federation's balanced accuracy, stored as the global ``balanced-accuracy``
+    and returned (None when no site sent a confusion matrix). Flower's aggregation averages the
+    sites' balanced accuracies by their example counts, which is not the balanced accuracy of all
+    their test images; stored after the aggregated metrics, the pooled figure replaces it.
+    """
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
     for reply in replies:
         if reply.has_error() or "confusion" not in reply.content:
@@ -113,8 +169,12 @@ def _record_confusion(run: RunFolder, server_round: int, replies: list[Message],
         matrix = counts.reshape(num_classes, num_classes)
         run.record_confusion(server_round, "evaluate", _site_name(reply), matrix.tolist())
         total += matrix
-    if total.any():
-        run.record_confusion(server_round, "evaluate", GLOBAL, total.tolist())
+    if not total.any():
+        return None
+    run.record_confusion(server_round, "evaluate", GLOBAL, total.tolist())
+    balanced_accuracy = classification_figures(total)["balanced_accuracy"]
+    run.record(server_round, "evaluate", GLOBAL, {"balanced-accuracy": balanced_accuracy})
+    return balanced_accuracy
 
 
 class _CentralEvaluation:
@@ -170,7 +230,10 @@ def _start(run: RunFolder, settings: RunSettings, strategy: Any, initial: ArrayR
     return checkpoint["round"] + 1, ArrayRecord(checkpoint["arrays"])
 
 
-def _log_round(server_round: int, total: int, metrics: MetricRecord | None, seconds: float) -> None:
+def _log_round(
+    server_round: int, total: int, metrics: MetricRecord | None, balanced_accuracy: float | None, seconds: float
+) -> None:
+    """Log a round's federated evaluation; ``balanced_accuracy`` is the pooled one of :func:`_record_confusion`."""
     if metrics is None:
         log(
             INFO,
@@ -182,10 +245,11 @@ def _log_round(server_round: int, total: int, metrics: MetricRecord | None, seco
         return
     log(
         INFO,
-        "Round %d/%d: accuracy %.3f  precision %.3f  recall %.3f  F1 %.3f  loss %.4f  (%.1f s)",
+        "Round %d/%d: accuracy %.3f  balanced accuracy %s  precision %.3f  recall %.3f  F1 %.3f  loss %.4f  (%.1f s)",
         server_round,
         total,
         metrics["accuracy"],
+        "–" if balanced_accuracy is None else f"{balanced_accuracy:.3f}",
         metrics["precision"],
         metrics["recall"],
         metrics["f1"],
@@ -194,11 +258,17 @@ def _log_round(server_round: int, total: int, metrics: MetricRecord | None, seco
     )
 
 
-_FINAL_KEYS = ("accuracy", "precision", "recall", "f1", "loss")
+_FINAL_KEYS = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss")
+#: The test sets a global model is evaluated on, by phase, as a warning names them.
+_TEST_SETS = {"evaluate": "site", "central": "central"}
 
 
 def _final_metrics(run: RunFolder) -> dict[str, Any]:
-    """The last round's federated evaluation: global figures, per site, and central ones if any."""
+    """The last round's federated evaluation: global figures, per site, and central ones if any.
+
+    ``one_class`` (in ``final`` for the sites' pooled confusion matrix, in ``final["central"]``
+    for the central one) tells whether the global model answered one class for every image.
+    """
     history = run.history()
     last = history[-1] if history else {}
     evaluation = last.get("evaluate", {})
@@ -212,7 +282,25 @@ def _final_metrics(run: RunFolder) -> dict[str, Any]:
     for phase in ("evaluate", "central"):
         if confusion := run.latest_confusion(phase):
             final.setdefault("confusion", {})[phase] = confusion[1]
+    confusion = final.get("confusion", {})
+    final["one_class"] = "evaluate" in confusion and one_class_answer(confusion["evaluate"]) is not None
+    if "central" in final:
+        final["central"]["one_class"] = "central" in confusion and one_class_answer(confusion["central"]) is not None
     return final
+
+
+def _warn_if_one_class(final: dict[str, Any], classes: list[str]) -> None:
+    """Log a warning for each test set on which the final model answered one class only: accuracy hides it."""
+    for phase, counts in final.get("confusion", {}).items():
+        answer = one_class_answer(counts)
+        if answer is not None:
+            log(
+                WARNING,
+                "Warning: the final global model answers one class (%s) for every %s test image: "
+                "it has not learned; see balanced accuracy",
+                classes[answer],
+                _TEST_SETS[phase],
+            )
 
 
 def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, Any], run_name: str) -> dict[str, Any]:
@@ -225,7 +313,8 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
     settings, site_defaults : RunSettings, dict
         From :func:`fesf_fed.run_settings.parse_run_settings`.
     run_name : str
-        Folder name for a new run (Flower's run id); ignored when ``settings.resume`` is set.
+        Flower's run id: the folder name of a new run (a resumed run keeps its folder) and
+        of the simulated sites' progress files (:func:`fesf_fed.progress.progress_folder`).
     """
     run = RunFolder(settings.resume or run_name, must_exist=bool(settings.resume))
     try:
@@ -234,13 +323,28 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         run.close()
         raise
     try:
+        # Stored first, so the dashboard shows the run's settings while its sites prepare.
+        if not settings.resume:
+            run.set_info(
+                config={
+                    **settings.model_dump(by_alias=True),
+                    **{f"site.{k}": v for k, v in site_defaults.items()},
+                },
+                started=datetime.now(UTC).isoformat(),
+            )
+        run.set_info(
+            status="preparing",
+            flower_run=run_name,
+            # A resumed run may add rounds.
+            rounds=settings.num_server_rounds,
+        )
         strategy = build_strategy(settings)
         sites = discover_sites(grid, settings, site_defaults, settings.round_timeout)
         check_minimums(settings, sites)
         site_grid = SiteGrid(grid, sites)
         log(INFO, "Sites: %s", ", ".join(site.name for site in sites))
         began = time.perf_counter()
-        classes, channels, size = _prepare_sites(site_grid, run, settings.round_timeout)
+        classes, channels, size = _prepare_sites(site_grid, run, run_name, settings.round_timeout)
         log(
             INFO,
             "Sites prepared their %s data in %.1f s; classes: %s",
@@ -255,21 +359,9 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             model = build_model(settings.model, len(classes), channels, weights=weights)
         start, arrays = _start(run, settings, strategy, ArrayRecord(model.state_dict()))
         if not settings.resume:
-            run.set_info(
-                config={
-                    **settings.model_dump(by_alias=True),
-                    **{f"site.{k}": v for k, v in site_defaults.items()},
-                },
-                classes=classes,
-                started=datetime.now(UTC).isoformat(),
-            )
-        run.set_info(
-            status="running",
-            flower_run=run_name,
-            # A resumed run may add rounds; the diagnosis service builds the model for this input.
-            rounds=settings.num_server_rounds,
-            input={"channels": channels, "image-size": size},
-        )
+            run.set_info(classes=classes)
+        # The diagnosis service builds the model for this input.
+        run.set_info(status="running", input={"channels": channels, "image-size": size})
         central = _CentralEvaluation(settings, site_defaults, classes) if settings.central_eval else None
         for server_round in range(start, settings.num_server_rounds + 1):
             began = time.perf_counter()
@@ -304,18 +396,25 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             _record_sites(run, server_round, "evaluate", evaluate_replies)
             run.record(server_round, "train", GLOBAL, dict((train_metrics or {}).items()))
             run.record(server_round, "evaluate", GLOBAL, dict((evaluate_metrics or {}).items()))
-            _record_confusion(run, server_round, evaluate_replies, len(classes))
+            balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
             if central_metrics:
                 run.record(server_round, "central", GLOBAL, central_metrics.scalars())
                 run.record_confusion(server_round, "central", GLOBAL, central_metrics.confusion)
             run.record(server_round, "timing", GLOBAL, {"seconds": seconds})
             run.write_summary(final=None)
-            _log_round(server_round, settings.num_server_rounds, evaluate_metrics, seconds)
+            _log_round(server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, seconds)
         final = _final_metrics(run)
+        _warn_if_one_class(final, classes)
         run.set_info(status="finished", finished=datetime.now(UTC).isoformat())
         path = run.write_summary(final)
         log(INFO, "Run %s finished: %s", run.name, path)
         return final
+    except FesfError as exc:
+        # Flower adds a traceback after this line; the line says what to fix.
+        log(ERROR, "error: %s", exc)
+        run.set_info(status="failed", error=str(exc))
+        run.write_summary(final=None)
+        raise
     except BaseException:
         run.set_info(status="stopped")
         run.write_summary(final=None)

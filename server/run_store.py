@@ -2,7 +2,8 @@
 
 ::
 
-    store.sqlite            the run store: settings, sites, every metric and confusion matrix of every round
+    store.sqlite            the run store: settings, sites (and how far their preparation got), every metric
+                            and confusion matrix of every round
     checkpoints/round-NNNN.pt   global model and strategy state after round NNNN (last few kept)
     summary.json            config, per-round history and final metrics, rewritten each round
 
@@ -28,6 +29,7 @@ import torch
 from fesf_fed.atomic import atomic_writer, write_json
 from fesf_fed.errors import ConfigError
 from fesf_fed.home import fesf_home, private_folder
+from fesf_fed.progress import SiteProgress
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +52,8 @@ CREATE TABLE IF NOT EXISTS confusion (
 """
 #: The scope of a metric that describes the whole federation rather than one site.
 GLOBAL = "global"
+#: The info key of the sites' latest preparation records.
+_PREPARATION = "preparation"
 
 
 #: What a run folder may be called: Flower run ids, or names a user gave a copy.
@@ -79,6 +83,11 @@ class _Store:
 
     def sites(self) -> dict[str, dict[str, Any]]:
         return {name: json.loads(details) for name, details in self.store.execute("SELECT name, details FROM sites")}
+
+    def preparation(self) -> list[SiteProgress]:
+        """Each site's latest preparation record, by site name (none before preparation began)."""
+        row = self.store.execute("SELECT value FROM info WHERE key = ?", (_PREPARATION,)).fetchone()
+        return [] if row is None else [SiteProgress.from_json(record) for record in json.loads(row[0])]
 
     def history(self) -> list[dict[str, Any]]:
         """Per round: ``{"round": r, phase: {scope: {metric: value}}}``, in round order."""
@@ -186,6 +195,10 @@ class RunFolder(_Store):
                 "INSERT OR REPLACE INTO info VALUES (?, ?)",
                 [(key, json.dumps(value)) for key, value in values.items()],
             )
+
+    def set_preparation(self, records: list[SiteProgress]) -> None:
+        """Store the sites' latest preparation records, replacing the previous ones."""
+        self.set_info(**{_PREPARATION: [record.to_json() for record in sorted(records, key=lambda r: r.site)]})
 
     def set_site(self, name: str, details: dict[str, Any]) -> None:
         with self.store:

@@ -127,7 +127,8 @@ def check_minimums(settings: RunSettings, sites: list[Site]) -> None:
 class SiteGrid:
     """A :class:`~flwr.serverapp.Grid` look-alike whose node ids are site ids.
 
-    It implements what strategies use (``get_node_ids`` and ``send_and_receive``).
+    It implements what strategies use (``get_node_ids`` and ``send_and_receive``), and
+    ``push_messages`` / ``pull_messages`` for a caller that reports while it waits.
     """
 
     def __init__(self, grid: Grid, sites: list[Site]) -> None:
@@ -150,6 +151,15 @@ class SiteGrid:
             message_type=message.metadata.message_type,
         )
 
+    def _forward_all(self, messages: Iterable[Message]) -> list[tuple[Message, int]]:
+        """Each message as forwarded to its site's node, with the site id it was addressed to."""
+        return [(self._forward(message), message.metadata.dst_node_id) for message in messages]
+
+    @staticmethod
+    def _sites_by_id(forwarded: list[tuple[Message, int]]) -> dict[str, int]:
+        # The grid assigns each message its id when it sends it.
+        return {sent.metadata.message_id: site_id for sent, site_id in forwarded}
+
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Send ``messages`` and return the replies in site order.
 
@@ -157,9 +167,21 @@ class SiteGrid:
         order; aggregating in site order makes the floating-point sums, and so a whole run,
         repeatable for a seed.
         """
-        messages = list(messages)
-        forwarded = [self._forward(message) for message in messages]
-        replies = self.grid.send_and_receive(forwarded, timeout=timeout)
-        # The grid assigns each message its id when it sends it.
-        site_of = {sent.metadata.message_id: message.metadata.dst_node_id for sent, message in zip(forwarded, messages)}
+        forwarded = self._forward_all(messages)
+        replies = self.grid.send_and_receive([sent for sent, _ in forwarded], timeout=timeout)
+        site_of = self._sites_by_id(forwarded)
         return sorted(replies, key=lambda reply: site_of[reply.metadata.reply_to_message_id])
+
+    def push_messages(self, messages: Iterable[Message]) -> dict[str, int]:
+        """Send ``messages`` without waiting; return the site id of each sent message, by message id.
+
+        Collect the replies with :meth:`pull_messages`; a reply's ``reply_to_message_id``
+        is one of these ids.
+        """
+        forwarded = self._forward_all(messages)
+        self.grid.push_messages([sent for sent, _ in forwarded])
+        return self._sites_by_id(forwarded)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        """The replies to ``message_ids`` that arrived since the last pull (each comes once)."""
+        return list(self.grid.pull_messages(message_ids))

@@ -21,9 +21,10 @@ __all__ = ["REPO", "TINY_RUN", "Delay", "Handler", "run_config", "simulate"]
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: A federation that finishes in seconds: tiny phantom sites, one local epoch.
+#: A federation that finishes in seconds: tiny phantom sites (not the default demo set), one local epoch.
 TINY_RUN: dict[str, Any] = {
     "num-server-rounds": 2,
+    "site.data.source": "phantom",
     "local-epochs": 1,
     "batch-size": 8,
     **{f"site.{key}": value for key, value in TINY_BUILD.items()},
@@ -37,21 +38,24 @@ def run_config(**overrides: Any) -> dict[str, Any]:
     return {**defaults, **overrides}
 
 
-def _delayed(handler: Handler, seconds: float, message: Message, context: Context) -> Message:
-    if message.metadata.message_type == "train":
+def _delayed(handler: Handler, seconds: float, message_type: str, message: Message, context: Context) -> Message:
+    reply = handler(message, context)
+    if message.metadata.message_type == message_type:
         time.sleep(seconds)
-    return handler(message, context)
+    return reply
 
 
 @dataclasses.dataclass(frozen=True)
 class Delay:
-    """A ``simulate`` instrument that makes every training reply take ``seconds`` longer.
+    """A ``simulate`` instrument that holds back every reply to ``message_type`` for ``seconds``.
 
-    For tests that watch a run while it goes on: rounds last seconds without costing CPU.
+    For tests that watch a run while it goes on: rounds last seconds without costing CPU,
+    and a site's work is done (its progress file written) a while before its reply comes.
     A module-level class and a ``functools.partial``, so Ray can ship it to its actors.
     """
 
     seconds: float
+    message_type: str = "train"
 
     def __call__(self, handler: Handler) -> Handler:
-        return functools.partial(_delayed, handler, self.seconds)
+        return functools.partial(_delayed, handler, self.seconds, self.message_type)

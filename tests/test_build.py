@@ -17,6 +17,7 @@ from fesf_fed.config import PipelineConfig, SiteConfig, load_config
 from fesf_fed.errors import DataError
 from fesf_fed.ihm import hide, host_spectrum
 from fesf_fed.pipeline import SurrogatePipeline
+from fesf_fed.progress import SiteProgress, Stage
 from tests.conftest import TINY_BUILD
 
 
@@ -67,6 +68,24 @@ def test_a_second_build_with_the_same_inputs_does_no_work(fesf_home: Path, monke
     second = build_surrogates(tiny_config(), progress=False)
     assert second.reused and second.cache.directory == first.cache.directory
     assert second.quality == first.quality
+
+
+def test_a_build_reports_its_stages_in_order_and_a_cached_one_says_so(fesf_home: Path) -> None:
+    records: list[SiteProgress] = []
+    build_surrogates(tiny_config(), progress=False, report=records.append)
+    # A slow machine may add count reports within a stage; each stage starts with its own record.
+    starts = [record for before, record in zip([None, *records], records) if not before or before.stage != record.stage]
+    stages = [Stage.LOADING, Stage.IQEM, Stage.CONVERTING, Stage.QUALITY, Stage.READY]
+    assert [record.stage for record in starts] == stages
+    assert {record.site for record in records} == {"A"}
+    iqem, converting, quality = starts[1:4]
+    assert (iqem.done, iqem.total) == (0, TINY_BUILD["iqem.steps"])
+    assert (converting.done, converting.total) == (0, 16)  # 10 training and 6 test images
+    assert (quality.done, quality.total) == (0, TINY_BUILD["quality.max_images"])
+
+    records.clear()
+    build_surrogates(tiny_config(), progress=False, report=records.append)
+    assert [record.stage for record in records] == [Stage.CACHED]
 
 
 def test_changed_inputs_rebuild_and_reuse_what_they_can(fesf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,7 +34,10 @@ def test_shipped_configs_are_valid(path: Path) -> None:
         ({"pipeline": {"alpha": 0.7}}, r"pipeline\.alpha: Input should be less than or equal to 0\.5 \(got 0\.7\)"),
         ({"pipeline": {"beta": -1}}, r"pipeline\.beta: Input should be greater than or equal to 0"),
         ({"pipeline": {"alpah": 0.3}}, r"pipeline\.alpah: unknown field; allowed here: alpha, beta"),
-        ({"data": {"source": "dicomdir"}}, r"data\.source: Input should be 'phantom', 'folder', 'medmnist' or 'csv'"),
+        (
+            {"data": {"source": "dicomdir"}},
+            r"data\.source: Input should be 'phantom', 'demo', 'folder', 'medmnist' or 'csv'",
+        ),
         ({"data": {"source": "folder"}}, r"data\.path is required for source 'folder'"),
         ({"data": {"source": "folder", "path": "x"}}, r"hosts\.source is required for real data"),
         ({"hosts": {"source": "folder"}}, r"hosts\.path is required"),

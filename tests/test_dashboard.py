@@ -23,10 +23,14 @@ import torch
 from PIL import Image
 
 from fesf_fed.models import build_model
+from fesf_fed.task import classification_figures, one_class_answer
 from fesf_fed.processes import FlowerProcess, flower_env
+from fesf_fed.progress import SiteProgress, Stage
 from server.dashboard.access import COOKIE, check_token
 from server.dashboard.app import create_app
 from server.dashboard.cli import main as dashboard_main
+from server.dashboard.pages import compare_page, run_page, runs_page
+from server.dashboard.runs import RunDetails, list_runs, run_details
 from server.run_store import RunFolder, StoredRun, runs_folder
 from tests.browser import CHROMIUM, Browser, chromium, dashboard
 from tests.conftest import TINY_BUILD, FinishedRun
@@ -142,6 +146,103 @@ def test_metrics_export_as_csv_and_json_with_every_stored_value(client, runs):
     }
     assert {(int(r["round"]), r["phase"], r["scope"], r["metric"]): float(r["value"]) for r in rows} == expected
     assert {(r["round"], r["phase"], r["scope"], r["metric"]): r["value"] for r in as_json} == expected
+
+
+def test_the_runs_list_gives_the_pooled_balanced_accuracy_and_whether_the_model_answers_one_class(client, runs):
+    listed = {run["name"]: run for run in client.get("/api/runs").get_json()}
+    pooled = runs.summary()["final"]["confusion"]["evaluate"]
+    surrogate = listed[runs.surrogate]
+    expected = classification_figures(np.asarray(pooled))["balanced_accuracy"]
+    assert surrogate["balanced_accuracy"] == pytest.approx(expected)
+    assert surrogate["one_class"] is (one_class_answer(pooled) is not None)
+    # A run without a confusion matrix (as stored before this was recorded) has neither figure.
+    assert (listed[PLAIN_RUN]["balanced_accuracy"], listed[PLAIN_RUN]["one_class"]) == (None, False)
+    exported = client.get(f"/api/runs/{runs.surrogate}/metrics.csv").get_data(as_text=True)
+    assert ",evaluate,global,balanced-accuracy," in exported
+
+
+def _components(component) -> Iterator:
+    """``component`` and every Dash component under it."""
+    if isinstance(component, (list, tuple)):
+        for child in component:
+            yield from _components(child)
+    elif hasattr(component, "to_plotly_json"):
+        yield component
+        yield from _components(getattr(component, "children", None))
+
+
+def _badges(page) -> list:
+    return [component for component in _components(page) if getattr(component, "className", None) == "one-class"]
+
+
+def _old_run(name: str, pooled: list[list[int]]) -> RunDetails:
+    """A run as stored before balanced accuracy was recorded: figures and the pooled confusion matrix only."""
+    run = RunFolder(name)
+    run.set_info(config={"mode": "x_su_prime"}, classes=["no-tumour", "tumour"], status="finished", rounds=1)
+    run.record(1, "evaluate", "global", {"accuracy": 0.8, "precision": 0.4, "recall": 0.5, "f1": 0.44, "loss": 0.6})
+    run.record_confusion(1, "evaluate", "global", pooled)
+    run.close()
+    stored = StoredRun(runs_folder() / name)
+    details = run_details(stored)
+    stored.close()
+    return details
+
+
+def test_a_run_whose_model_answers_one_class_is_badged_on_every_page_and_old_runs_still_show():
+    one_class, learned = _old_run("one-class", [[8, 0], [2, 0]]), _old_run("learned", [[7, 1], [1, 1]])
+    assert {s.name: (s.balanced_accuracy, s.one_class) for s in list_runs(runs_folder())} == {
+        "one-class": (0.5, True),
+        "learned": (pytest.approx((7 / 8 + 1 / 2) / 2), False),
+    }
+    for page in (runs_page([one_class.summary], "runs"), run_page(one_class), compare_page([learned, one_class])):
+        (badge,) = _badges(page)
+        assert badge.children == "one class" and "has not learned" in badge.title
+    assert _badges([runs_page([learned.summary], "runs"), run_page(learned), compare_page([learned, learned])]) == []
+    headline = next(c for c in _components(run_page(one_class)) if getattr(c, "id", None) == "run-headline")
+    assert "accuracy 0.800, balanced accuracy 0.500" in headline.children
+
+
+def test_a_preparing_run_shows_its_settings_and_each_sites_stage():
+    run = RunFolder("preparing")
+    run.set_info(config={"mode": "x_su", "model": "smallcnn", "strategy": "fedprox"}, status="preparing", rounds=3)
+    iqem = SiteProgress("site-2", Stage.IQEM, since=1.0e9, updated=1.0e9 + 13, done=40, total=100, rate=3.1, eta=19.4)
+    run.set_preparation([iqem, SiteProgress.at("site-1", Stage.WAITING)])
+    run.close()
+    client = create_app(runs_folder()).server.test_client()
+    (listed,) = client.get("/api/runs").get_json()
+    shown = (listed["status"], listed["mode"], listed["model"], listed["strategy"])
+    assert shown == ("preparing", "x_su", "smallcnn", "fedprox")
+    details = client.get("/api/runs/preparing").get_json()
+    assert [SiteProgress.from_json(record).site for record in details["preparation"]] == ["site-1", "site-2"]
+
+    stored = StoredRun(runs_folder() / "preparing")
+    page = run_page(run_details(stored))
+    (table_,) = [c for c in _components(page) if getattr(c, "id", None) == "preparation-table"]
+    cells = [cell.children for cell in _components(table_) if type(cell).__name__ == "Td"]
+    assert cells[:2] == ["site-1", "waiting"] and cells[4:6] == ["site-2", "IQEM step 40/100 (3.1 step/s, ETA 19 s)"]
+    # Once the rounds begin, the page has no preparation to show.
+    running = RunFolder("preparing")
+    running.set_info(status="running")
+    running.close()
+    assert not [c for c in _components(run_page(run_details(stored))) if getattr(c, "id", None) == "preparation"]
+    stored.close()
+
+
+def test_a_run_refused_for_a_bad_setting_is_listed_failed_with_its_one_line_error():
+    from flwr.app import Context, RecordDict
+
+    import server.app
+    from fesf_fed.errors import ConfigError
+
+    context = Context(run_id=77, node_id=0, node_config={}, state=RecordDict(), run_config=run_config(mode="nonsense"))
+    with pytest.raises(ConfigError):
+        server.app.main(None, context)
+    (listed,) = list_runs(runs_folder())
+    assert (listed.name, listed.status) == ("77", "failed")
+    stored = StoredRun(runs_folder() / "77")
+    (error,) = [c for c in _components(run_page(run_details(stored))) if getattr(c, "id", None) == "run-error"]
+    assert error.children.startswith("error: run config mode: Input should be") and "(got 'nonsense')" in error.children
+    stored.close()
 
 
 @pytest.mark.parametrize("name", ["nope", "..", "%2E%2E%2Fetc", "a b"])
@@ -265,9 +366,9 @@ def test_the_browser_shows_a_finished_runs_curves_sites_quality_and_diagnosis(ru
         page.wait_for_selector("#global-figure .scatterlayer .trace")
         assert "x_su_prime · smallcnn · fedavg" in page.inner_text("#run-headline")
         assert "round 2/2" in page.inner_text("#run-headline")
-        # Four scores, the evaluation loss and the training loss: one plotted line each.
-        assert page.locator("#global-figure .scatterlayer .trace").count() == 6
-        assert page.locator("#sites-figure .scatterlayer .trace").count() == 3 * 6
+        # Five scores, the evaluation loss and the training loss: one plotted line each.
+        assert page.locator("#global-figure .scatterlayer .trace").count() == 7
+        assert page.locator("#sites-figure .scatterlayer .trace").count() == 3 * 7
         summary = runs.summary()
         site = summary["sites"]["site-2"]
         quality_row = page.locator("#quality-table tr", has_text="site-2").inner_text()

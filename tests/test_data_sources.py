@@ -1,7 +1,10 @@
 """Decoding image files, loading each data source, fingerprinting it and splitting it."""
 
+import base64
+import json
 import os
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from fesf_fed.data import (
     to_channels,
 )
 from fesf_fed.data.phantom import phantom_dataset
+from fesf_fed.data.sources import DEMO_FILE
 from fesf_fed.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -443,6 +447,36 @@ def test_phantom_source_is_the_phantom_dataset() -> None:
     assert data.ids == expected.ids and data.classes == expected.classes
     colour = load_dataset(DataConfig(source="phantom", image_size=16, phantom_per_class=3, channels=3))
     assert colour.images.shape[1] == 3
+
+
+# ---------------------------------------------------------------- demo source
+
+
+def test_demo_source_is_the_shipped_balanced_chest_xray_subset() -> None:
+    data = load_dataset(DataConfig(source="demo", image_size=32))
+    assert data.classes == ["normal", "pneumonia"]
+    assert data.images.shape == (1600, 1, 32, 32) and data.images.dtype == np.uint8
+    assert np.bincount(data.labels).tolist() == [800, 800]
+    assert data.skipped == []
+    # CC BY 4.0: the licence and the attribution travel with the data.
+    record = json.loads(DEMO_FILE.read_text())
+    assert record["licence"].startswith("CC BY 4.0") and "MedMNIST v2" in record["attribution"]
+    assert DEMO_FILE.stat().st_size <= 2_000_000
+
+
+def test_a_damaged_demo_set_is_refused_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = json.loads(DEMO_FILE.read_text())
+    pixels = bytearray(zlib.decompress(base64.b64decode(record["pixels"])))
+    pixels[0] ^= 0xFF  # one flipped pixel: still decodes, but no longer what was shipped
+    record["pixels"] = base64.b64encode(zlib.compress(bytes(pixels))).decode()
+    damaged = tmp_path / "pneumoniamnist-demo.json"
+    damaged.write_text(json.dumps(record))
+    monkeypatch.setattr("fesf_fed.data.sources.DEMO_FILE", damaged)
+    with pytest.raises(DataError, match=r"pneumoniamnist-demo.json: the demo set is missing or damaged; restore it"):
+        load_dataset(DataConfig(source="demo", image_size=16))
+    damaged.write_text("{not json")
+    with pytest.raises(DataError, match="missing or damaged"):
+        load_dataset(DataConfig(source="demo", image_size=16))
 
 
 # ---------------------------------------------------------------- fingerprint

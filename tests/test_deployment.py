@@ -345,3 +345,18 @@ def test_loopback_rehearsal_runs_two_sites_to_the_end_and_stops_everything(tmp_p
     for pattern in (str(work), f"127.0.0.1:{port}"):
         left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False).stdout.split()
         assert left == [], f"processes matching {pattern} left running: {left}"
+
+
+def test_fesf_server_run_refuses_a_bad_run_setting_before_starting_the_superlink(tmp_path):
+    port = free_port()
+    result = subprocess.run(
+        [str(BIN / "fesf-server"), "run", "--insecure", "--address", f"127.0.0.1:{port}", "--run-config", "mode='x'"],
+        env=flower_env(FESF_HOME=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,  # the status is asserted by _error_line
+    )
+    assert _error_line(result).startswith("error: run config mode: Input should be 'plaintext'")
+    assert "SuperLink listening" not in result.stdout
+    assert not (tmp_path / "server").exists(), "fesf-server prepared Flower's home for a refused setting"

@@ -1,25 +1,29 @@
 """The federation end to end: Flower simulations of phantom sites, checkpoints, resume, `flwr run`."""
 
 import json
-import os
+import logging
+import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from fesf_fed.errors import ConfigError
 from fesf_fed.processes import flower_env
+from fesf_fed.progress import SiteProgress, Stage
 from fesf_fed.run_settings import parse_run_settings
-from server.federation import run_federation
-from server.run_store import runs_folder
-from tests.simulation import REPO, TINY_RUN, run_config, simulate
+from fesf_fed.task import classification_figures, one_class_answer
+from server import federation
+from server.federation import _final_metrics, _warn_if_one_class, run_federation
+from server.local_superlink import stop_local_superlink
+from server.run_store import GLOBAL, RunFolder, StoredRun, runs_folder
+from tests.simulation import REPO, TINY_RUN, Delay, run_config, simulate
 
 #: Small but learnable: 32 px phantoms, 80 per class shared by three sites. With 40 per class
 #: the final accuracy swung between 0.59 and 0.9 from one initial model to the next.
@@ -53,7 +57,7 @@ def test_simulated_sites_learn_and_the_run_folder_has_everything():
     assert final["accuracy"] >= 0.8, final
     assert set(final["sites"]) == {"site-1", "site-2", "site-3"}
     for metrics in final["sites"].values():
-        assert {"accuracy", "precision", "recall", "f1", "loss", "num-examples"} <= set(metrics)
+        assert {"accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss", "num-examples"} <= set(metrics)
     assert summary["config"]["mode"] == "plaintext"
     assert set(summary["sites"]) == {"site-1", "site-2", "site-3"}
     assert [path.name for path in sorted((run / "checkpoints").iterdir())] == ["round-0003.pt", "round-0004.pt"]
@@ -73,7 +77,55 @@ def test_a_run_repeated_with_the_same_seed_gives_the_same_figures(finished_run, 
     ]
 
 
-def test_surrogate_sites_report_quality_and_a_stopped_run_resumes_from_its_checkpoint():
+def test_the_global_balanced_accuracy_is_the_pooled_one_and_the_summary_says_if_the_model_is_one_class(finished_run):
+    stored = StoredRun(finished_run.folder)
+    query = "SELECT round, counts FROM confusion WHERE phase = 'evaluate' AND scope = ?"
+    pooled = dict(stored.store.execute(query, (GLOBAL,)))
+    stored.close()
+    summary = _summary(finished_run.folder)
+    assert sorted(pooled) == [entry["round"] for entry in summary["history"]] == [1, 2]
+    for entry in summary["history"]:
+        # From the sites' summed confusion matrix, not their balanced accuracies averaged by Flower.
+        figures = classification_figures(np.asarray(json.loads(pooled[entry["round"]])))
+        assert entry["evaluate"][GLOBAL]["balanced-accuracy"] == pytest.approx(figures["balanced_accuracy"])
+        assert all("balanced-accuracy" in entry["evaluate"][site] for site in ("site-1", "site-2", "site-3"))
+    final = summary["final"]
+    assert final["balanced-accuracy"] == summary["history"][-1]["evaluate"][GLOBAL]["balanced-accuracy"]
+    assert final["one_class"] is (one_class_answer(final["confusion"]["evaluate"]) is not None)
+
+
+def test_a_final_model_that_answers_one_class_is_flagged_and_warned_about(caplog):
+    run = RunFolder("one-class")
+    run.record(1, "evaluate", GLOBAL, {"accuracy": 0.5, "balanced-accuracy": 0.5})
+    run.record_confusion(1, "evaluate", GLOBAL, [[5, 0], [5, 0]])
+    run.record(1, "central", GLOBAL, {"accuracy": 0.7, "balanced-accuracy": 0.7})
+    run.record_confusion(1, "central", GLOBAL, [[4, 1], [2, 3]])
+    final = _final_metrics(run)
+    run.close()
+    assert final["one_class"] is True and final["central"]["one_class"] is False
+    flower = logging.getLogger("flwr")  # Flower's simulation may stop it propagating to caplog's root handler
+    flower.addHandler(caplog.handler)
+    try:
+        _warn_if_one_class(final, ["no-tumour", "tumour"])
+    finally:
+        flower.removeHandler(caplog.handler)
+    # One warning, for the sites' test images (a propagating logger may hand it to caplog twice).
+    (message,) = {(record.levelno, record.getMessage()) for record in caplog.records}
+    assert message[0] == logging.WARNING and "answers one class (no-tumour) for every site test image" in message[1]
+
+
+def test_surrogate_sites_report_quality_and_a_stopped_run_resumes_from_its_checkpoint(monkeypatch, caplog, fesf_home):
+    # What the store holds each time the sites' progress changes (the ServerApp runs in this process).
+    prepared: list[tuple[dict, list[SiteProgress]]] = []
+    set_preparation = RunFolder.set_preparation
+
+    def spy(run: RunFolder, records: list[SiteProgress]) -> None:
+        prepared.append((run.info(), records))
+        set_preparation(run, records)
+
+    monkeypatch.setattr(RunFolder, "set_preparation", spy)
+    monkeypatch.setattr(federation, "_LOG_SECONDS", 0.0)  # a progress line at every pull, not every 10 s
+    caplog.set_level(logging.INFO, logger="flwr")
     simulate(run_config(**{**TINY_RUN, "num-server-rounds": 1}, strategy="fedadam"))
     run = _only_run()
     first = _summary(run)
@@ -81,8 +133,18 @@ def test_surrogate_sites_report_quality_and_a_stopped_run_resumes_from_its_check
     assert "ssim-x_pl-x_su_prime" in first["sites"]["site-1"]
     checkpoint = torch.load(run / "checkpoints" / "round-0001.pt", weights_only=True)
     assert set(checkpoint["strategy"]) == {"m_t", "v_t"}  # FedAdam's moments survive a restart
+    # The dashboard shows the run's settings from the start, and the sites' stages while they prepare.
+    info, records = prepared[0]
+    assert info["status"] == "preparing" and info["config"]["strategy"] == "fedadam" and "classes" not in info
+    assert [record.site for record in records] == ["site-1", "site-2", "site-3"]
+    assert {record.stage for record in prepared[-1][1]} == {Stage.READY}
+    assert re.search(r"site-\d: (waiting|loading data|IQEM step|converting image|measuring quality)", caplog.text)
+    assert not any((fesf_home / "progress").iterdir())  # the run's progress folder is gone
 
-    simulate(run_config(**TINY_RUN, strategy="fedadam", resume=run.name))
+    # Held back 1.5 s each, the resumed run's replies let the server read that the sites' surrogates were cached.
+    prepared.clear()
+    simulate(run_config(**TINY_RUN, strategy="fedadam", resume=run.name), instrument=Delay(1.5, "query.prepare"))
+    assert {record.stage for record in prepared[-1][1]} == {Stage.CACHED}
     resumed = _summary(run)
     assert resumed["status"] == "finished"
     assert [entry["round"] for entry in resumed["history"]] == [1, 2]
@@ -111,13 +173,6 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _superlink_pids(port: int) -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-f", f"flower-superlink.*--port {port}"], capture_output=True, text=True, check=False
-    )
-    return [int(pid) for pid in found.stdout.split()]
-
-
 def test_flwr_run_runs_the_app_and_leaves_a_summary(tmp_path, fesf_home):
     http_port, control_port = _free_port(), _free_port()
     flwr = Path(sys.executable).with_name("flwr")
@@ -127,7 +182,8 @@ def test_flwr_run_runs_the_app_and_leaves_a_summary(tmp_path, fesf_home):
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
         FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
     )
-    tiny = "num-server-rounds=1 local-epochs=1 site.data.image_size=16 site.data.phantom_per_class=8 site.iqem.steps=2"
+    # The default data, the built-in demo set (it must travel in the app Flower ships to the sites), kept tiny.
+    tiny = "num-server-rounds=1 local-epochs=1 site.data.image_size=16 site.iqem.steps=2"
     try:
         done = subprocess.run(
             [str(flwr), "run", ".", "--stream", "--run-config", tiny],
@@ -145,11 +201,20 @@ def test_flwr_run_runs_the_app_and_leaves_a_summary(tmp_path, fesf_home):
         assert summary["status"] == "finished"
         assert set(summary["final"]["sites"]) == {"site-1", "site-2", "site-3"}
     finally:
-        # `flwr run` leaves its local SuperLink running in the background: stop it by PID.
-        for pid in _superlink_pids(http_port):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        while _superlink_pids(http_port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in _superlink_pids(http_port):
-            os.kill(pid, signal.SIGKILL)
+        # `flwr run` leaves its local SuperLink running in the background: stop it by PID (what `make stop` does).
+        stop_local_superlink(tmp_path / "flwr")
+
+
+def test_a_bad_run_setting_is_refused_before_any_site_is_asked_and_the_run_ends_failed():
+    from flwr.app import Context, RecordDict
+
+    import server.app
+
+    context = Context(run_id=77, node_id=0, node_config={}, state=RecordDict(), run_config=run_config(mode="nonsense"))
+    # No grid: the refusal must come before the ServerApp talks to any SuperNode.
+    with pytest.raises(ConfigError, match=r"mode: Input should be 'plaintext', 'x_sy', 'x_su' or 'x_su_prime'"):
+        server.app.main(None, context)
+    summary = _summary(runs_folder() / "77")
+    assert summary["status"] == "failed"
+    assert "(got 'nonsense')" in summary["error"]
+    assert summary["config"]["mode"] == "nonsense"

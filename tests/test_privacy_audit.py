@@ -69,7 +69,7 @@ KEYS: dict[tuple[str, str], set[str]] = {
     ("query.prepare", "data"): {"classes", "channels", "image-size"},
     ("query.prepare", "metrics"): {"train-examples", "test-examples", *_QUALITY},
     ("train", "metrics"): {"num-examples", "train-loss"},
-    ("evaluate", "metrics"): {"num-examples", "loss", "accuracy", "precision", "recall", "f1"},
+    ("evaluate", "metrics"): {"num-examples", "loss", "accuracy", "balanced-accuracy", "precision", "recall", "f1"},
     ("evaluate", "confusion"): {"counts"},
     **{(kind, "site"): {"name"} for kind in ("query.prepare", "train", "evaluate")},
 }

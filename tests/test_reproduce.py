@@ -71,7 +71,9 @@ def test_both_modes_are_trained_federated_and_central_and_tabulated(reproduction
         # Pooled over the sites: the figures are those of the summed confusion matrix.
         confusion = np.asarray(summary["final"]["confusion"]["evaluate"])
         assert federated["confusion"] == confusion.tolist()
-        assert federated["accuracy"] == pytest.approx(classification_figures(confusion)["accuracy"])
+        figures = classification_figures(confusion)
+        assert federated["accuracy"] == pytest.approx(figures["accuracy"])
+        assert federated["balanced_accuracy"] == pytest.approx(figures["balanced_accuracy"])
         central = cells[f"central/{mode}/0"]
         assert central["examples"] == federated["examples"] == confusion.sum()  # the same pooled test images
     quality = cells["federated/x_su_prime/0"]["quality"]
@@ -84,6 +86,8 @@ def test_both_modes_are_trained_federated_and_central_and_tabulated(reproduction
     assert f"SSIM(x_pl, x_su') {ssim:.4f}" in markdown
     plaintext_row = next(line for line in markdown.splitlines() if line.startswith("| x_pl (plaintext)"))
     assert f"{cells['central/plaintext/0']['accuracy']:.3f}" in plaintext_row
+    assert f"{cells['federated/plaintext/0']['balanced_accuracy']:.3f}" in plaintext_row
+    assert "| federated accuracy | federated balanced accuracy |" in markdown
     assert "| x_pl vs x_su' |" in markdown and "changed hyper-parameters" not in markdown
     assert f"/compare?runs={cells['federated/plaintext/0']['run']},{cells['federated/x_su_prime/0']['run']}" in markdown
 
@@ -157,7 +161,7 @@ def test_a_suite_writes_the_results_page_from_its_reproductions(reproduction, tm
     ratio = (
         results["cells"]["federated/x_su_prime/0"]["accuracy"] / results["cells"]["federated/plaintext/0"]["accuracy"]
     )
-    assert columns[4] == f"{ratio:.3f}"  # x_su' / plaintext accuracy, federated
+    assert columns[6] == f"{ratio:.3f}"  # x_su' / plaintext accuracy, federated
     assert f"datasets (Phantoms): x_su' keeps {ratio:.3f} of plaintext accuracy federated" in page  # the headline
     assert markdown.strip() in page  # the reproduction's own section
     assert page.rstrip().endswith("Where surrogates lose accuracy.")
@@ -196,6 +200,30 @@ def test_the_shipped_suite_names_valid_site_configs():
             paper_strengths.append(entry.dataset)
     # Each shared dataset once with the paper's IHM strengths; other entries are analysis rows.
     assert sorted(paper_strengths) == ["Br35H", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
+
+
+def test_tables_give_balanced_accuracy_and_flag_models_that_answer_one_class():
+    # Cells as written before balanced accuracy was reported: the tables derive it from the confusion matrix.
+    def cell(confusion: list[list[int]]) -> dict:
+        return {**classification_figures(np.asarray(confusion)), "confusion": confusion, "seconds": 60, "run": "r"}
+
+    cells = {"federated/plaintext/0": cell([[7, 1], [2, 6]]), "federated/x_su_prime/0": cell([[8, 0], [8, 0]])}
+    for value in cells.values():
+        del value["balanced_accuracy"]
+    results = {
+        "plan": {"name": "hand", "model": "smallcnn", "seeds": [0], "modes": ["plaintext", "x_su_prime"]}
+        | {"central": False, "rounds": 1, "local_epochs": 1},
+        "site": {"pipeline": {"alpha": 0.5, "beta": 0.5, "refine_alpha": 0.5, "refine_beta": 0.1}}
+        | {"quality": {"max_images": 4}},
+        "dataset": {"data": {"image_size": 16}},
+        "cells": cells,
+    }
+    markdown = report_module.reproduction_markdown(results, "Hand")
+    table = (line.strip("|").split("|") for line in markdown.splitlines() if line.startswith("| x_"))
+    rows = {columns[0].strip(): [column.strip() for column in columns] for columns in table}
+    assert rows["x_pl (plaintext)"][1:3] == ["0.812", f"{(7 / 8 + 6 / 8) / 2:.3f}"]
+    assert rows["x_su'"][1:3] == ["0.500 (one class only)", "0.500"]
+    assert "every x_su' model answered one class only" in markdown
 
 
 def test_surrogate_quality_weighs_each_site_by_the_images_it_measured():

@@ -23,7 +23,7 @@ from server.strategies import build_strategy
 from tests.simulation import run_config
 
 
-def test_pyproject_defaults_are_valid_and_simulate_three_phantom_sites():
+def test_pyproject_defaults_are_valid_and_simulate_three_sites_on_the_demo_set():
     settings, overrides = parse_run_settings(run_config())
     assert (settings.strategy, settings.mode, settings.model) == (
         "fedavg",
@@ -32,7 +32,9 @@ def test_pyproject_defaults_are_valid_and_simulate_three_phantom_sites():
     )
     sites = simulated_site_configs(settings, overrides)
     assert [site.site for site in sites] == ["site-1", "site-2", "site-3"]
-    assert {site.data.source for site in sites} == {"phantom"}
+    assert {site.data.source for site in sites} == {"demo"}
+    # The shipped demo set may use generated hosts; real data must name its bank.
+    assert {site.hosts.source for site in sites} == {"phantom"}
     assert [site.data.partition.index for site in sites] == [0, 1, 2]
     assert sites[0].data.partition.scheme == "dirichlet"
     assert sites[0].iqem.steps == overrides["iqem.steps"]

@@ -6,7 +6,7 @@ import torch
 
 from fesf_fed.data.phantom import phantom_dataset
 from fesf_fed.models import build_model
-from fesf_fed.task import classification_figures, evaluate, train
+from fesf_fed.task import classification_figures, evaluate, one_class_answer, train
 
 CPU = torch.device("cpu")
 
@@ -22,7 +22,42 @@ def test_figures_match_a_hand_computed_confusion_matrix() -> None:
 
 def test_a_class_never_predicted_scores_zero_precision_not_nan() -> None:
     figures = classification_figures(np.array([[5, 0], [5, 0]]))
-    assert figures == {"accuracy": 0.5, "precision": 0.25, "recall": 0.5, "f1": pytest.approx(1 / 3)}
+    assert figures == {
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.5,
+        "precision": 0.25,
+        "recall": 0.5,
+        "f1": pytest.approx(1 / 3),
+    }
+
+
+@pytest.mark.parametrize(
+    "confusion,expected",
+    [
+        # scikit-learn's balanced_accuracy_score: the mean of the per-class recalls 3/4 and 4/6.
+        ([[3, 1], [2, 4]], (0.75 + 4 / 6) / 2),
+        # Imbalanced: accuracy 0.9, but the small class is never found.
+        ([[90, 0], [10, 0]], 0.5),
+        # Class 1 never occurs: scikit-learn leaves it out (recall 1 and 1/2), where macro recall counts it as 0.
+        ([[4, 0, 0], [0, 0, 0], [1, 1, 2]], (1 + 0.5) / 2),
+    ],
+)
+def test_balanced_accuracy_is_the_mean_recall_over_the_classes_that_occur(confusion, expected) -> None:
+    assert classification_figures(np.array(confusion))["balanced_accuracy"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "confusion,answer",
+    [
+        ([[5, 0], [5, 0]], 0),
+        ([[0, 0, 3], [0, 0, 2], [0, 0, 0]], 2),  # one column, two of the three classes present
+        ([[3, 1], [2, 4]], None),
+        ([[5, 0], [0, 0]], None),  # one true class only: answering it is no sign of anything
+        ([[0, 0], [0, 0]], None),
+    ],
+)
+def test_a_one_class_model_is_told_by_its_confusion_matrix(confusion, answer) -> None:
+    assert one_class_answer(confusion) == answer
 
 
 def test_training_fits_phantoms_and_evaluation_counts_every_image() -> None:
@@ -34,7 +69,8 @@ def test_training_fits_phantoms_and_evaluation_counts_every_image() -> None:
     after = evaluate(model, data.images, data.labels, num_classes=2, batch_size=16, device=CPU)
     assert after.accuracy >= 0.95 and after.loss < before.loss and last_loss < 0.3
     assert np.sum(after.confusion) == after.examples == 48
-    assert set(after.scalars()) == {"loss", "accuracy", "precision", "recall", "f1", "examples"}
+    assert set(after.scalars()) == {"loss", "accuracy", "balanced-accuracy", "precision", "recall", "f1", "examples"}
+    assert after.scalars()["balanced-accuracy"] == after.balanced_accuracy
 
 
 def test_training_is_reproducible_for_a_seed() -> None:

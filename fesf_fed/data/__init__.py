@@ -2,7 +2,7 @@
 
 from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, image_from_pixels, read_image, to_channels
 from fesf_fed.data.imageset import ImageSet, SkippedFile
-from fesf_fed.data.sources import load_dataset, source_fingerprint
+from fesf_fed.data.sources import data_location, load_dataset, source_fingerprint
 from fesf_fed.data.split import stratified_split
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "ImageSet",
     "SkippedFile",
     "UnreadableImage",
+    "data_location",
     "image_from_pixels",
     "load_dataset",
     "read_image",

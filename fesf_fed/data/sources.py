@@ -7,16 +7,21 @@ Four sources (``data.source``):
   pooled, because every site re-splits its images itself.
 - ``csv``: a manifest with at least the columns ``path`` and ``label``.
 - ``phantom``: the built-in generated dataset.
+- ``demo``: the built-in real demo set, a PneumoniaMNIST subset shipped with FESF-Fed
+  (``fesf_fed/data/demo/``, CC BY 4.0; see the README there).
 
 Files that cannot be used are listed in ``ImageSet.skipped`` with the reason instead
 of stopping the load; a class left without any usable image is an error.
 :func:`source_fingerprint` identifies the same input without decoding it.
 """
 
+import base64
+import binascii
 import csv
 import hashlib
 import json
 import os
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +45,8 @@ from fesf_fed.errors import DataError
 from fesf_fed.pixels import unit_to_uint8
 
 _MEDMNIST_SPLITS = ("train", "val", "test")
+#: The built-in demo set. JSON, because Flower ships only an app's text files to its SuperNodes.
+DEMO_FILE = Path(__file__).parent / "demo" / "pneumoniamnist-demo.json"
 _MANIFEST_COLUMNS = ("path", "label")
 
 
@@ -268,12 +275,34 @@ def _sample_indices(labels: np.ndarray, n_classes: int, config: DataConfig) -> n
     )
 
 
-def _load_medmnist(config: DataConfig, progress: bool) -> ImageSet:
-    path = config.path
-    pixels, labels, ids = _read_medmnist(path)
-    if len(labels) and labels.min() < 0:
-        raise DataError(f"{path}: negative class labels; labels must be 0 .. K-1")
-    classes = [str(label) for label in range(int(labels.max()) + 1 if len(labels) else 0)]
+def _read_demo() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """The demo set's pixels, labels, ids and class names, checked against the SHA-256 it records."""
+    try:
+        record = json.loads(DEMO_FILE.read_text())
+        raw = zlib.decompress(base64.b64decode(record["pixels"], validate=True))
+        damaged = hashlib.sha256(raw).hexdigest() != record["sha256"]
+        pixels = np.frombuffer(raw, dtype=np.uint8).reshape(record["shape"])
+        labels = np.asarray(record["labels"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, TypeError, zlib.error, binascii.Error):
+        damaged = True
+    if damaged or len(labels) != len(pixels):
+        raise DataError(
+            f"{DEMO_FILE}: the demo set is missing or damaged; restore it from the repository (git checkout)"
+        )
+    return pixels, labels, [f"demo/{index}" for index in range(len(labels))], list(record["classes"])
+
+
+def _load_arrays(config: DataConfig, progress: bool) -> ImageSet:
+    """A MedMNIST file or the demo set: whole arrays of small images, resized here."""
+    if config.source == "demo":
+        path = DEMO_FILE
+        pixels, labels, ids, classes = _read_demo()
+    else:
+        path = config.path
+        pixels, labels, ids = _read_medmnist(path)
+        if len(labels) and labels.min() < 0:
+            raise DataError(f"{path}: negative class labels; labels must be 0 .. K-1")
+        classes = [str(label) for label in range(int(labels.max()) + 1 if len(labels) else 0)]
     keep = _sample_indices(labels, len(classes), config)
     images = [
         unit_to_uint8(image_from_pixels(pixels[index], config.image_size))
@@ -327,6 +356,13 @@ def _assemble(
     )
 
 
+def data_location(config: DataConfig) -> str:
+    """Where a site's images come from, for messages: the path, or which built-in set."""
+    if config.source == "demo":
+        return str(DEMO_FILE)
+    return str(config.path) if config.path else "phantom data"
+
+
 def _existing_path(config: DataConfig) -> Path:
     path = Path(config.path)
     if not path.exists():
@@ -367,16 +403,18 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
     try:
         parts = partition_indices(data.labels, share.count, share.scheme, share.alpha, share.seed)
     except DataError as exc:
-        raise DataError(f"{config.path or 'phantom data'}: {exc}") from None
+        raise DataError(f"{data_location(config)}: {exc}") from None
     return data.subset(parts[share.index])
 
 
 def _load_source(config: DataConfig, progress: bool) -> ImageSet:
     if config.source == "phantom":
         return _load_phantom(config)
+    if config.source == "demo":
+        return _load_arrays(config, progress)
     path = _existing_path(config)
     if config.source == "medmnist":
-        return _load_medmnist(config, progress)
+        return _load_arrays(config, progress)
     listing = _list_folder(path) if config.source == "folder" else _list_manifest(path)
     return _load_files(listing, config, path, progress)
 
@@ -412,6 +450,9 @@ def source_fingerprint(config: DataConfig) -> str:
     ignored = {"path", "test_fraction"} | ({"phantom_per_class"} if config.source != "phantom" else set())
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json", exclude=ignored), sort_keys=True).encode())
     if config.source == "phantom":
+        return digest.hexdigest()
+    if config.source == "demo":
+        digest.update(file_digest(DEMO_FILE))
         return digest.hexdigest()
     path = _existing_path(config)
     if config.source == "medmnist":

@@ -24,6 +24,7 @@ from fesf_fed.config import IqemConfig
 from fesf_fed.errors import ConfigError, DataError
 from fesf_fed.iqem.networks import Discriminator, Generator
 from fesf_fed.pixels import to_unit_float
+from fesf_fed.progress import ProgressMeter, Stage
 
 __all__ = [
     "augment_hosts",
@@ -230,6 +231,7 @@ def train_iqem(
     device: torch.device,
     checkpoint: Path,
     progress: bool = True,
+    meter: ProgressMeter | None = None,
 ) -> Generator:
     """Train G to carry surrogates into the host domain; resume or reuse ``checkpoint``.
 
@@ -249,6 +251,9 @@ def train_iqem(
         exists, training resumes from it, and a finished one is returned at once.
     progress : bool
         Show a progress bar with the loss terms.
+    meter : ProgressMeter, optional
+        Told of the ``iqem`` stage and, every few seconds, of the steps done (with the
+        steps per second and the time left), for a site's progress report.
 
     Returns
     -------
@@ -297,6 +302,8 @@ def train_iqem(
 
     generator.train()
     discriminator.train()
+    meter = meter or ProgressMeter(None, "")
+    meter.stage(Stage.IQEM, config.steps, done=start)
     last_saved = time.monotonic()
     bar = tqdm(total=config.steps, initial=start, desc="IQEM", unit="step", disable=not progress)
     with bar:
@@ -310,6 +317,7 @@ def train_iqem(
             bar.set_postfix(D=f"{terms['discriminator']:.3g}", G_adv=f"{terms['adversarial']:.3g}",
                             content=f"{terms['content']:.2g}", refresh=False)
             bar.update()
+            meter.advance()
             done = step + 1
             # Also by time: at 512 px on a CPU, checkpoint_every steps can take many minutes.
             due = time.monotonic() - last_saved > CHECKPOINT_SECONDS

@@ -6,18 +6,15 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from server.dashboard.runs import METRICS, RunDetails, series
+from server.dashboard.runs import METRICS, RunDetails, metric_label, series
 from server.run_store import GLOBAL
 
 #: Plotly's default qualitative colours, so a site or run keeps its colour across panels.
 _COLOURS = plotly.colors.qualitative.Plotly
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "hovermode": "x unified"}
-#: Per-site panels: the four evaluation scores, the evaluation loss, and the training loss.
+#: Per-site panels: the five evaluation scores, the evaluation loss, and the training loss.
 _SITE_PANELS = (*((metric, "evaluate") for metric in METRICS), ("train-loss", "train"))
-
-
-def _label(metric: str) -> str:
-    return {"f1": "F1", "train-loss": "training loss"}.get(metric, metric)
+_SITE_COLUMNS = 4
 
 
 def global_figure(details: RunDetails) -> go.Figure:
@@ -30,7 +27,7 @@ def global_figure(details: RunDetails) -> go.Figure:
                 figure.add_scatter(
                     x=rounds,
                     y=values,
-                    name=f"{prefix} {_label(metric)}",
+                    name=f"{prefix} {metric_label(metric)}",
                     mode="lines+markers",
                     line={"dash": dash},
                     row=1,
@@ -46,7 +43,11 @@ def global_figure(details: RunDetails) -> go.Figure:
 
 def sites_figure(details: RunDetails) -> go.Figure:
     """Each site's evaluation scores, loss and training loss per round: one panel per figure, a line per site."""
-    figure = make_subplots(rows=2, cols=3, subplot_titles=[_label(metric) for metric, _ in _SITE_PANELS])
+    figure = make_subplots(
+        rows=-(-len(_SITE_PANELS) // _SITE_COLUMNS),
+        cols=_SITE_COLUMNS,
+        subplot_titles=[metric_label(metric) for metric, _ in _SITE_PANELS],
+    )
     for number, site in enumerate(sorted(details.sites)):
         for index, (metric, phase) in enumerate(_SITE_PANELS):
             rounds, values = series(details.history, phase, site, metric)
@@ -59,8 +60,8 @@ def sites_figure(details: RunDetails) -> go.Figure:
                 mode="lines+markers",
                 marker={"color": _COLOURS[number % len(_COLOURS)]},
                 line={"color": _COLOURS[number % len(_COLOURS)]},
-                row=index // 3 + 1,
-                col=index % 3 + 1,
+                row=index // _SITE_COLUMNS + 1,
+                col=index % _SITE_COLUMNS + 1,
             )
     figure.update_xaxes(dtick=1)
     return figure.update_layout(**_LAYOUT, height=520)
@@ -86,10 +87,11 @@ def confusion_figure(confusion: dict[str, Any]) -> go.Figure:
 
 
 def compare_figure(runs: list[RunDetails]) -> go.Figure:
-    """Federated accuracy and F1 per round of several runs, one colour per run."""
-    figure = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "F1"))
+    """Federated accuracy, balanced accuracy and F1 per round of several runs, one colour per run."""
+    compared = ("accuracy", "balanced-accuracy", "f1")
+    figure = make_subplots(rows=1, cols=len(compared), subplot_titles=[metric_label(metric) for metric in compared])
     for number, details in enumerate(runs):
-        for col, metric in ((1, "accuracy"), (2, "f1")):
+        for col, metric in enumerate(compared, start=1):
             rounds, values = series(details.history, "evaluate", GLOBAL, metric)
             figure.add_scatter(
                 x=rounds,

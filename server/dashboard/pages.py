@@ -1,6 +1,7 @@
 """The dashboard's pages as Dash components: the runs list, a run, and runs compared."""
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -8,7 +9,7 @@ from dash import dcc, html
 
 from fesf_fed.quality import QUALITY_PAIRS
 from server.dashboard.figures import compare_figure, confusion_figure, global_figure, sites_figure
-from server.dashboard.runs import METRICS, RunDetails, RunSummary, final_metrics, participation
+from server.dashboard.runs import METRICS, RunDetails, RunSummary, final_metrics, metric_label, participation
 from server.run_store import GLOBAL
 
 _GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
@@ -46,6 +47,17 @@ def _status(status: str) -> html.Span:
     return html.Span(status, className=f"status status-{status.split(' ')[0]}")
 
 
+def _one_class_badge(summary: RunSummary) -> list[html.Span]:
+    """A badge when the run's latest global model answered one class for every test image; none otherwise."""
+    if not summary.one_class:
+        return []
+    explanation = (
+        "In the latest federated evaluation the global model answered the same class for every test image: "
+        "it has not learned. Its accuracy is only that class's share of the images; balanced accuracy shows it."
+    )
+    return [html.Span("one class", className="one-class", title=explanation)]
+
+
 def _rounds(summary: RunSummary) -> str:
     return f"{summary.rounds_done}/{summary.rounds_total}"
 
@@ -63,6 +75,7 @@ def runs_page(summaries: list[RunSummary], folder: str) -> list[Any]:
             summary.model,
             ", ".join(summary.sites),
             _rounds(summary),
+            [_number(summary.balanced_accuracy), *_one_class_badge(summary)],
             _number(summary.best_f1),
             summary.started[:19].replace("T", " "),
         ]
@@ -73,7 +86,18 @@ def runs_page(summaries: list[RunSummary], folder: str) -> list[Any]:
         html.H1("Runs"),
         html.P(f"From {folder}; this page follows new runs and rounds as they are stored.", className="note"),
         table(
-            ["run", "status", "strategy", "mode", "model", "sites", "rounds", "best F1", "started (UTC)"],
+            [
+                "run",
+                "status",
+                "strategy",
+                "mode",
+                "model",
+                "sites",
+                "rounds",
+                "balanced accuracy (last round)",
+                "best F1",
+                "started (UTC)",
+            ],
             rows,
             "runs-table",
         ),
@@ -178,23 +202,57 @@ def _diagnose(details: RunDetails) -> Any:
     ]
 
 
+#: Run statuses during which a run page shows how far its sites' preparation has got.
+_PREPARING = ("starting", "preparing")
+
+
+def _clock(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S")
+
+
+def _preparation(details: RunDetails) -> list[html.Section]:
+    """While the sites build their surrogates: each one's stage, counts, speed and time left."""
+    if details.summary.status not in _PREPARING:
+        return []
+    if not details.preparation:
+        body: Any = html.P("Waiting for the sites to answer the roll call.", className="note")
+    else:
+        rows = [
+            [record.site, record.describe(), *(_clock(moment) for moment in (record.since, record.updated))]
+            for record in details.preparation
+        ]
+        body = [
+            html.P(
+                "Each site loads its data, trains its IQEM generator, converts its images and measures "
+                "their quality before the first round. Simulated sites report here; a deployed site shows "
+                "its progress on its own console.",
+                className="note",
+            ),
+            table(["site", "stage", "stage began (UTC)", "updated (UTC)"], rows, "preparation-table"),
+        ]
+    return [_section("Site preparation", body, section_id="preparation")]
+
+
 def run_page(details: RunDetails) -> list[Any]:
     """One run: curves, per-site figures, confusion matrix, surrogate quality, participation, config, export."""
     summary = details.summary
     final = final_metrics(details)
     headline = (
-        f"accuracy {_number(final.get('accuracy'))}, F1 {_number(final.get('f1'))} after round {summary.rounds_done}"
+        f"accuracy {_number(final.get('accuracy'))}, balanced accuracy {_number(final.get('balanced-accuracy'))}, "
+        f"F1 {_number(final.get('f1'))} after round {summary.rounds_done}"
         if final
         else "no round finished yet"
     )
     export = f"/api/runs/{quote(summary.name)}/metrics"
     return [
-        html.H1(["Run ", summary.name, " ", _status(summary.status)]),
+        html.H1(["Run ", summary.name, " ", _status(summary.status), *_one_class_badge(summary)]),
         html.P(
             f"{summary.mode} · {summary.model} · {summary.strategy} · sites {', '.join(summary.sites) or '–'} · "
             f"round {_rounds(summary)} · {headline}",
             id="run-headline",
         ),
+        *([html.P(f"error: {details.error}", id="run-error", className="run-error")] if details.error else []),
+        *_preparation(details),
         _section(
             "Global model",
             dcc.Graph(figure=global_figure(details), id="global-figure", config=_GRAPH_CONFIG),
@@ -204,7 +262,7 @@ def run_page(details: RunDetails) -> list[Any]:
             "Sites",
             dcc.Graph(figure=sites_figure(details), id="sites-figure", config=_GRAPH_CONFIG),
             table(
-                ["site", *METRICS, "training images", "test images"],
+                ["site", *map(metric_label, METRICS), "training images", "test images"],
                 _site_rows(details),
                 "sites-table",
             ),
@@ -242,6 +300,10 @@ def _mean_over_sites(details: RunDetails, key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _run_link(summary: RunSummary) -> list[Any]:
+    return [dcc.Link(summary.name, href=f"/runs/{summary.name}"), *_one_class_badge(summary)]
+
+
 def compare_page(runs: list[RunDetails]) -> list[Any]:
     """Runs side by side (the paper's Table 1), with accuracy relative to the first run."""
     if len(runs) < 2:
@@ -260,7 +322,7 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
         ["strategy", *(details.summary.strategy for details in runs)],
         ["sites", *(len(details.summary.sites) for details in runs)],
         ["rounds", *(_rounds(details.summary) for details in runs)],
-        *([metric, *(_number(final.get(metric)) for final in finals)] for metric in METRICS),
+        *([metric_label(metric), *(_number(final.get(metric)) for final in finals)] for metric in METRICS),
         ["best F1", *(_number(details.summary.best_f1) for details in runs)],
         [f"accuracy / {runs[0].summary.name}'s", *(relative(final) for final in finals)],
         *(
@@ -276,7 +338,7 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
             "against the first run (put the plaintext run first).",
             className="note",
         ),
-        table(["", *(dcc.Link(d.summary.name, href=f"/runs/{d.summary.name}") for d in runs)], rows, "compare-table"),
+        table(["", *(_run_link(details.summary) for details in runs)], rows, "compare-table"),
         dcc.Graph(figure=compare_figure(runs), id="compare-figure", config=_GRAPH_CONFIG),
     ]
 

@@ -7,10 +7,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from fesf_fed.progress import SiteProgress
+from fesf_fed.task import classification_figures, one_class_answer
 from server.run_store import GLOBAL, RUN_NAME, StoredRun, stored_runs
 
 #: The classification figures of every evaluation, in the order pages show them.
-METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1", "loss")
+METRICS: tuple[str, ...] = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss")
+_LABELS = {"balanced-accuracy": "balanced accuracy", "f1": "F1", "train-loss": "training loss"}
+
+
+def metric_label(metric: str) -> str:
+    """How pages name a stored metric: ``balanced accuracy`` for ``balanced-accuracy``."""
+    return _LABELS.get(metric, metric)
 
 
 class UnknownRun(LookupError):
@@ -30,6 +40,10 @@ class RunSummary:
     rounds_done: int
     rounds_total: int
     best_f1: float | None
+    #: Of the latest round's federated evaluation, pooled over the sites (their summed confusion matrix).
+    balanced_accuracy: float | None
+    #: Whether that evaluation found the global model answering one class for every test image.
+    one_class: bool
     started: str
 
 
@@ -46,6 +60,10 @@ class RunDetails:
     #: The latest central evaluation's confusion matrix, or else the sites' summed one.
     confusion: dict[str, Any] | None
     has_model: bool
+    #: Each site's latest preparation stage (surrogate build), by site name.
+    preparation: list[SiteProgress]
+    #: Why a failed run failed (the one-line error it logged), else None.
+    error: str | None = None
 
 
 def open_run(folder: Path, name: str) -> StoredRun:
@@ -61,8 +79,18 @@ def open_run(folder: Path, name: str) -> StoredRun:
     return StoredRun(folder / name)
 
 
-def _summary(run: StoredRun, info: dict[str, Any], sites: dict[str, Any], history: list[dict[str, Any]]) -> RunSummary:
+def _summary(
+    run: StoredRun,
+    info: dict[str, Any],
+    sites: dict[str, Any],
+    history: list[dict[str, Any]],
+    pooled: tuple[int, list[list[int]]] | None,
+) -> RunSummary:
+    """A run's list row; ``pooled`` is its latest summed federated confusion matrix (``latest_confusion``)."""
     config = info.get("config", {})
+    # From the matrix rather than the stored metric, so that runs stored before the federation
+    # recorded balanced accuracy show it too.
+    counts = None if pooled is None else np.asarray(pooled[1])
     f1s = [entry["evaluate"][GLOBAL]["f1"] for entry in history if "f1" in entry.get("evaluate", {}).get(GLOBAL, {})]
     return RunSummary(
         name=run.name,
@@ -74,6 +102,8 @@ def _summary(run: StoredRun, info: dict[str, Any], sites: dict[str, Any], histor
         rounds_done=max((entry["round"] for entry in history), default=0),
         rounds_total=int(info.get("rounds", config.get("num-server-rounds", 0))),
         best_f1=max(f1s) if f1s else None,
+        balanced_accuracy=None if counts is None else classification_figures(counts)["balanced_accuracy"],
+        one_class=counts is not None and one_class_answer(counts) is not None,
         started=info.get("started", ""),
     )
 
@@ -85,11 +115,12 @@ def list_runs(folder: Path) -> list[RunSummary]:
         try:
             run = StoredRun(path)
             try:
-                summaries.append(_summary(run, run.info(), run.sites(), run.history()))
+                pooled = run.latest_confusion("evaluate")
+                summaries.append(_summary(run, run.info(), run.sites(), run.history(), pooled))
             finally:
                 run.close()
         except (sqlite3.Error, OSError, ValueError) as exc:
-            summaries.append(RunSummary(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, ""))
+            summaries.append(RunSummary(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, None, False, ""))
     return sorted(summaries, key=lambda summary: (summary.started, summary.name), reverse=True)
 
 
@@ -107,8 +138,10 @@ def run_details(run: StoredRun) -> RunDetails:
         info, sites, history = run.info(), run.sites(), run.history()
         classes = list(info.get("classes", []))
         confusion = _confusion(run, classes)
+        pooled = run.latest_confusion("evaluate")
+        preparation = run.preparation()
     return RunDetails(
-        summary=_summary(run, info, sites, history),
+        summary=_summary(run, info, sites, history, pooled),
         config=info.get("config", {}),
         classes=classes,
         input=info.get("input", {}),
@@ -116,6 +149,8 @@ def run_details(run: StoredRun) -> RunDetails:
         history=history,
         confusion=confusion,
         has_model=run.latest_checkpoint_path() is not None,
+        preparation=preparation,
+        error=info.get("error"),
     )
 
 
@@ -135,8 +170,14 @@ def series(history: list[dict[str, Any]], phase: str, scope: str, metric: str) -
 
 
 def final_metrics(details: RunDetails) -> dict[str, float]:
-    """The last round's federated evaluation of the global model (empty before the first round)."""
-    return dict(details.history[-1].get("evaluate", {}).get(GLOBAL, {})) if details.history else {}
+    """The last round's federated evaluation of the global model (empty before the first round).
+
+    A run stored before the federation recorded balanced accuracy gets it from its pooled confusion matrix.
+    """
+    final = dict(details.history[-1].get("evaluate", {}).get(GLOBAL, {})) if details.history else {}
+    if final and details.summary.balanced_accuracy is not None:
+        final.setdefault("balanced-accuracy", details.summary.balanced_accuracy)
+    return final
 
 
 def metric_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,4 +212,5 @@ def details_json(details: RunDetails) -> dict[str, Any]:
         "history": details.history,
         "confusion": details.confusion,
         "has_model": details.has_model,
+        "preparation": [record.to_json() for record in details.preparation],
     }

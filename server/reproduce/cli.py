@@ -162,8 +162,10 @@ def _preamble(command: str) -> str:
                 f"Made by `{command}` (page written {datetime.now(UTC):%Y-%m-%d}; each section says where its "
                 "cells were trained). Each reproduction trains every mode on the same three sites, "
                 "split from the dataset with a seeded Dirichlet split, in a Flower simulation (federated) and on "
-                "the sites' images pooled (central). Accuracy and F1 are pooled over every site's test split; "
-                "F1 is the macro average. Spread: mean ± sample standard deviation over seeds."
+                "the sites' images pooled (central). Accuracy, balanced accuracy and F1 are pooled over every site's "
+                "test split; balanced accuracy is the mean recall over the classes, F1 the macro average. A model "
+                "flagged 'one class only' answered one class for every test image. Spread: mean ± sample standard "
+                "deviation over seeds."
             ),
         ]
     )

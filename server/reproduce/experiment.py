@@ -339,7 +339,7 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
         write_json(path, results)
         report(
             f"[{number}/{len(cells)}] {setting} {mode}, seed {seed}: accuracy {cell['accuracy']:.3f}, "
-            f"F1 {cell['f1']:.3f} ({cell['seconds']:.0f} s)"
+            f"balanced accuracy {cell['balanced_accuracy']:.3f}, F1 {cell['f1']:.3f} ({cell['seconds']:.0f} s)"
         )
     write_json(path, results)
     return results

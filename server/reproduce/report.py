@@ -4,7 +4,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from fesf_fed.quality import QUALITY_PAIRS
+from fesf_fed.task import classification_figures, one_class_answer
 from server.reproduce.experiment import cell_key
 from server.reproduce.paper import PAPER_MEAN_RATIO, paper_quality
 
@@ -21,10 +24,19 @@ def _spread(values: Sequence[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def _values(results: dict[str, Any], setting: str, mode: str, name: str) -> list[float]:
+def _cells(results: dict[str, Any], setting: str, mode: str) -> list[dict[str, Any]]:
+    """The finished cells of a setting and mode, in the plan's seed order."""
     cells = results["cells"]
     keys = (cell_key(setting, mode, seed) for seed in results["plan"]["seeds"])
-    return [cells[key][name] for key in keys if key in cells]
+    return [cells[key] for key in keys if key in cells]
+
+
+def _values(results: dict[str, Any], setting: str, mode: str, name: str) -> list[float]:
+    # Cells written before a figure was reported (balanced accuracy) still hold the confusion matrix it comes from.
+    return [
+        cell[name] if name in cell else classification_figures(np.asarray(cell["confusion"]))[name]
+        for cell in _cells(results, setting, mode)
+    ]
 
 
 def ratios(results: dict[str, Any], setting: str, mode: str, metric: str = "accuracy") -> list[float]:
@@ -80,9 +92,18 @@ def majority_share(cell: dict[str, Any]) -> float:
     return max(sum(row) for row in confusion) / max(sum(map(sum, confusion)), 1)
 
 
-def _one_class(cell: dict[str, Any]) -> bool:
-    """Whether the model answered one class for every test image."""
-    return sum(1 for column in zip(*cell["confusion"]) if sum(column)) <= 1
+def _all_one_class(cells: list[dict[str, Any]]) -> bool:
+    """Whether there are cells and every one's model answered one class for every test image."""
+    return bool(cells) and all(one_class_answer(cell["confusion"]) is not None for cell in cells)
+
+
+def _accuracies(results: dict[str, Any], setting: str, mode: str) -> list[str]:
+    """Table cells: accuracy, flagged when every seed's model answered one class only, and balanced accuracy."""
+    flag = " (one class only)" if _all_one_class(_cells(results, setting, mode)) else ""
+    return [
+        _spread(_values(results, setting, mode, "accuracy")) + flag,
+        _spread(_values(results, setting, mode, "balanced_accuracy")),
+    ]
 
 
 def headline(results: dict[str, Any]) -> str:
@@ -99,7 +120,7 @@ def headline(results: dict[str, Any]) -> str:
     if ssim is not None:
         text += f", at SSIM(x_pl, x_su') {ssim:.4f}"
     cells = [cell for key, cell in results["cells"].items() if "/x_su_prime/" in key]
-    if cells and all(_one_class(cell) for cell in cells):
+    if _all_one_class(cells):
         text += f"; but every x_su' model answered one class only (majority share {majority_share(cells[0]):.3f})"
     if results.get("variant"):
         text += f" (**changed hyper-parameters: {_variant_text(results['variant'])}**; not the headline figure)"
@@ -130,15 +151,13 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     ]
     rows = []
     for mode in plan["modes"]:
-        cells = [cell for key, cell in results["cells"].items() if key.startswith("federated/") and f"/{mode}/" in key]
-        one_class = " (one class only)" if cells and all(_one_class(cell) for cell in cells) else ""
         rows.append(
             [
                 MODE_LABELS[mode],
-                _spread(_values(results, "federated", mode, "accuracy")) + one_class,
+                *_accuracies(results, "federated", mode),
                 _spread(_values(results, "federated", mode, "f1")),
                 _spread(ratios(results, "federated", mode)),
-                _spread(_values(results, "central", mode, "accuracy")),
+                *_accuracies(results, "central", mode),
                 _spread(_values(results, "central", mode, "f1")),
                 _spread(ratios(results, "central", mode)),
             ]
@@ -147,9 +166,11 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
         [
             "trained on",
             "federated accuracy",
+            "federated balanced accuracy",
             "federated F1",
             "federated accuracy / plaintext",
             "central accuracy",
+            "central balanced accuracy",
             "central F1",
             "central accuracy / plaintext",
         ],
@@ -231,8 +252,8 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
                 dataset,
                 f"{plan['model']}, {results['dataset']['data']['image_size']} px"
                 + (f" ({_variant_text(results['variant'])})" if results.get("variant") else ""),
-                _spread(_values(results, "federated", "plaintext", "accuracy")),
-                _spread(_values(results, "federated", "x_su_prime", "accuracy")),
+                *_accuracies(results, "federated", "plaintext"),
+                *_accuracies(results, "federated", "x_su_prime"),
                 _spread(ratios(results, "federated", "x_su_prime")),
                 _spread(ratios(results, "central", "x_su_prime")),
                 _spread(ratios(results, "federated", "x_su_prime", "f1")),
@@ -244,7 +265,9 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
             "dataset",
             "model",
             "plaintext accuracy (federated)",
+            "plaintext balanced accuracy (federated)",
             "x_su' accuracy (federated)",
+            "x_su' balanced accuracy (federated)",
             "x_su' / plaintext, federated",
             "x_su' / plaintext, central",
             "F1: x_su' / plaintext, federated",
