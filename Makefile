@@ -27,7 +27,7 @@ federate: $(BIN)/fesf  ## the default federation: 3 simulated hospitals on the b
 	$(BIN)/fesf-server check $(RUN_CONFIG_ARGS)
 	PATH="$(abspath $(BIN)):$$PATH" flwr run . --stream $(RUN_CONFIG_ARGS)
 
-stop: $(BIN)/fesf  ## stop the local SuperLink that `flwr run` leaves running (this FLWR_HOME's only, by PID)
+stop: | $(BIN)/fesf  ## stop the local SuperLink that `flwr run` leaves running (this FLWR_HOME's only, by PID)
 	$(BIN)/fesf-server stop-local
 
 dashboard: $(BIN)/fesf  ## the evaluation dashboard on http://127.0.0.1:8050 over ~/.fesf/runs (see the README)

@@ -2,7 +2,7 @@
 
 Run from the repository after the default federation and its plaintext twin::
 
-    make federate && .venv/bin/flwr run . --stream --run-config "mode='plaintext'"
+    make federate && make federate RUN_CONFIG="mode='plaintext'" && make stop
     .venv/bin/python docs/screenshots.py            # reads $FESF_HOME/runs (~/.fesf/runs)
 
 It serves the folder with ``fesf-dashboard`` and saves the runs list, the newest

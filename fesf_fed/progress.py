@@ -215,7 +215,12 @@ class ProgressFile:
         return progress_folder(self.run_id) / f"{self.site}.json"
 
     def __call__(self, record: SiteProgress) -> None:
-        write_json(self.path, record.to_json())
+        try:
+            write_json(self.path, record.to_json())
+        except OSError:
+            # Progress is advisory: a full disk, or a folder the ServerApp removed after its
+            # round-timeout, must not fail the site's surrogate build.
+            pass
 
 
 def read_progress(run_id: int | str) -> dict[str, SiteProgress]:

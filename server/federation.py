@@ -24,7 +24,7 @@ from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progres
 from fesf_fed.run_settings import RunSettings
 from fesf_fed.task import Evaluation, classification_figures, evaluate, one_class_answer
 from fesf_fed.training_data import SiteData, load_site_data
-from server.run_store import GLOBAL, RunFolder
+from server.run_store import GLOBAL, RunFolder, StoredRun
 from server.sites import SiteGrid, check_minimums, discover_sites
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
 
@@ -201,7 +201,7 @@ class _CentralEvaluation:
         )
 
 
-def check_resumable(run: RunFolder, settings: RunSettings) -> None:
+def check_resumable(run: RunFolder | StoredRun, settings: RunSettings) -> None:
     """Refuse to resume a run with settings that would make its checkpoint meaningless.
 
     Raises
@@ -316,10 +316,15 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         Flower's run id: the folder name of a new run (a resumed run keeps its folder) and
         of the simulated sites' progress files (:func:`fesf_fed.progress.progress_folder`).
     """
-    run = RunFolder(settings.resume or run_name, must_exist=bool(settings.resume))
+    try:
+        run = RunFolder(settings.resume or run_name, must_exist=bool(settings.resume))
+    except ConfigError as exc:
+        log(ERROR, "error: %s", exc)
+        raise
     try:
         check_resumable(run, settings)
-    except ConfigError:
+    except ConfigError as exc:
+        log(ERROR, "error: %s", exc)
         run.close()
         raise
     try:
@@ -337,7 +342,11 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             flower_run=run_name,
             # A resumed run may add rounds.
             rounds=settings.num_server_rounds,
+            # A resumed run that failed before: its error no longer holds.
+            error=None,
         )
+        if settings.resume:
+            run.set_preparation([])  # the stages of the attempt before
         strategy = build_strategy(settings)
         sites = discover_sites(grid, settings, site_defaults, settings.round_timeout)
         check_minimums(settings, sites)

@@ -13,8 +13,11 @@ from typing import Any
 import click
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
+from fesf_fed.config import load_config
 from fesf_fed.errors import ConfigError
 from fesf_fed.run_settings import RunSettings, parse_run_settings, simulated_site_configs
+from server.federation import check_resumable
+from server.run_store import StoredRun, runs_folder
 
 
 def fused_run_config(app: Path, run_config: list[str]) -> dict[str, Any]:
@@ -39,6 +42,10 @@ def fused_run_config(app: Path, run_config: list[str]) -> dict[str, Any]:
 def check_run_config(app: Path, run_config: list[str], simulated: bool = True) -> RunSettings:
     """Validate a run's settings, and in a simulation its sites' configs, as the ServerApp would.
 
+    Also what the ServerApp would find only later: the ``central-eval`` config, the
+    ``pretrained-weights`` file and, for ``resume``, that the run exists and may go on
+    with these settings.
+
     Parameters
     ----------
     app : Path
@@ -56,4 +63,32 @@ def check_run_config(app: Path, run_config: list[str], simulated: bool = True) -
     settings, site_defaults = parse_run_settings(fused_run_config(app, run_config))
     if simulated:
         simulated_site_configs(settings, site_defaults)
+    # What the ServerApp would otherwise find only after every site built its surrogates.
+    if settings.central_eval:
+        try:
+            load_config(settings.central_eval, overrides={"site": "central"}, defaults=site_defaults)
+        except ConfigError as exc:
+            raise ConfigError(f"run config central-eval: {exc}") from None
+    if settings.pretrained_weights and not Path(settings.pretrained_weights).expanduser().is_file():
+        raise ConfigError(
+            f"run config pretrained-weights: {settings.pretrained_weights} not found; "
+            "name a local torchvision .pth file"
+        )
+    if settings.resume:
+        _check_resume(settings)
     return settings
+
+
+def _check_resume(settings: RunSettings) -> None:
+    """The run to resume exists in ``$FESF_HOME/runs`` and these settings may continue it (read-only)."""
+    folder = runs_folder() / settings.resume
+    try:
+        run = StoredRun(folder)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"run config resume: no run {settings.resume!r} in {runs_folder()}; give the id of a run folder there"
+        ) from None
+    try:
+        check_resumable(run, settings)
+    finally:
+        run.close()

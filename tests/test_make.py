@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _make(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["make", "--no-print-directory", "-C", str(REPO), *args],
+        # -o: never reinstall the package from a test, even when pyproject.toml is newer than the install.
+        ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/bin/fesf", *args],
         env=env,
         capture_output=True,
         text=True,

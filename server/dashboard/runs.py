@@ -150,7 +150,7 @@ def run_details(run: StoredRun) -> RunDetails:
         confusion=confusion,
         has_model=run.latest_checkpoint_path() is not None,
         preparation=preparation,
-        error=info.get("error"),
+        error=info.get("error") if info.get("status") == "failed" else None,
     )
 
 

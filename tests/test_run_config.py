@@ -1,0 +1,64 @@
+"""Run settings checked before Flower starts (`fesf-server check`, `make federate`, `fesf-server run`)."""
+
+import pytest
+
+from fesf_fed.errors import ConfigError
+from fesf_fed.run_settings import parse_run_settings
+from server.federation import run_federation
+from server.run_config import check_run_config
+from server.run_store import RunFolder, StoredRun, runs_folder
+from tests.simulation import REPO, run_config
+
+
+def test_the_defaults_are_valid():
+    settings = check_run_config(REPO, [])
+    assert (settings.mode, settings.model, settings.num_server_rounds) == ("x_su_prime", "smallcnn", 20)
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("mode='nonsense'", "run config mode: Input should be 'plaintext', 'x_sy', 'x_su' or 'x_su_prime'"),
+        ("bogus=1", "--run-config: Key 'bogus' is not present in the main dictionary"),
+        ("mode=[", "--run-config: The provided configuration string is in an invalid format"),
+        ("central-eval='/nowhere/test.yaml'", "run config central-eval: /nowhere/test.yaml: config file not found"),
+        ("pretrained-weights='/nowhere/w.pth'", "run config pretrained-weights: /nowhere/w.pth not found"),
+        ("resume='12345'", "run config resume: no run '12345' in"),
+    ],
+)
+def test_what_the_serverapp_would_refuse_late_is_refused_first(given, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        check_run_config(REPO, [given])
+
+
+def _stored_run(name: str, **info) -> None:
+    settings, site_defaults = parse_run_settings(run_config())
+    run = RunFolder(name)
+    run.set_info(config=settings.model_dump(by_alias=True), **info)
+    run.close()
+
+
+def test_a_resume_that_would_change_the_mode_is_refused_first():
+    _stored_run("earlier", status="stopped")
+    with pytest.raises(ConfigError, match="run config mode: run earlier used 'x_su_prime', not 'plaintext'"):
+        check_run_config(REPO, ["resume='earlier' mode='plaintext'"])
+    assert check_run_config(REPO, ["resume='earlier' num-server-rounds=30"]).resume == "earlier"
+
+
+class _Interrupted:
+    """A grid at whose roll call the operator presses Ctrl-C."""
+
+    def get_node_ids(self) -> list[int]:
+        raise KeyboardInterrupt
+
+
+def test_a_resumed_run_no_longer_shows_the_error_of_the_attempt_that_failed():
+    _stored_run("failed-before", status="failed", error="an old error")
+    settings, site_defaults = parse_run_settings(run_config(resume="failed-before"))
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(_Interrupted(), settings, site_defaults, "77")
+    stored = StoredRun(runs_folder() / "failed-before")
+    info = stored.info()
+    stored.close()
+    assert info["status"] == "stopped"
+    assert info["error"] is None
