@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Flower must not phone home or install app dependencies (uv environments of several GB), nor
-# Ray report usage: the same switches as fesf_fed.processes.QUIET_FLOWER_ENV. One variable per
+# Ray report usage: the same switches as fesf_fed.deployment.processes.QUIET_FLOWER_ENV. One variable per
 # line: GNU make's `export A=0 B=1` exports only A, with "0 B=1" as its value.
 export FLWR_TELEMETRY_ENABLED=0
 export FLWR_DISABLE_UPDATE_CHECK=1
@@ -53,7 +53,10 @@ $(CHROMIUM):
 results: $(BIN)/fesf  ## the paper's Tables 1-3 on ../shared/data, federated and central: regenerates docs/results.md (about 1.5 h on 2 CPU cores)
 	$(BIN)/fesf-reproduce suite configs/results.yaml
 
-test: $(BIN)/fesf $(CHROMIUM)  ## the whole test suite
+test: $(BIN)/fesf $(CHROMIUM)  ## lint, format and type checks, then the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 benchmark: $(BIN)/fesf  ## IHM, pipeline, IQEM, federated and deployed round speed, the demo's time and scores (see docs/benchmarks.md)

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fesf_fed.processes import free_port  # noqa: E402
+from fesf_fed.deployment.processes import free_port
 
 GOALS = {"x_su_prime": 0.80, "plaintext": 0.90}
 SECONDS_GOAL = 300.0
@@ -74,14 +74,16 @@ def main() -> None:
         verdict = "met" if balanced >= GOALS[mode] and result["seconds"] <= SECONDS_GOAL else "MISSED"
         print(
             f"{mode:<11} {result['seconds']:>8.1f} {final['accuracy']:>9.3f} {balanced:>9.3f} {final['f1']:>9.3f} "
-            f"{str(final['one_class']):>10}  balanced >= {GOALS[mode]:.2f} in <= {SECONDS_GOAL:.0f} s: {verdict}"
+            f"{final['one_class']!s:>10}  balanced >= {GOALS[mode]:.2f} in <= {SECONDS_GOAL:.0f} s: {verdict}"
         )
     surrogate, plain = results["x_su_prime"], results["plaintext"]
     ratio = surrogate["final"]["balanced-accuracy"] / plain["final"]["balanced-accuracy"]
     print(f"x_su' / plaintext: balanced accuracy {ratio:.3f}, time {surrogate['seconds'] / plain['seconds']:.2f}x")
     uv_after = UV_CACHE.exists()
     installed = [venv for result in results.values() for venv in result["venvs"]]
-    print(f"~/.cache/uv created by the runs: {uv_after and not uv_before}; Flower run environments: {installed or 'none'}")
+    print(
+        f"~/.cache/uv created by the runs: {uv_after and not uv_before}; Flower run environments: {installed or 'none'}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # fesf_fed, tests.simulation, clients, server: run from anywhere
 
-from fesf_fed.processes import QUIET_FLOWER_ENV, flower_env
+from fesf_fed.deployment.processes import QUIET_FLOWER_ENV, flower_env
 
 # Before Flower and Ray are imported: they read these at import.
 for _name, _value in QUIET_FLOWER_ENV.items():

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # fesf_fed, tests.simulation, clients, server: run from anywhere
 
-from fesf_fed.processes import QUIET_FLOWER_ENV
+from fesf_fed.deployment.processes import QUIET_FLOWER_ENV
 
 # Before Flower and Ray are imported: they read these at import.
 for _name, _value in QUIET_FLOWER_ENV.items():
@@ -45,9 +45,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 
 from fesf_fed.device import select_device
+from fesf_fed.federation.settings import parse_run_settings, simulated_site_configs
 from fesf_fed.home import fesf_home
 from fesf_fed.models import build_model
-from fesf_fed.run_settings import parse_run_settings, simulated_site_configs
 from fesf_fed.task import evaluate, train
 from fesf_fed.training_data import SiteData, load_site_data
 from server.run_store import GLOBAL
@@ -86,8 +86,9 @@ def _timed(handler: Handler) -> Handler:
         start = time.perf_counter()
         reply = handler(message, context)
         if not reply.has_error() and "metrics" in reply.content:
-            reply.content["metrics"][HANDLER_SECONDS] = time.perf_counter() - start
-            reply.content["metrics"][HANDLER_THREADS] = torch.get_num_threads()
+            metrics = reply.content.metric_records["metrics"]
+            metrics[HANDLER_SECONDS] = time.perf_counter() - start
+            metrics[HANDLER_THREADS] = torch.get_num_threads()
         return reply
 
     return timed
@@ -186,7 +187,10 @@ def _fedavg(states: list[dict[str, torch.Tensor]], weights: list[int]) -> dict[s
     total = sum(weights)
     return {
         key: (
-            sum(state[key] * (weight / total) for state, weight in zip(states, weights))
+            sum(
+                (state[key] * (weight / total) for state, weight in zip(states, weights)),
+                torch.zeros_like(states[0][key]),
+            )
             if states[0][key].is_floating_point()
             else states[0][key].clone()
         )
@@ -353,7 +357,7 @@ def main() -> None:
     fed_steady, fed_note = _steady(federated)
     fed_mean = statistics.mean(fed_steady)
     central_mean = {n: statistics.mean(_steady(central[n])[0] + _steady(central_after[n])[0]) for n in thread_counts}
-    best = min(central_mean, key=central_mean.get)
+    best = min(central_mean, key=central_mean.__getitem__)
     actor_threads = sorted({int(v) for (_, _, s, n), v in metrics.items() if s != GLOBAL and n == HANDLER_THREADS})
 
     print(f"\nrun {run.name}: status {status.get('status')}, final accuracy {status['final'].get('accuracy')}")

@@ -15,22 +15,17 @@ surrogate, never do. Message types:
 import zlib
 
 import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import protocol
+from clients.protocol import DataDescription, Record, site_reply
 from clients.site import describe_node, progress_file, site_config_for, site_data
 from fesf_fed.config import SiteConfig
 from fesf_fed.device import select_device
 from fesf_fed.errors import FesfError
+from fesf_fed.federation.settings import RunSettings, parse_run_settings
 from fesf_fed.models import build_model
-from fesf_fed.run_settings import RunSettings, parse_run_settings
 from fesf_fed.task import evaluate, train
 from fesf_fed.training_data import SiteData
 
@@ -44,7 +39,7 @@ def _site(message: Message, context: Context, report: bool = False) -> tuple[Run
     process, load the data there again and must not write progress after preparation ended.
     """
     settings, site_defaults = parse_run_settings(context.run_config)
-    config = site_config_for(message.content["config"], context.node_config, settings, site_defaults)
+    config = site_config_for(protocol.message_config(message), context.node_config, settings, site_defaults)
     reporter = progress_file(context.node_config, message.metadata.run_id, config.site) if report else None
     try:
         return settings, config, site_data(config, settings.mode, reporter)
@@ -52,44 +47,30 @@ def _site(message: Message, context: Context, report: bool = False) -> tuple[Run
         raise FesfError(f"site {config.site}: {exc}") from None
 
 
-def _reply(message: Message, config: SiteConfig, **records: ArrayRecord | MetricRecord) -> Message:
-    content = RecordDict({**records, "site": ConfigRecord({"name": config.site})})
-    return Message(content, reply_to=message)
-
-
 def _global_model(message: Message, settings: RunSettings, data: SiteData) -> torch.nn.Module:
     model = build_model(settings.model, len(data.classes), data.channels)
-    model.load_state_dict(message.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(message.content.array_records[protocol.ARRAYS].to_torch_state_dict())
     return model
 
 
 @app.query("describe")
 def describe(message: Message, context: Context) -> Message:
     """Roll call: name this node's site, or say that it simulates sites."""
-    return Message(
-        RecordDict({"node": ConfigRecord(describe_node(context.node_config))}),
-        reply_to=message,
-    )
+    return Message(RecordDict({protocol.NODE: describe_node(context.node_config).to_record()}), reply_to=message)
 
 
 @app.query("prepare")
 def prepare(message: Message, context: Context) -> Message:
     """First contact with a site: build or reuse its surrogates and describe them."""
     _, config, data = _site(message, context, report=True)
-    description = ConfigRecord(
-        {
-            "classes": data.classes,
-            "channels": data.channels,
-            "image-size": int(data.train_images.shape[-1]),
-        }
-    )
+    description = DataDescription(tuple(data.classes), data.channels, int(data.train_images.shape[-1]))
     counts = {
         "train-examples": len(data.train_labels),
         "test-examples": len(data.test_labels),
     }
-    reply = _reply(message, config, metrics=MetricRecord({**counts, **data.quality}))
-    reply.content["data"] = description
-    return reply
+    metrics = MetricRecord({**counts, **data.quality})
+    records: dict[str, Record] = {protocol.DATA: description.to_record(), protocol.METRICS: metrics}
+    return site_reply(message, config.site, **records)
 
 
 @app.train()
@@ -97,7 +78,8 @@ def train_round(message: Message, context: Context) -> Message:
     """Train the global model on the site's training images for the configured local epochs."""
     settings, config, data = _site(message, context)
     model = _global_model(message, settings, data)
-    server_round = int(message.content["config"].get("server-round", 0))
+    server_config = protocol.message_config(message)
+    server_round = int(server_config.get(protocol.SERVER_ROUND, 0))
     loss = train(
         model,
         data.train_images,
@@ -108,10 +90,11 @@ def train_round(message: Message, context: Context) -> Message:
         device=select_device(config.device),
         # A different shuffle per site and round, reproducible from the run's seed.
         seed=zlib.crc32(f"{settings.seed}/{config.site}/{server_round}".encode()),
-        proximal_mu=float(message.content["config"].get("proximal-mu", 0.0)),
+        proximal_mu=float(server_config.get(protocol.PROXIMAL_MU, 0.0)),
     )
-    metrics = MetricRecord({"num-examples": len(data.train_labels), "train-loss": loss})
-    return _reply(message, config, arrays=ArrayRecord(model.state_dict()), metrics=metrics)
+    metrics = MetricRecord({protocol.NUM_EXAMPLES: len(data.train_labels), protocol.TRAIN_LOSS: loss})
+    records: dict[str, Record] = {protocol.ARRAYS: ArrayRecord(model.state_dict()), protocol.METRICS: metrics}
+    return site_reply(message, config.site, **records)
 
 
 @app.evaluate()
@@ -128,8 +111,9 @@ def evaluate_round(message: Message, context: Context) -> Message:
         device=select_device(config.device),
     )
     scalars = result.scalars()
-    metrics = MetricRecord({"num-examples": scalars.pop("examples"), **scalars})
-    reply = _reply(message, config, metrics=metrics)
-    # A ConfigRecord, not a second MetricRecord: Flower's strategies average the one MetricRecord.
-    reply.content["confusion"] = ConfigRecord({"counts": [count for row in result.confusion for count in row]})
-    return reply
+    metrics = MetricRecord({protocol.NUM_EXAMPLES: scalars.pop("examples"), **scalars})
+    records: dict[str, Record] = {
+        protocol.METRICS: metrics,
+        protocol.CONFUSION: protocol.confusion_record(result.confusion),
+    }
+    return site_reply(message, config.site, **records)

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from clients.site import deployed_site_config
 from fesf_fed.build import build_surrogates
 from fesf_fed.cli import print_build
+from fesf_fed.deployment.pki import check_site_name, key_site
+from fesf_fed.deployment.processes import FlowerProcess, flower_executable, free_port, port_open, split_address
 from fesf_fed.errors import ConfigError, FesfError, run_command
-from fesf_fed.pki import check_site_name, key_site
-from fesf_fed.processes import FlowerProcess, flower_executable, free_port, port_open, split_address
 
 UNREGISTERED = "the SuperLink refused this site's key: it is not registered; send auth.pub to the server operator"
 #: A SuperLink that has just started registers the sites' keys within seconds: a key it

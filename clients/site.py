@@ -12,24 +12,24 @@ from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
+from clients.protocol import SITE_INDEX, NodeDescription
 from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.errors import ConfigError
+from fesf_fed.federation.settings import RunSettings, simulated_site_configs
 from fesf_fed.progress import ProgressCallback, ProgressFile
-from fesf_fed.run_settings import RunSettings, simulated_site_configs
 from fesf_fed.training_data import SiteData, load_site_data
 
 #: Node-config keys of a deployed site.
 NODE_SITE_KEY = "site"
 
 
-def describe_node(node_config: Mapping[str, Any]) -> dict[str, Any]:
+def describe_node(node_config: Mapping[str, Any]) -> NodeDescription:
     """What a SuperNode tells the ServerApp at roll call: its site, or its simulation partition."""
     if NODE_SITE_KEY in node_config:
-        return {"site": str(node_config[NODE_SITE_KEY])}
-    return {
-        "partition-id": int(node_config["partition-id"]),
-        "num-partitions": int(node_config["num-partitions"]),
-    }
+        return NodeDescription(site=str(node_config[NODE_SITE_KEY]))
+    return NodeDescription(
+        partition_id=int(node_config["partition-id"]), num_partitions=int(node_config["num-partitions"])
+    )
 
 
 def deployed_site_config(node_config: Mapping[str, Any]) -> SiteConfig:
@@ -67,7 +67,7 @@ def site_config_for(
     if NODE_SITE_KEY in node_config:
         return deployed_site_config(node_config)
     sites = _simulated_sites(settings, tuple(sorted(site_defaults.items())))
-    index = message_config.get("site-index")
+    index = message_config.get(SITE_INDEX)
     if not isinstance(index, int) or not 0 <= index < len(sites):
         raise ConfigError(f"message site-index {index!r} names none of the run's {len(sites)} simulated sites")
     return sites[index]

@@ -2,9 +2,11 @@
 
 The modules here implement the method of "Plaintext-Free Deep Learning for
 Privacy-Preserving Medical Image Analysis via Frequency Information Embedding"
-(Sun et al.) as settled by DESIGN.md. Nothing in this package imports Flower:
+(Sun et al.) as settled by docs/design.md. Nothing in this package imports Flower:
 it can be used on its own, and the federation (``clients/``, ``server/``) is
-built on top of it.
+built on top of it. Two sub-packages are not the engine but what runs around it:
+``fesf_fed.federation`` (a run's settings) and ``fesf_fed.deployment`` (Flower's
+programs, the consortium's keys, the diagnosis client of ``fesf predict``).
 """
 
 __version__ = "0.1.0"

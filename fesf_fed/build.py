@@ -21,7 +21,7 @@ from fesf_fed.cache import SurrogateCache, content_key
 from fesf_fed.config import SiteConfig
 from fesf_fed.data import ImageSet, data_location, load_dataset, source_fingerprint, stratified_split, to_channels
 from fesf_fed.device import select_device
-from fesf_fed.errors import DataError
+from fesf_fed.errors import ConfigError, DataError
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.hosts import (
     HostBank,
@@ -77,13 +77,20 @@ class _Inputs:
     device: torch.device
 
 
+def _host_folder(config: SiteConfig) -> Path:
+    """The folder of a site's host bank when it is not phantom (HostConfig's validator requires one)."""
+    if config.hosts.path is None:
+        raise ConfigError("hosts.path is required for hosts.source 'folder'")
+    return config.hosts.path
+
+
 def _plan(config: SiteConfig) -> _Plan:
     """Compute the content keys of the IQEM weights and of the surrogates (which also depend on G)."""
     site_key = load_site_key(config.hosts.secret_file, config.site)
     if config.hosts.source == "phantom":
         bank = phantom_bank_fingerprint(config.hosts.phantom_count, config.data.image_size, phantom_bank_seed(site_key))
     else:
-        bank = folder_bank_fingerprint(config.hosts.path)
+        bank = folder_bank_fingerprint(_host_folder(config))
     iqem_key = content_key(
         {
             "data": source_fingerprint(config.data),
@@ -125,7 +132,7 @@ def _hosts(config: SiteConfig, site_key: bytes, channels: int, device: torch.dev
         bank = phantom_host_bank(config.hosts.phantom_count, config.data.image_size, seed)
         bank.images = to_channels(bank.images, channels)
     else:
-        bank = load_host_bank(config.hosts.path, config.data.image_size, channels)
+        bank = load_host_bank(_host_folder(config), config.data.image_size, channels)
     return bank, host_spectrum(to_unit_float(bank.images, device))
 
 
@@ -191,7 +198,9 @@ def _train_generator(
     first_hiding = SurrogatePipeline(inputs.spectra, torch.nn.Identity(), config.pipeline)
     x_sy = np.concatenate(
         [
-            tensor_to_uint8(first_hiding.hide(to_unit_float(inputs.data.images[batch], inputs.device), inputs.host_index[batch]))
+            tensor_to_uint8(
+                first_hiding.hide(to_unit_float(inputs.data.images[batch], inputs.device), inputs.host_index[batch])
+            )
             for batch in _batches(inputs.splits["train"], config.pipeline.batch_size)
         ]
     )
@@ -217,7 +226,9 @@ def _convert(
                     continue
                 stages: dict[str, list[np.ndarray]] = {kind: [] for kind in config.pipeline.outputs}
                 for batch in _batches(shard, config.pipeline.batch_size):
-                    outputs = pipeline(to_unit_float(inputs.data.images[batch], pipeline.device), inputs.host_index[batch])
+                    outputs = pipeline(
+                        to_unit_float(inputs.data.images[batch], pipeline.device), inputs.host_index[batch]
+                    )
                     for kind, parts in stages.items():
                         parts.append(tensor_to_uint8(outputs[kind]))
                     bar.update(len(batch))
@@ -326,6 +337,7 @@ def build_surrogates(config: SiteConfig, progress: bool = True, report: Progress
     )
     timings["load"] = time.perf_counter() - mark
     mark = time.perf_counter()
+    generator: torch.nn.Module
     if plan.cache.complete:  # only the quality settings changed: reuse G, measure again
         generator = load_generator(plan.checkpoint, inputs.device)
     else:

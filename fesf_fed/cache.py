@@ -81,7 +81,7 @@ class SurrogateCache:
     def write_shard(self, split: str, number: int, arrays: dict[str, np.ndarray]) -> None:
         """Store one shard of surrogates (uint8 arrays by stage name), atomically."""
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub: a **dict's keys could be allow_pickle
         with atomic_writer(self.shard_path(split, number)) as stream:
             stream.write(buffer.getbuffer())
 

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from fesf_fed.build import SiteBuild, build_surrogates, site_cache
 from fesf_fed.config import DataConfig, SiteConfig, load_config
 from fesf_fed.data import ImageSet, SkippedFile, load_dataset
-from fesf_fed.diagnose import predict_folder, write_predictions
+from fesf_fed.deployment.diagnose import predict_folder, write_predictions
 from fesf_fed.errors import ConfigError, FesfError, run_command
 
 console = Console()
@@ -72,7 +73,9 @@ def _skipped_table(title: str, skipped: list[dict[str, str]] | list[SkippedFile]
 
 
 def _quality_table(quality: dict[str, Any]) -> Table:
-    table = Table(title=f"Surrogate quality (paper Tables 2 and 3; {quality['images']} test images)", title_justify="left")
+    table = Table(
+        title=f"Surrogate quality (paper Tables 2 and 3; {quality['images']} test images)", title_justify="left"
+    )
     for column in ("pair", "SSIM", "PSNR (dB)", "LPIPS"):
         table.add_column(column, justify="left" if column == "pair" else "right")
     for pair in quality["pairs"]:
@@ -157,7 +160,7 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
     source = args.source or ("medmnist" if path.suffix == ".npz" else "csv" if path.suffix == ".csv" else "folder")
     try:
         return DataConfig(source=source, path=path, image_size=args.image_size)
-    except ValueError as exc:
+    except ValidationError as exc:
         raise ConfigError(f"data check: {exc.errors()[0]['msg']}") from None
 
 
@@ -187,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     _site_arguments(surrogates)
     surrogates.set_defaults(run=_run_surrogates)
 
-    quality = commands.add_parser("quality", parents=[common], help="print the Table 2/3 quality figures of built surrogates")
+    quality = commands.add_parser(
+        "quality", parents=[common], help="print the Table 2/3 quality figures of built surrogates"
+    )
     _site_arguments(quality)
     quality.set_defaults(run=_run_quality)
 

@@ -1,6 +1,6 @@
 """A site's configuration: one YAML file, validated when loaded.
 
-Every field has the paper's default (DESIGN.md section 1) or a CPU-friendly one
+Every field has the paper's default (docs/design.md section 2) or a CPU-friendly one
 where the paper gives none. Relative paths in a file are read relative to that
 file's folder, so a config works from any working directory.
 """
@@ -11,12 +11,13 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from fesf_fed.errors import ConfigError
 
-#: The surrogate stages a build can keep (DESIGN.md: x_sy, x_su and x_su').
+#: The surrogate stages a build can keep (docs/design.md: x_sy, x_su and x_su').
 SurrogateKind = Literal["x_sy", "x_su", "x_su_prime"]
-SURROGATE_KINDS: tuple[str, ...] = ("x_sy", "x_su", "x_su_prime")
+SURROGATE_KINDS: tuple[SurrogateKind, ...] = ("x_sy", "x_su", "x_su_prime")
 
 
 class _Section(BaseModel):
@@ -105,7 +106,7 @@ class PipelineConfig(_Section):
 
 
 class IqemConfig(_Section):
-    """The IQEM generator, its discriminator and their training (DESIGN.md, IQEM)."""
+    """The IQEM generator, its discriminator and their training (docs/design.md, IQEM)."""
 
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
@@ -141,7 +142,7 @@ class SiteConfig(_Section):
 
     @model_validator(mode="after")
     def _hosts_named_for_real_data(self) -> "SiteConfig":
-        # DESIGN.md: no patient image becomes a host silently; only the built-in sets default to phantom hosts.
+        # docs/design.md: no patient image becomes a host silently; only the built-in sets default to phantom hosts.
         if self.hosts.source is None:
             if self.data.source not in BUILT_IN_SOURCES:
                 raise ValueError(
@@ -152,11 +153,19 @@ class SiteConfig(_Section):
         return self
 
 
+def _section_model(section: str) -> type[BaseModel]:
+    """The model class of the section ``section`` of a SiteConfig."""
+    model = SiteConfig.model_fields[section].annotation
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"SiteConfig.{section} is not a section")
+    return model
+
+
 #: Dotted names of the fields that hold paths: relative ones are relative to the config file's folder.
 PATH_FIELDS = frozenset(
     f"{section}.{field}"
     for section in ("data", "hosts", "quality")
-    for field, info in SiteConfig.model_fields[section].annotation.model_fields.items()
+    for field, info in _section_model(section).model_fields.items()
     if Path in typing.get_args(info.annotation)
 )
 
@@ -179,7 +188,7 @@ def _resolve_paths(config: SiteConfig, base: Path) -> SiteConfig:
     return config.model_copy(update=sections)
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     field = ".".join(str(part) for part in error["loc"]) or "config"
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":

@@ -30,8 +30,7 @@ def select_device(spec: str = "auto") -> torch.device:
         count = torch.cuda.device_count()
         if int(index) >= count:
             raise ConfigError(
-                f"device: {spec!r} asked for, but this machine has {count} CUDA device(s); "
-                "use auto or cpu"
+                f"device: {spec!r} asked for, but this machine has {count} CUDA device(s); use auto or cpu"
             )
         return torch.device(f"cuda:{index}")
     raise ConfigError(f"device: {spec!r} is not a device; use auto, cpu or cuda:N")

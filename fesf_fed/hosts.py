@@ -1,7 +1,7 @@
 """The host bank and the keyed assignment of a host to every plaintext image.
 
 Every surrogate carries its host's phase, so hosts are non-patient images of the
-same modality, named explicitly (DESIGN.md, "Host images"). Which host an image
+same modality, named explicitly (docs/design.md, "Host images"). Which host an image
 gets is decided by a keyed hash of the image id: reproducible for the site that
 holds the key, not guessable by anyone else, because knowing an image's host
 would let an attacker recover the plaintext amplitude exactly.
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, to_channels
-from fesf_fed.data.sources import decode_files, file_digest, image_files
 from fesf_fed.data.imageset import SkippedFile
 from fesf_fed.data.phantom import phantom_hosts
+from fesf_fed.data.sources import decode_files, file_digest, image_files
 from fesf_fed.errors import DataError
 from fesf_fed.home import fesf_home, private_folder
 
@@ -126,7 +126,7 @@ def phantom_bank_seed(key: bytes) -> int:
     """The seed of a site's generated phantom hosts, derived from its secret key.
 
     A bank that anyone can regenerate would let them find each surrogate's host and
-    recover the plaintext amplitude (DESIGN.md, threat model), so the seed is secret too.
+    recover the plaintext amplitude (docs/design.md, threat model), so the seed is secret too.
     """
     return int.from_bytes(hmac.new(key, _PHANTOM_SEED_DOMAIN, hashlib.sha256).digest()[:8], "big")
 
@@ -238,9 +238,7 @@ def assign_hosts(ids: Sequence[str], n_hosts: int, key: bytes) -> np.ndarray:
         raise ValueError(f"n_hosts must be at least 1, got {n_hosts}")
     if not key:
         raise ValueError("key must not be empty")
-    hosts = [
-        int.from_bytes(hmac.digest(key, image_id.encode(), "sha256")[:8], "big") % n_hosts for image_id in ids
-    ]
+    hosts = [int.from_bytes(hmac.digest(key, image_id.encode(), "sha256")[:8], "big") % n_hosts for image_id in ids]
     return np.array(hosts, dtype=np.int64)
 
 

@@ -1,7 +1,7 @@
 """Image Hiding Module (IHM): hide a plaintext image in a host image (paper Eq. 1-4).
 
 IHM keeps the host's Fourier phase and blends the plaintext's Fourier amplitude into
-the host's inside a centred low-frequency window (DESIGN.md, "IHM: Eq. 1-4")::
+the host's inside a centred low-frequency window (docs/design.md, "IHM: Eq. 1-4")::
 
     A_sy = [(1 - beta) * A_host + beta * A_plain] * M + A_host * (1 - M)
     x_sy = clamp(Re(ifft2(A_sy * exp(j * P_host))), 0, 1)
@@ -88,9 +88,7 @@ def _check_unit_images(images: torch.Tensor, name: str, ranks: tuple[int, ...]) 
     if torch.isnan(low) or torch.isnan(high):
         raise ValueError(f"{name} contains NaN")
     if low < 0 or high > 1:
-        raise ValueError(
-            f"{name} has values in [{low.item():.4g}, {high.item():.4g}]; scale images to [0, 1]"
-        )
+        raise ValueError(f"{name} has values in [{low.item():.4g}, {high.item():.4g}]; scale images to [0, 1]")
 
 
 def _check_strengths(alpha: float, beta: float) -> None:

@@ -93,8 +93,14 @@ def _load_state(weights: Path) -> dict[str, torch.Tensor]:
         return torch.load(weights, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"model weights: {weights} not found; name a local torchvision .pth file") from None
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+    except Exception as exc:  # noqa: BLE001  torch raises many types for a file that is not a checkpoint
         raise ConfigError(f"model weights: {weights} cannot be read by torch.load ({exc})") from None
+
+
+def _pair(values: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's size (kernel, stride, padding), which torch types as any length, as the pair it is."""
+    first, second = values
+    return first, second
 
 
 def _stem_for(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
@@ -106,14 +112,14 @@ def _stem_for(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     stem = nn.Conv2d(
         in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
+        _pair(conv.kernel_size),
+        stride=_pair(conv.stride),
+        padding=conv.padding if isinstance(conv.padding, str) else _pair(conv.padding),
         bias=conv.bias is not None,
     )
     with torch.no_grad():
         stem.weight.copy_(conv.weight if in_channels == conv.in_channels else conv.weight.sum(dim=1, keepdim=True))
-        if conv.bias is not None:
+        if conv.bias is not None and stem.bias is not None:
             stem.bias.copy_(conv.bias)
     return stem
 

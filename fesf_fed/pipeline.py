@@ -1,4 +1,4 @@
-"""The FESF surrogate pipeline: x_pl --IHM--> x_sy --G--> x_su --IHM--> x_su' (DESIGN.md section 1)."""
+"""The FESF surrogate pipeline: x_pl --IHM--> x_sy --G--> x_su --IHM--> x_su' (docs/design.md section 2)."""
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class SurrogatePipeline:
         x_sy = self.hide(plain, host_index)
         x_su = self.generator(x_sy)
         # Refinement: x_su is the host (its phase and base amplitude), the plaintext
-        # is injected again at low intensity (DESIGN.md: the reading under which the
+        # is injected again at low intensity (docs/design.md: the reading under which the
         # paper's accuracy rises from x_su to x_su').
         x_su_prime = hide(plain, x_su, self.config.refine_alpha, self.config.refine_beta)
         return {"x_sy": x_sy, "x_su": x_su, "x_su_prime": x_su_prime}

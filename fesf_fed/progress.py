@@ -154,7 +154,8 @@ class ProgressMeter:
     def __init__(self, report: ProgressCallback | None, site: str, interval: float = REPORT_SECONDS) -> None:
         self.report, self.site, self.interval = report, site, interval
         self._stage = Stage.WAITING
-        self._done, self._first, self._total = 0, 0, None
+        self._done, self._first = 0, 0
+        self._total: int | None = None
         self._began = self._last = time.monotonic()
         self._since = time.time()
 

@@ -69,7 +69,7 @@ def load_lpips(weights: Path | None) -> tuple[torch.nn.Module | None, str]:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConfigError(f"quality.lpips_weights: {weights} not found; name a torchvision AlexNet .pth file") from None
-    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+    except Exception as exc:  # noqa: BLE001  torch raises many types for a file that is not a checkpoint
         raise ConfigError(f"quality.lpips_weights: {weights} cannot be read by torch.load ({exc})") from None
     with warnings.catch_warnings():
         # pnet_rand=True keeps lpips from downloading the backbone; its calibrated
@@ -104,9 +104,7 @@ def _lpips_distances(model: torch.nn.Module, reference: np.ndarray, test: np.nda
         )
 
 
-def measure_quality(
-    images: dict[str, np.ndarray], lpips_model: torch.nn.Module | None = None
-) -> list[PairQuality]:
+def measure_quality(images: dict[str, np.ndarray], lpips_model: torch.nn.Module | None = None) -> list[PairQuality]:
     """Compute SSIM, PSNR and (optionally) LPIPS for every pair of Tables 2 and 3.
 
     Parameters

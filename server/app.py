@@ -8,8 +8,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fesf_fed.errors import ConfigError
-from fesf_fed.run_settings import parse_run_settings
-from server.federation import run_federation
+from fesf_fed.federation.settings import parse_run_settings
+from server.federation import RunOutcome, run_federation
 from server.run_store import RunFolder
 
 app = ServerApp()
@@ -32,7 +32,15 @@ def _refuse(run_name: str, run_config: dict, error: ConfigError) -> None:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Train the configured model across the run's sites; see ``$FESF_HOME/runs/<run-id>/``."""
+    """The ServerApp: :func:`run_app`, whose outcome Flower would ignore."""
+    run_app(grid, context)
+
+
+def run_app(grid: Grid, context: Context) -> RunOutcome:
+    """Train the configured model across the run's sites; see ``$FESF_HOME/runs/<run-id>/``.
+
+    :func:`server.simulation.simulate` calls it for the outcome, which it hands to its caller.
+    """
     try:
         settings, site_defaults = parse_run_settings(context.run_config)
     except ConfigError as exc:
@@ -41,4 +49,4 @@ def main(grid: Grid, context: Context) -> None:
         log(ERROR, "error: %s", exc)
         _refuse(str(context.run_id), dict(context.run_config), exc)
         raise
-    run_federation(grid, settings, site_defaults, str(context.run_id))
+    return run_federation(grid, settings, site_defaults, str(context.run_id))

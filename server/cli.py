@@ -1,7 +1,7 @@
 """``fesf-server``: the consortium side of a deployment.
 
 ``fesf-server certs`` makes the consortium's CA, the SuperLink's TLS certificate and
-one key pair per site (:mod:`fesf_fed.pki`).
+one key pair per site (:mod:`fesf_fed.deployment.pki`).
 
 ``fesf-server run`` starts a Flower SuperLink with TLS and SuperNode authentication
 (insecure only with ``--insecure``), registers the public key of every site in the
@@ -27,10 +27,10 @@ from types import FrameType
 from typing import Any
 
 from fesf_fed.atomic import atomic_writer
+from fesf_fed.deployment.pki import check_site_name, make_consortium_keys
+from fesf_fed.deployment.processes import FlowerProcess, flower_env, flower_executable, split_address, wait_for_port
 from fesf_fed.errors import INTERRUPTED, ConfigError, FesfError, run_command
 from fesf_fed.home import fesf_home, private_folder
-from fesf_fed.pki import check_site_name, make_consortium_keys
-from fesf_fed.processes import FlowerProcess, flower_env, flower_executable, split_address, wait_for_port
 from server.local_superlink import local_superlink_log, stop_local_superlink
 from server.run_config import check_run_config
 
@@ -204,7 +204,9 @@ def _submit(
         raise FesfError(f"the run did not finish (flwr run exited with status {status}); see the output above")
     finished = json.loads(Path(summary[0]).read_text())
     final = finished.get("final") or {}
-    figures = "  ".join(f"{name} {final[name]:.3f}" for name in ("accuracy", "balanced-accuracy", "f1") if name in final)
+    figures = "  ".join(
+        f"{name} {final[name]:.3f}" for name in ("accuracy", "balanced-accuracy", "f1") if name in final
+    )
     print(f"Run finished ({finished.get('status')}): {figures}; run folder {Path(summary[0]).parent}")
     return 0 if finished.get("status") == "finished" else 1
 
@@ -260,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate run settings (and simulated sites' configs) before `flwr run` (make federate)"
     )
     check.add_argument("--run-config", help="run settings, as flwr run takes them")
-    check.add_argument("--app", type=Path, help="the FESF-Fed Flower app folder (default: this installation's checkout)")
+    check.add_argument(
+        "--app", type=Path, help="the FESF-Fed Flower app folder (default: this installation's checkout)"
+    )
     check.set_defaults(run=_run_check)
 
     stop_local = commands.add_parser(

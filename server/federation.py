@@ -3,11 +3,22 @@
 It follows :meth:`flwr.serverapp.strategy.Strategy.start` round for round (train,
 aggregate, federated evaluation, central evaluation), adding what a hospital run
 needs on top: per-site metrics, a checkpoint after every round and resuming from it.
+
+Why not call ``Strategy.start`` itself (Flower 1.42): it always begins at round 1 (a
+resumed run must begin after its checkpoint, with the strategy's optimiser state
+restored first); it keeps the sites' replies to itself, handing back only aggregated
+metrics, while the run store needs each site's figures and confusion matrix every
+round; and its only per-round hook, ``evaluate_fn``, sees the global arrays but not the
+round's replies, so a checkpoint and the round's metrics could not be written together.
+The strategies' own ``configure_*`` and ``aggregate_*`` methods do the work, unchanged;
+this loop is the one copy of the sequence, and the place to check on a Flower upgrade.
 """
 
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from logging import ERROR, INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,12 +27,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from clients import protocol
+from clients.protocol import DataDescription, confusion_of, metrics_of, site_of
 from fesf_fed.config import load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.federation.settings import RunSettings
 from fesf_fed.models import build_model
 from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progress
-from fesf_fed.run_settings import RunSettings
 from fesf_fed.task import Evaluation, classification_figures, evaluate, one_class_answer
 from fesf_fed.training_data import SiteData, load_site_data
 from server.run_store import GLOBAL, RunFolder, StoredRun
@@ -40,10 +53,6 @@ _FIXED_ON_RESUME = (
     "dirichlet-alpha",
     "partition-seed",
 )
-
-
-def _site_name(reply: Message) -> str:
-    return str(reply.content["site"]["name"])
 
 
 def _errors(replies: list[Message]) -> list[str]:
@@ -66,7 +75,7 @@ def _await_preparation(grid: SiteGrid, run: RunFolder, run_id: str, timeout: flo
     began = time.monotonic()
     deadline = began + timeout
     sent = grid.push_messages(
-        Message(RecordDict({"config": ConfigRecord()}), dst_node_id=site_id, message_type="query.prepare")
+        Message(RecordDict({protocol.CONFIG: ConfigRecord()}), dst_node_id=site_id, message_type=protocol.PREPARE)
         for site_id in grid.get_node_ids()
     )
     sites = {site_id: grid.sites[site_id] for site_id in sent.values()}
@@ -112,30 +121,34 @@ def _prepare_sites(grid: SiteGrid, run: RunFolder, run_id: str, timeout: float) 
     replies = _await_preparation(grid, run, run_id, timeout)
     if failures := _errors(replies):
         raise FesfError("sites could not prepare their data: " + "; ".join(failures))
-    if missing := {site.name for site in grid.sites.values()} - {_site_name(reply) for reply in replies}:
+    if missing := {site.name for site in grid.sites.values()} - {site_of(reply) for reply in replies}:
         names = ", ".join(sorted(missing))
         raise FesfError(
             f"sites {names} did not finish preparing their data within round-timeout ({timeout:.0f} s); "
             "raise round-timeout, or let those sites build their surrogates (fesf-client does) before the run"
         )
-    described = {}
+    described = {site_of(reply): DataDescription.from_reply(reply) for reply in replies}
     for reply in replies:
-        data = reply.content["data"]
-        described[_site_name(reply)] = {
-            "classes": list(data["classes"]),
-            "channels": int(data["channels"]),
-            "image-size": int(data["image-size"]),
-            **dict(reply.content["metrics"].items()),
-        }
-        run.set_site(_site_name(reply), described[_site_name(reply)])
-    shapes = {(tuple(d["classes"]), d["channels"], d["image-size"]) for d in described.values()}
-    if len(shapes) > 1:
+        data = described[site_of(reply)]
+        details = {"classes": list(data.classes), "channels": data.channels, "image-size": data.image_size}
+        run.set_site(site_of(reply), {**details, **metrics_of(reply)})
+    if len(set(described.values())) > 1:
         listing = ", ".join(
-            f"{name}: {d['classes']} x{d['channels']}ch {d['image-size']}px" for name, d in described.items()
+            f"{name}: {list(d.classes)} x{d.channels}ch {d.image_size}px" for name, d in described.items()
         )
         raise FesfError(f"sites disagree on classes, channels or image size ({listing}): align their data configs")
-    classes, channels, size = shapes.pop()
-    return list(classes), channels, size
+    agreed = next(iter(described.values()))
+    return list(agreed.classes), agreed.channels, agreed.image_size
+
+
+def _scalars(metrics: MetricRecord | None) -> dict[str, float]:
+    """A strategy's aggregated metrics (None: there were none); Flower's strategies average scalars."""
+    scalars: dict[str, float] = {}
+    for name, value in (metrics or {}).items():
+        if isinstance(value, list):
+            raise FesfError(f"aggregated metric {name!r} is a list, not a number")
+        scalars[name] = value
+    return scalars
 
 
 def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[Message]) -> None:
@@ -144,8 +157,8 @@ def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[M
             run.record(
                 server_round,
                 phase,
-                _site_name(reply),
-                dict(reply.content["metrics"].items()),
+                site_of(reply),
+                metrics_of(reply),
             )
 
 
@@ -159,15 +172,9 @@ def _record_confusion(run: RunFolder, server_round: int, replies: list[Message],
     """
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
     for reply in replies:
-        if reply.has_error() or "confusion" not in reply.content:
+        if reply.has_error() or (matrix := confusion_of(reply, num_classes)) is None:
             continue
-        counts = np.asarray(reply.content["confusion"]["counts"], dtype=np.int64)
-        if counts.size != num_classes * num_classes:
-            raise FesfError(
-                f"site {_site_name(reply)} sent a confusion matrix of {counts.size} counts for {num_classes} classes"
-            )
-        matrix = counts.reshape(num_classes, num_classes)
-        run.record_confusion(server_round, "evaluate", _site_name(reply), matrix.tolist())
+        run.record_confusion(server_round, "evaluate", site_of(reply), matrix.tolist())
         total += matrix
     if not total.any():
         return None
@@ -303,15 +310,25 @@ def _warn_if_one_class(final: dict[str, Any], classes: list[str]) -> None:
             )
 
 
-def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, Any], run_name: str) -> dict[str, Any]:
-    """Run (or resume) a federation to its last round and return its final metrics.
+@dataclass(frozen=True)
+class RunOutcome:
+    """A finished run: its folder, and from its ``summary.json`` the final figures and the sites."""
+
+    folder: Path
+    final: dict[str, Any]
+    #: Each site's classes, image counts and surrogate quality.
+    sites: dict[str, dict[str, Any]]
+
+
+def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, Any], run_name: str) -> RunOutcome:
+    """Run (or resume) a federation to its last round; return its folder and final metrics.
 
     Parameters
     ----------
     grid : flwr.serverapp.Grid
         The ServerApp's grid.
     settings, site_defaults : RunSettings, dict
-        From :func:`fesf_fed.run_settings.parse_run_settings`.
+        From :func:`fesf_fed.federation.settings.parse_run_settings`.
     run_name : str
         Flower's run id: the folder name of a new run (a resumed run keeps its folder) and
         of the simulated sites' progress files (:func:`fesf_fed.progress.progress_folder`).
@@ -361,7 +378,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             time.perf_counter() - began,
             classes,
         )
-        weights = settings.pretrained_weights or None
+        weights = Path(settings.pretrained_weights) if settings.pretrained_weights else None
         # The run's seed fixes the initial weights, so a run can be repeated exactly.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
@@ -376,7 +393,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             began = time.perf_counter()
             train_replies = list(
                 site_grid.send_and_receive(
-                    strategy.configure_train(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]
+                    strategy.configure_train(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]  # SiteGrid: a Grid look-alike
                     timeout=settings.round_timeout,
                 )
             )
@@ -386,7 +403,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             arrays = new_arrays
             evaluate_replies = list(
                 site_grid.send_and_receive(
-                    strategy.configure_evaluate(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]
+                    strategy.configure_evaluate(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]  # SiteGrid: a Grid look-alike
                     timeout=settings.round_timeout,
                 )
             )
@@ -403,8 +420,8 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             )
             _record_sites(run, server_round, "train", train_replies)
             _record_sites(run, server_round, "evaluate", evaluate_replies)
-            run.record(server_round, "train", GLOBAL, dict((train_metrics or {}).items()))
-            run.record(server_round, "evaluate", GLOBAL, dict((evaluate_metrics or {}).items()))
+            run.record(server_round, "train", GLOBAL, _scalars(train_metrics))
+            run.record(server_round, "evaluate", GLOBAL, _scalars(evaluate_metrics))
             balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
             if central_metrics:
                 run.record(server_round, "central", GLOBAL, central_metrics.scalars())
@@ -417,7 +434,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         run.set_info(status="finished", finished=datetime.now(UTC).isoformat())
         path = run.write_summary(final)
         log(INFO, "Run %s finished: %s", run.name, path)
-        return final
+        return RunOutcome(run.directory, final, run.sites())
     except FesfError as exc:
         # Flower adds a traceback after this line; the line says what to fix.
         log(ERROR, "error: %s", exc)

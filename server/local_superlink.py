@@ -10,6 +10,7 @@ else's: never stop Flower processes by name on a shared machine.
 import os
 import signal
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from flwr.supercore.utils import get_flwr_home
@@ -50,7 +51,7 @@ def local_superlink_pids(flwr_home: Path | None = None) -> list[int]:
         # The console script runs as `python .../flower-superlink ...`, or directly.
         is_superlink = any(Path(part).name == "flower-superlink" for part in argv[:2])
         logs_here = any(
-            flag == "--log-file" and Path(value).resolve() == Path(log_file) for flag, value in zip(argv, argv[1:])
+            flag == "--log-file" and Path(value).resolve() == Path(log_file) for flag, value in pairwise(argv)
         )
         if is_superlink and logs_here:
             found.append(int(entry.name))

@@ -15,7 +15,7 @@ from flwr.common.config import get_fused_config_from_dir, parse_config_args
 
 from fesf_fed.config import load_config
 from fesf_fed.errors import ConfigError
-from fesf_fed.run_settings import RunSettings, parse_run_settings, simulated_site_configs
+from fesf_fed.federation.settings import RunSettings, parse_run_settings, simulated_site_configs
 from server.federation import check_resumable
 from server.run_store import StoredRun, runs_folder
 

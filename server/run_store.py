@@ -161,7 +161,9 @@ def stored_runs(folder: Path) -> list[Path]:
     """The run folders (those holding a store) directly under ``folder``, by name."""
     if not folder.is_dir():
         return []
-    return sorted(path for path in folder.iterdir() if RUN_NAME.fullmatch(path.name) and (path / "store.sqlite").is_file())
+    return sorted(
+        path for path in folder.iterdir() if RUN_NAME.fullmatch(path.name) and (path / "store.sqlite").is_file()
+    )
 
 
 class RunFolder(_Store):

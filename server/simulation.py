@@ -19,6 +19,8 @@ from flwr.simulation import run_simulation
 
 import clients.app
 import server.app
+from fesf_fed.errors import FesfError
+from server.federation import RunOutcome
 
 #: A ClientApp handler: what ``@app.train()`` and friends register.
 Handler = Callable[[Message, Context], Message]
@@ -54,7 +56,7 @@ def _backend_config(num_supernodes: int) -> dict[str, Any]:
 
 def simulate(
     config: dict[str, Any], num_supernodes: int = 2, instrument: Callable[[Handler], Handler] | None = None
-) -> None:
+) -> RunOutcome:
     """Run the federation of ``config`` on ``num_supernodes`` simulated SuperNodes, in this process.
 
     Parameters
@@ -66,12 +68,24 @@ def simulate(
         Simulated SuperNodes; they host the run's ``num-sites`` sites in turn.
     instrument : callable, optional
         Wraps every ClientApp handler (the benchmarks time them, the tests record replies).
+
+    Returns
+    -------
+    RunOutcome
+        The run's folder and final figures.
+
+    Raises
+    ------
+    FesfError
+        If the run did not finish (Flower's simulation logs why).
     """
     server_app = ServerApp()
+    # The ServerApp runs in a thread of this process: it hands its outcome back here.
+    outcomes: list[RunOutcome] = []
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        server.app.main(grid, dataclasses.replace(context, run_config=config))
+        outcomes.append(server.app.run_app(grid, dataclasses.replace(context, run_config=config)))
 
     run_simulation(
         server_app,
@@ -79,3 +93,6 @@ def simulate(
         num_supernodes=num_supernodes,
         backend_config=_backend_config(num_supernodes),
     )
+    if not outcomes:
+        raise FesfError("the simulated federation did not finish; see the log above")
+    return outcomes[0]

@@ -16,8 +16,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from clients import protocol
+from clients.protocol import NodeDescription
 from fesf_fed.errors import ConfigError, FesfError
-from fesf_fed.run_settings import RunSettings, simulated_site_configs
+from fesf_fed.federation.settings import RunSettings, simulated_site_configs
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,10 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
         nodes are mixed.
     """
     nodes = _wait_for_nodes(grid, settings.min_available_nodes, timeout)
-    query = RecordDict({"config": ConfigRecord()})
+    query = RecordDict({protocol.CONFIG: ConfigRecord()})
     replies = list(
         grid.send_and_receive(
-            [Message(query, dst_node_id=node, message_type="query.describe") for node in nodes],
+            [Message(query, dst_node_id=node, message_type=protocol.DESCRIBE) for node in nodes],
             timeout=timeout,
         )
     )
@@ -80,9 +82,9 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
     for reply in replies:
         if reply.has_error():
             raise FesfError(f"SuperNode {reply.metadata.src_node_id} failed the roll call: {reply.error.reason}")
-        node = reply.content["node"]
-        if "site" in node:
-            name = str(node["site"])
+        node = NodeDescription.from_reply(reply)
+        if node.site is not None:
+            name = node.site
             if registered and registered.get(name) != reply.metadata.src_node_id:
                 refused.append(_refusal(name, reply.metadata.src_node_id, registered))
                 log(ERROR, "Refused %s", refused[-1])
@@ -91,7 +93,8 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
                 raise FesfError(f"two SuperNodes claim site {name!r}: give each SuperNode its own site name")
             deployed[name] = reply.metadata.src_node_id
         else:
-            partitions[int(node["partition-id"])] = reply.metadata.src_node_id
+            assert node.partition_id is not None  # NodeDescription.from_reply sets it for a simulated node
+            partitions[node.partition_id] = reply.metadata.src_node_id
     if deployed and partitions:
         raise FesfError("deployed and simulated SuperNodes are connected together: run them as separate federations")
     if deployed or registered:
@@ -141,10 +144,10 @@ class SiteGrid:
     def _forward(self, message: Message) -> Message:
         site = self.sites[message.metadata.dst_node_id]
         content = RecordDict(dict(message.content.items()))
-        config = ConfigRecord(dict(content.get("config", ConfigRecord()).items()))
+        config = ConfigRecord(dict(protocol.message_config(message).items()))
         if site.simulated_index is not None:
-            config["site-index"] = site.simulated_index
-        content["config"] = config
+            config[protocol.SITE_INDEX] = site.simulated_index
+        content[protocol.CONFIG] = config
         return Message(
             content,
             dst_node_id=site.node_id,

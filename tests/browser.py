@@ -13,7 +13,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
-from fesf_fed.processes import FlowerProcess, flower_env, free_port, wait_for_port
+from fesf_fed.deployment.processes import FlowerProcess, flower_env, free_port, wait_for_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Chromium as root in a container whose network ends at loopback: no sandbox, no GPU, and no

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from PIL import Image
 
 import fesf_fed.build as build_module
@@ -19,7 +18,6 @@ from fesf_fed.ihm import hide, host_spectrum
 from fesf_fed.pipeline import SurrogatePipeline
 from fesf_fed.progress import SiteProgress, Stage
 from tests.conftest import TINY_BUILD
-
 
 
 def tiny_config(**changes: object) -> SiteConfig:
@@ -131,7 +129,9 @@ def test_a_changed_image_or_host_file_invalidates_the_cache(fesf_home: Path, tmp
     assert len({before, after_data, site_cache(tiny_config(**changes)).directory}) == 3
 
 
-def test_a_cached_rebuild_decodes_no_image_or_host(fesf_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_rebuild_decodes_no_image_or_host(
+    fesf_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     changes = _folder_site(tmp_path)
     build_surrogates(tiny_config(**changes), progress=False)
     monkeypatch.setattr(sources_module, "read_image", lambda *a: pytest.fail("an image was decoded"))
@@ -182,7 +182,9 @@ def test_an_interrupted_build_resumes_from_its_last_shard(
     (tmp_path / "other-home" / "secrets" / "A.key").write_bytes((fesf_home / "secrets" / "A.key").read_bytes())
     clean = build_surrogates(tiny_config(), progress=False)
     for split in ("train", "test"):
-        np.testing.assert_array_equal(resumed.cache.load(split, "x_su_prime")[0], clean.cache.load(split, "x_su_prime")[0])
+        np.testing.assert_array_equal(
+            resumed.cache.load(split, "x_su_prime")[0], clean.cache.load(split, "x_su_prime")[0]
+        )
 
 
 def test_only_the_selected_stages_are_kept(fesf_home: Path) -> None:

@@ -41,7 +41,10 @@ def test_shipped_configs_are_valid(path: Path) -> None:
         ({"data": {"source": "folder"}}, r"data\.path is required for source 'folder'"),
         ({"data": {"source": "folder", "path": "x"}}, r"hosts\.source is required for real data"),
         ({"hosts": {"source": "folder"}}, r"hosts\.path is required"),
-        ({"pipeline": {"outputs": ["x_su", "x_zz"]}}, r"pipeline\.outputs\.1: Input should be 'x_sy', 'x_su' or 'x_su_prime'"),
+        (
+            {"pipeline": {"outputs": ["x_su", "x_zz"]}},
+            r"pipeline\.outputs\.1: Input should be 'x_sy', 'x_su' or 'x_su_prime'",
+        ),
         ({"data": {"image_size": 4}}, r"data\.image_size: Input should be greater than or equal to 8"),
         ({"iqem": 3}, r"iqem: expected a mapping of fields"),
         ({"site": "../etc"}, r"site: String should match pattern"),

@@ -21,10 +21,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.cli import SupernodeFailure, _node_config_argument, build_parser, node_config
 from clients.site import site_config_for
+from fesf_fed.deployment.pki import key_site, make_consortium_keys, server_hosts
+from fesf_fed.deployment.processes import FlowerProcess, flower_env, flower_executable, free_port, wait_for_port
 from fesf_fed.errors import ConfigError, FesfError
-from fesf_fed.pki import key_site, make_consortium_keys, server_hosts
-from fesf_fed.processes import FlowerProcess, flower_env, flower_executable, free_port, wait_for_port
-from fesf_fed.run_settings import parse_run_settings
+from fesf_fed.federation.settings import parse_run_settings
 from server.cli import _write_connection, register_site, site_keys
 from server.sites import discover_sites
 from tests.simulation import REPO, run_config
@@ -136,12 +136,12 @@ def test_a_node_claiming_another_sites_name_is_left_out_of_the_run():
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
     minimums = {f"min-{kind}-nodes": 1 for kind in ("available", "train", "evaluate")}
     settings, defaults = parse_run_settings(run_config(**{"site-nodes": "A=11 B=22", **minimums}))
-    sites = discover_sites(_RollCallGrid({11: "A", 22: "A", 33: "C"}), settings, defaults, timeout=5)
+    sites = discover_sites(_RollCallGrid({11: "A", 22: "A", 33: "C"}), settings, defaults, timeout=5)  # type: ignore[arg-type]  # a Grid look-alike
     assert [(site.name, site.node_id) for site in sites] == [("A", 11)]
     # As fesf-server runs it, every registered site is needed: a refused node then stops the run, saying why.
     settings, defaults = parse_run_settings(run_config(**{"site-nodes": "A=11 B=22"}))
     with pytest.raises(FesfError) as refused:
-        discover_sites(_RollCallGrid({11: "A", 33: "B"}), settings, defaults, timeout=5)
+        discover_sites(_RollCallGrid({11: "A", 33: "B"}), settings, defaults, timeout=5)  # type: ignore[arg-type]  # a Grid look-alike
     assert str(refused.value) == (
         "1 of the connected SuperNodes are registered sites, 2 needed; refused: SuperNode 33 claims site 'B', "
         "which is registered as SuperNode 22; each site must connect with its own key"
@@ -167,7 +167,9 @@ def test_stopping_a_flower_process_stops_its_helpers_too():
     process.failed.wait(10)
     process.stop(grace=1)
     states = subprocess.run(["ps", "-o", "stat=", "-g", str(process.pid)], capture_output=True, text=True, check=False)
-    assert all(state.startswith("Z") for state in states.stdout.split()), states.stdout  # killed (zombies wait for init)
+    assert all(state.startswith("Z") for state in states.stdout.split()), (
+        states.stdout
+    )  # killed (zombies wait for init)
 
 
 def test_supernode_failure_blocks_become_one_line():
@@ -178,7 +180,8 @@ def test_supernode_failure_blocks_become_one_line():
         "[code: 2004] Failed to activate SuperNode.",
         "For more information, visit: <https://flower.ai/docs/framework/1.41/en/ref-exit-codes/305.html>",
     ]
-    assert [unregistered(line) for line in block][-1].startswith("the SuperLink refused this site's key")
+    last = [unregistered(line) for line in block][-1]
+    assert last is not None and last.startswith("the SuperLink refused this site's key")
     unknown = SupernodeFailure()
     assert [unknown(line) for line in ["Exit Code: 999", "something new", "For more information"]][-1] == (
         "flower-supernode failed (Flower exit code 999); see its output above"
@@ -227,8 +230,11 @@ def _fesf_client(consortium: dict, site: str, *extra: str, auth_site: str | None
     if "--root-certificates" in extra:
         flags = flags[2:]
     return subprocess.run(
-        [str(BIN / "fesf-client"), "--site", site, "--superlink", f"127.0.0.1:{consortium['port']}"]
-        + ["--config", str(consortium["config"]), "--quiet", *flags, *extra],
+        [
+            str(BIN / "fesf-client"),
+            *("--site", site, "--superlink", f"127.0.0.1:{consortium['port']}"),
+            *("--config", str(consortium["config"]), "--quiet", *flags, *extra),
+        ],
         env={**os.environ, **consortium["env"], "FESF_HOME": str(consortium["home"])},
         capture_output=True,
         text=True,
@@ -341,7 +347,9 @@ def test_loopback_rehearsal_runs_two_sites_to_the_end_and_stops_everything(tmp_p
     assert "loopback: run finished: 2 rounds with sites A, B" in stdout
     assert stdout.rstrip().endswith("loopback: OK")
     # Flower's own helpers name the SuperLink's port rather than the work folder.
-    port = re.search(r"SuperLink listening on 127\.0\.0\.1:(\d+)", (work / "server.log").read_text()).group(1)
+    listening = re.search(r"SuperLink listening on 127\.0\.0\.1:(\d+)", (work / "server.log").read_text())
+    assert listening is not None, "server.log names no SuperLink port"
+    port = listening.group(1)
     for pattern in (str(work), f"127.0.0.1:{port}"):
         left = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False).stdout.split()
         assert left == [], f"processes matching {pattern} left running: {left}"

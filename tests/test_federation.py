@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from fesf_fed.deployment.processes import flower_env
 from fesf_fed.errors import ConfigError
-from fesf_fed.processes import flower_env
+from fesf_fed.federation.settings import parse_run_settings
 from fesf_fed.progress import SiteProgress, Stage
-from fesf_fed.run_settings import parse_run_settings
 from fesf_fed.task import classification_figures, one_class_answer
 from server import federation
 from server.federation import _final_metrics, _warn_if_one_class, run_federation
@@ -157,14 +157,14 @@ def test_resuming_with_a_different_model_is_refused(finished_run):
     shutil.copytree(finished_run.folder, run)
     settings, site_defaults = parse_run_settings(run_config(**TINY_RUN, model="resnet34", resume=run.name))
     with pytest.raises(ConfigError, match=f"run config model: run {run.name} used 'smallcnn', not 'resnet34'"):
-        run_federation(None, settings, site_defaults, "ignored")
+        run_federation(None, settings, site_defaults, "ignored")  # type: ignore[arg-type]  # refused before any grid use
     assert _summary(run)["status"] == "finished"
 
 
 def test_resuming_an_unknown_run_is_a_clear_error():
     settings, site_defaults = parse_run_settings(run_config(resume="12345"))
     with pytest.raises(ConfigError, match="resume: no run '12345'"):
-        run_federation(None, settings, site_defaults, "ignored")
+        run_federation(None, settings, site_defaults, "ignored")  # type: ignore[arg-type]  # refused before any grid use
 
 
 def _free_port() -> int:
@@ -213,7 +213,7 @@ def test_a_bad_run_setting_is_refused_before_any_site_is_asked_and_the_run_ends_
     context = Context(run_id=77, node_id=0, node_config={}, state=RecordDict(), run_config=run_config(mode="nonsense"))
     # No grid: the refusal must come before the ServerApp talks to any SuperNode.
     with pytest.raises(ConfigError, match=r"mode: Input should be 'plaintext', 'x_sy', 'x_su' or 'x_su_prime'"):
-        server.app.main(None, context)
+        server.app.main(None, context)  # type: ignore[arg-type]  # refused before any grid use
     summary = _summary(runs_folder() / "77")
     assert summary["status"] == "failed"
     assert "(got 'nonsense')" in summary["error"]

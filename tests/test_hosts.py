@@ -106,7 +106,12 @@ def test_phantom_bank_wraps_the_generated_hosts() -> None:
     assert np.array_equal(bank.images, phantom_hosts(3, 24, seed=1))
     assert bank.skipped == []
     assert phantom_bank_fingerprint(3, 24, 1) == phantom_bank_fingerprint(3, 24, 1)
-    assert len({phantom_bank_fingerprint(3, 24, 1), phantom_bank_fingerprint(3, 24, 2), phantom_bank_fingerprint(4, 24, 1)}) == 3
+    assert (
+        len(
+            {phantom_bank_fingerprint(3, 24, 1), phantom_bank_fingerprint(3, 24, 2), phantom_bank_fingerprint(4, 24, 1)}
+        )
+        == 3
+    )
 
 
 def test_site_key_is_created_once_private_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

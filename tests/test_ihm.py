@@ -38,7 +38,9 @@ def test_small_alpha_changes_only_the_window() -> None:
     window = low_frequency_mask(32, 32, alpha)
     out, h, p = centred_spectrum(hidden), centred_spectrum(host), centred_spectrum(plain)
     np.testing.assert_allclose(np.abs(out)[~window], np.abs(h)[~window], rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(np.abs(out)[window], ((1 - beta) * np.abs(h) + beta * np.abs(p))[window], rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(
+        np.abs(out)[window], ((1 - beta) * np.abs(h) + beta * np.abs(p))[window], rtol=1e-3, atol=1e-3
+    )
     # The phase is the host's everywhere (Eq. 4): where the amplitude is not tiny.
     significant = np.abs(h) > 1e-3
     phase_error = np.angle(out * np.conj(h))[significant]
@@ -59,7 +61,9 @@ def test_a_batch_processed_in_chunks_matches_the_reference(monkeypatch: pytest.M
     # On a CPU, hide() works a few images at a time; make the chunks small to cross their borders.
     monkeypatch.setattr("fesf_fed.ihm._CPU_CHUNK_ELEMENTS", 2 * 3 * 16 * 16)
     plain, hosts = _images(5, 3, 16, 16, seed=9), _images(5, 3, 16, 16, seed=10)
-    expected = np.stack([hide_reference(p.double().numpy(), h.double().numpy(), 0.5, 0.5) for p, h in zip(plain, hosts)])
+    expected = np.stack(
+        [hide_reference(p.double().numpy(), h.double().numpy(), 0.5, 0.5) for p, h in zip(plain, hosts)]
+    )
     np.testing.assert_allclose(hide(plain, host_spectrum(hosts)[torch.arange(5)]).numpy(), expected, atol=1e-5)
 
 
@@ -115,4 +119,4 @@ def test_non_float_and_non_tensor_inputs_are_refused() -> None:
     with pytest.raises(TypeError, match="plain must be a float tensor"):
         hide(torch.zeros(1, 1, 8, 8, dtype=torch.uint8), _images(1, 8, 8))
     with pytest.raises(TypeError, match="host must be a torch.Tensor"):
-        hide(_images(1, 1, 8, 8), np.zeros((1, 8, 8)))
+        hide(_images(1, 1, 8, 8), np.zeros((1, 8, 8)))  # type: ignore[arg-type]  # the wrong type on purpose

@@ -20,8 +20,8 @@ from fesf_fed.iqem import (
     generator_loss,
     load_generator,
     train_iqem,
+    training,
 )
-from fesf_fed.iqem import training
 
 CPU = torch.device("cpu")
 # Tiny networks: the smallest widths the config allows, one residual block.
@@ -119,13 +119,13 @@ def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[float, tuple[
     """G trained on phantom surrogates with a strong content term and with none."""
     x_sy, hosts = _surrogates(24)
     # Builds hand over NumPy arrays; training takes them as well as tensors.
-    hosts = hosts.numpy()
+    host_arrays = hosts.numpy()
     folder = tmp_path_factory.mktemp("iqem")
     runs = {}
     for weight in (100.0, 0.0):
         config = IqemConfig(steps=60, lambda_content=weight, checkpoint_every=60, **TINY)
         checkpoint = folder / f"content-{weight}.pt"
-        generator = train_iqem(x_sy, hosts, config, CPU, checkpoint, progress=False)
+        generator = train_iqem(x_sy, host_arrays, config, CPU, checkpoint, progress=False)
         with torch.no_grad():
             output = generator(x_sy)
         runs[weight] = (x_sy, output, torch.load(checkpoint, weights_only=True))
@@ -153,8 +153,12 @@ def test_content_loss_keeps_the_surrogate_while_adversarial_alone_drifts(phantom
     assert drifted_change > 3 * kept_change
 
 
+#: Surrogates (x_sy) and their host bank, as _surrogates makes them.
+SmallData = tuple[torch.Tensor, torch.Tensor]
+
+
 @pytest.fixture(scope="module")
-def small_data() -> tuple[torch.Tensor, torch.Tensor]:
+def small_data() -> SmallData:
     return _surrogates(16, per_class=4, host_count=3)
 
 
@@ -162,7 +166,7 @@ SHORT = IqemConfig(steps=12, checkpoint_every=4, **TINY)
 
 
 @pytest.fixture(scope="module")
-def finished(small_data: tuple, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+def finished(small_data: SmallData, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
     """A finished short run: its checkpoint and the weights train_iqem returned."""
     checkpoint = tmp_path_factory.mktemp("finished") / "iqem.pt"
     generator = train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
@@ -170,7 +174,7 @@ def finished(small_data: tuple, tmp_path_factory: pytest.TempPathFactory) -> tup
     return checkpoint, _weights(generator)
 
 
-def test_same_seed_gives_the_same_weights(small_data: tuple, finished: tuple, tmp_path: Path) -> None:
+def test_same_seed_gives_the_same_weights(small_data: SmallData, finished: tuple, tmp_path: Path) -> None:
     again = train_iqem(*small_data, SHORT, CPU, tmp_path / "again.pt", progress=False)
     _assert_same_weights(_weights(again), finished[1])
     other_seed = SHORT.model_copy(update={"seed": 1})
@@ -192,7 +196,7 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
 
 
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(
-    small_data: tuple, finished: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_data: SmallData, finished: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint = tmp_path / "iqem.pt"
     with monkeypatch.context() as patch:
@@ -209,7 +213,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(
 
 
 def test_finished_checkpoint_is_returned_without_training(
-    small_data: tuple, finished: tuple, monkeypatch: pytest.MonkeyPatch
+    small_data: SmallData, finished: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint, weights = finished
     modified = os.stat(checkpoint).st_mtime_ns
@@ -220,7 +224,7 @@ def test_finished_checkpoint_is_returned_without_training(
     assert os.stat(checkpoint).st_mtime_ns == modified
 
 
-def test_checkpoint_of_other_settings_is_refused(small_data: tuple, finished: tuple) -> None:
+def test_checkpoint_of_other_settings_is_refused(small_data: SmallData, finished: tuple) -> None:
     checkpoint = finished[0]
     with pytest.raises(ConfigError, match=r"lr 0\.0002 -> 0\.001.*delete the file"):
         train_iqem(*small_data, SHORT.model_copy(update={"lr": 1e-3}), CPU, checkpoint, progress=False)
@@ -229,7 +233,9 @@ def test_checkpoint_of_other_settings_is_refused(small_data: tuple, finished: tu
         train_iqem(x_sy.expand(-1, 3, -1, -1), hosts.expand(-1, 3, -1, -1), SHORT, CPU, checkpoint, progress=False)
 
 
-def test_checkpoint_is_replaced_atomically(small_data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_is_replaced_atomically(
+    small_data: SmallData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     checkpoint = tmp_path / "iqem.pt"
     real_save = torch.save
     count = {"calls": 0}
@@ -256,7 +262,7 @@ def test_load_generator_gives_the_trained_generator(finished: tuple) -> None:
 
 
 def test_load_generator_refuses_unfinished_missing_and_foreign_files(
-    small_data: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_data: SmallData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     unfinished = tmp_path / "unfinished.pt"
     with monkeypatch.context() as patch:
@@ -273,7 +279,7 @@ def test_load_generator_refuses_unfinished_missing_and_foreign_files(
         load_generator(foreign, CPU)
 
 
-def test_unusable_images_are_refused(small_data: tuple, tmp_path: Path) -> None:
+def test_unusable_images_are_refused(small_data: SmallData, tmp_path: Path) -> None:
     x_sy, hosts = small_data
     checkpoint = tmp_path / "iqem.pt"
     with pytest.raises(DataError, match=r"x_sy: float images must lie in \[0, 1\]"):

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from fesf_fed.processes import QUIET_FLOWER_ENV, free_port
+from fesf_fed.deployment.processes import QUIET_FLOWER_ENV, free_port
 from server.local_superlink import local_superlink_log, local_superlink_pids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,7 +97,6 @@ def test_make_stop_stops_this_homes_local_superlink_only(tmp_path):
             os.killpg(pid, signal.SIGKILL)
         decoy.kill()
         decoy.wait()
-
 
 
 def test_make_federate_refuses_a_bad_setting_before_flower_starts(tmp_path):

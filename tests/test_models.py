@@ -59,12 +59,15 @@ def test_local_weights_give_the_backbone_and_a_new_head(mobilenet_weights: tuple
     assert loaded["classifier.3.weight"].shape == (4, 1280)
 
 
-def test_a_grey_model_sees_a_grey_image_as_the_rgb_model_sees_it_replicated(mobilenet_weights: tuple[Path, dict]) -> None:
+def test_a_grey_model_sees_a_grey_image_as_the_rgb_model_sees_it_replicated(
+    mobilenet_weights: tuple[Path, dict],
+) -> None:
     path, _ = mobilenet_weights
     grey, colour = build_model("mobilenet_v3_large", 2, 1, path), build_model("mobilenet_v3_large", 2, 3, path)
     image = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(grey.features[0](image), colour.features[0](image.expand(-1, 3, -1, -1)))
+        grey_stem, colour_stem = grey.get_submodule("features.0"), colour.get_submodule("features.0")
+        torch.testing.assert_close(grey_stem(image), colour_stem(image.expand(-1, 3, -1, -1)))
 
 
 def test_weights_of_another_architecture_are_refused(mobilenet_weights: tuple[Path, dict]) -> None:

@@ -30,9 +30,9 @@ import fesf_fed.cli as cli_module
 from fesf_fed.build import site_pipeline
 from fesf_fed.config import load_config
 from fesf_fed.data.phantom import phantom_dataset
+from fesf_fed.federation.settings import parse_run_settings, simulated_site_configs
 from fesf_fed.hosts import assign_hosts
 from fesf_fed.pixels import tensor_to_uint8, to_unit_float
-from fesf_fed.run_settings import parse_run_settings, simulated_site_configs
 from server.dashboard.app import create_app
 from tests.conftest import FinishedRun
 from tests.simulation import TINY_RUN, run_config

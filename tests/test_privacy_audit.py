@@ -36,9 +36,9 @@ from PIL import Image
 
 from fesf_fed.config import SURROGATE_KINDS
 from fesf_fed.data.phantom import phantom_dataset
+from fesf_fed.federation.settings import parse_run_settings, simulated_site_configs
 from fesf_fed.models import build_model
 from fesf_fed.quality import QUALITY_PAIRS
-from fesf_fed.run_settings import parse_run_settings, simulated_site_configs
 from fesf_fed.training_data import load_site_data
 from server.run_store import runs_folder
 from tests.simulation import TINY_RUN, Handler, run_config, simulate
@@ -93,7 +93,9 @@ def record(reply: Message) -> dict[str, Any]:
 
 def inflate(recorded: dict[str, Any]) -> Message:
     """The reply rebuilt from its wire objects alone (a fresh copy on every call)."""
-    return inflate_object_from_contents(recorded["root"], dict(recorded["objects"]), keep_object_contents=True)
+    reply = inflate_object_from_contents(recorded["root"], dict(recorded["objects"]), keep_object_contents=True)
+    assert isinstance(reply, Message)
+    return reply
 
 
 def _record_reply(handler: Handler, folder: Path, message: Message, context: Context) -> Message:
@@ -221,11 +223,16 @@ def _check_config(where: str, config: ConfigRecord, expected: Expected, secrets:
 
 def _check_confusion(where: str, reply: Message, expected: Expected, problems: list[str]) -> None:
     """A confusion matrix is counts: one per (true, predicted) class pair, adding up to the test images."""
-    counts = list(reply.content["confusion"].get("counts", []))
-    if len(counts) != len(expected.classes) ** 2 or any(type(count) is not int or count < 0 for count in counts):
+    confusion, metrics = reply.content["confusion"], reply.content["metrics"]
+    # A record of the wrong type is reported by audit; here it holds no counts, no number tested.
+    sent = confusion.get("counts", []) if isinstance(confusion, ConfigRecord) else []
+    cells = sent if isinstance(sent, list) else [sent]
+    counts = [count for count in cells if type(count) is int and count >= 0]
+    tested = metrics.get("num-examples") if isinstance(metrics, MetricRecord) else None
+    if len(counts) != len(cells) or len(counts) != len(expected.classes) ** 2:
         problems.append(f"{where}: not {len(expected.classes)}x{len(expected.classes)} non-negative counts")
-    elif sum(counts) != reply.content["metrics"]["num-examples"]:
-        problems.append(f"{where}: counts add up to {sum(counts)}, not the {reply.content['metrics']['num-examples']} tested")
+    elif sum(counts) != tested:
+        problems.append(f"{where}: counts add up to {sum(counts)}, not the {tested} tested")
 
 
 def audit(recorded: dict[str, Any], expected: Expected, secrets: Secrets) -> list[str]:
@@ -377,14 +384,14 @@ def _first(run: AuditedRun, kind: str) -> Message:
 
 def _hide_in_parameter(reply: Message, payload: bytes) -> None:
     """Overwrite the start of a conv kernel's buffer: right name, shape and dtype, only the bytes tell."""
-    arrays = reply.content["arrays"]
+    arrays = reply.content.array_records["arrays"]
     weights = arrays["features.4.weight"].numpy().copy()
     weights.reshape(-1).view(np.uint8)[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
     reply.content["arrays"] = ArrayRecord({**dict(arrays.items()), "features.4.weight": Array(weights)})
 
 
 def _extra_array(reply: Message, secrets: Secrets) -> None:
-    reply.content["arrays"]["leak"] = Array(secrets.images[0])
+    reply.content.array_records["arrays"]["leak"] = Array(secrets.images[0])
 
 
 def _plaintext_in_parameter(reply: Message, secrets: Secrets) -> None:
@@ -401,7 +408,7 @@ def _key_in_parameter(reply: Message, secrets: Secrets) -> None:
 
 
 def _flattened_image_as_parameter(reply: Message, secrets: Secrets) -> None:
-    reply.content["arrays"]["features.0.bias"] = Array(secrets.images[0].reshape(-1).astype(np.float32))
+    reply.content.array_records["arrays"]["features.0.bias"] = Array(secrets.images[0].reshape(-1).astype(np.float32))
 
 
 def _arrays_in_evaluate(reply: Message, secrets: Secrets) -> None:
@@ -409,32 +416,32 @@ def _arrays_in_evaluate(reply: Message, secrets: Secrets) -> None:
 
 
 def _pixels_as_metric_list(reply: Message, secrets: Secrets) -> None:
-    reply.content["metrics"]["loss"] = secrets.images[0].reshape(-1).astype(float).tolist()
+    reply.content.metric_records["metrics"]["loss"] = secrets.images[0].reshape(-1).astype(float).tolist()
 
 
 def _pixels_as_confusion_counts(reply: Message, secrets: Secrets) -> None:
-    reply.content["confusion"]["counts"] = secrets.images[0].reshape(-1).astype(int).tolist()
+    reply.content.config_records["confusion"]["counts"] = secrets.images[0].reshape(-1).astype(int).tolist()
 
 
 def _pixels_as_metrics(reply: Message, secrets: Secrets) -> None:
     for index, value in enumerate(secrets.images[0].reshape(-1)[:32]):
-        reply.content["metrics"][f"px-{index}"] = int(value)
+        reply.content.metric_records["metrics"][f"px-{index}"] = int(value)
 
 
 def _file_name_as_site_name(reply: Message, secrets: Secrets) -> None:
-    reply.content["site"]["name"] = secrets.texts[-1]
+    reply.content.config_records["site"]["name"] = secrets.texts[-1]
 
 
 def _data_folder_word_as_class(reply: Message, secrets: Secrets) -> None:
-    reply.content["data"]["classes"] = ["lesion", "radiology"]
+    reply.content.config_records["data"]["classes"] = ["lesion", "radiology"]
 
 
 def _path_as_class(reply: Message, secrets: Secrets) -> None:
-    reply.content["data"]["classes"] = ["lesion", "normal/x"]
+    reply.content.config_records["data"]["classes"] = ["lesion", "normal/x"]
 
 
 def _image_bytes_in_config(reply: Message, secrets: Secrets) -> None:
-    reply.content["site"]["name"] = secrets.images[0].tobytes()
+    reply.content.config_records["site"]["name"] = secrets.images[0].tobytes()
 
 
 def _extra_record(reply: Message, secrets: Secrets) -> None:
@@ -449,7 +456,9 @@ SMUGGLING = [
     pytest.param("train", _surrogate_in_parameter, "(float32 / 255)", id="surrogate-in-parameter"),
     pytest.param("train", _key_in_parameter, "the bytes of site key 0", id="site-key-in-parameter"),
     pytest.param("train", _flattened_image_as_parameter, "(576,) float32, expected", id="flat-image-as-parameter"),
-    pytest.param("evaluate", _arrays_in_evaluate, "records ['arrays', 'confusion', 'metrics', 'site']", id="arrays-in-evaluate"),
+    pytest.param(
+        "evaluate", _arrays_in_evaluate, "records ['arrays', 'confusion', 'metrics', 'site']", id="arrays-in-evaluate"
+    ),
     pytest.param("evaluate", _pixels_as_metric_list, "not a scalar (list)", id="pixels-as-metric-list"),
     pytest.param("evaluate", _pixels_as_confusion_counts, "not 2x2 non-negative counts", id="pixels-as-confusion"),
     pytest.param("train", _pixels_as_metrics, "keys ['num-examples', 'px-0'", id="pixels-as-metrics"),

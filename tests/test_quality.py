@@ -51,7 +51,9 @@ def test_lpips_is_computed_from_a_local_alexnet_file(tmp_path: Path) -> None:
     weights = tmp_path / "alexnet.pth"
     torch.manual_seed(0)
     # The convolutional part is all LPIPS reads (the classifier would add 230 MB).
-    backbone = {k: v for k, v in torchvision.models.alexnet(weights=None).state_dict().items() if k.startswith("features.")}
+    backbone = {
+        k: v for k, v in torchvision.models.alexnet(weights=None).state_dict().items() if k.startswith("features.")
+    }
     torch.save(backbone, weights)
     model, reason = load_lpips(weights)
     assert model is not None and reason == ""
@@ -60,7 +62,8 @@ def test_lpips_is_computed_from_a_local_alexnet_file(tmp_path: Path) -> None:
     pairs = measure_quality({"x_pl": plain, "host": other, "x_sy": plain.copy(), "x_su_prime": other.copy()}, model)
     figures = {pair.pair: pair for pair in pairs}
     assert figures["x_pl vs x_sy"].lpips_mean == pytest.approx(0.0, abs=1e-6)
-    assert figures["x_pl vs x_su'"].lpips_mean > 0
+    lpips_su_prime = figures["x_pl vs x_su'"].lpips_mean
+    assert lpips_su_prime is not None and lpips_su_prime > 0
 
 
 def test_a_bad_lpips_file_is_a_config_error(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 import pytest
 
 from fesf_fed.errors import ConfigError
-from fesf_fed.run_settings import parse_run_settings
+from fesf_fed.federation.settings import parse_run_settings
 from server.federation import run_federation
 from server.run_config import check_run_config
 from server.run_store import RunFolder, StoredRun, runs_folder
@@ -32,7 +32,7 @@ def test_what_the_serverapp_would_refuse_late_is_refused_first(given, message):
 
 
 def _stored_run(name: str, **info) -> None:
-    settings, site_defaults = parse_run_settings(run_config())
+    settings, _ = parse_run_settings(run_config())
     run = RunFolder(name)
     run.set_info(config=settings.model_dump(by_alias=True), **info)
     run.close()
@@ -56,7 +56,7 @@ def test_a_resumed_run_no_longer_shows_the_error_of_the_attempt_that_failed():
     _stored_run("failed-before", status="failed", error="an old error")
     settings, site_defaults = parse_run_settings(run_config(resume="failed-before"))
     with pytest.raises(KeyboardInterrupt):
-        run_federation(_Interrupted(), settings, site_defaults, "77")
+        run_federation(_Interrupted(), settings, site_defaults, "77")  # type: ignore[arg-type]  # a Grid look-alike
     stored = StoredRun(runs_folder() / "failed-before")
     info = stored.info()
     stored.close()

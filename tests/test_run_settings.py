@@ -11,10 +11,13 @@ from flwr.serverapp.strategy import (
     FedYogi,
 )
 
+from clients.protocol import NodeDescription
 from clients.site import describe_node, site_config_for
 from fesf_fed.errors import ConfigError
-from fesf_fed.run_settings import (
+from fesf_fed.federation.settings import (
+    SITE_OVERRIDE_PREFIX,
     STRATEGY_NAMES,
+    RunSettings,
     parse_run_settings,
     simulated_site_configs,
 )
@@ -131,11 +134,8 @@ def test_a_deployed_node_is_the_site_its_node_config_names(tmp_path):
         "data-dir": str(tmp_path / "images"),
         "hosts-dir": str(tmp_path / "hosts"),
     }
-    assert describe_node(node_config) == {"site": "A"}
-    assert describe_node({"partition-id": 1, "num-partitions": 2}) == {
-        "partition-id": 1,
-        "num-partitions": 2,
-    }
+    assert describe_node(node_config) == NodeDescription(site="A")
+    assert describe_node({"partition-id": 1, "num-partitions": 2}) == NodeDescription(partition_id=1, num_partitions=2)
     settings, overrides = parse_run_settings(run_config())
     config = site_config_for({}, node_config, settings, overrides)
     assert (config.site, config.data.source, config.data.path) == (
@@ -152,3 +152,9 @@ def test_a_simulated_node_needs_a_valid_site_index():
     assert site_config_for({"site-index": 2}, node, settings, overrides).site == "site-3"
     with pytest.raises(ConfigError, match="site-index 3 names none of the run's 3 simulated sites"):
         site_config_for({"site-index": 3}, node, settings, overrides)
+
+
+def test_pyproject_and_the_settings_model_give_the_same_defaults():
+    # The defaults are written twice (Flower reads pyproject.toml, the model validates): they must agree.
+    declared = {key: value for key, value in run_config().items() if not key.startswith(SITE_OVERRIDE_PREFIX)}
+    assert declared == RunSettings().model_dump(by_alias=True)

@@ -80,9 +80,8 @@ def test_training_is_reproducible_for_a_seed() -> None:
         torch.manual_seed(0)
         model = build_model("smallcnn", 2, 1)
         train(model, data.images, data.labels, epochs=2, lr=1e-3, batch_size=4, device=CPU, seed=5)
-        weights.append(model.classifier.weight.detach().clone())
+        weights.append(model.get_parameter("classifier.weight").detach().clone())
     torch.testing.assert_close(weights[0], weights[1])
-
 
 
 def test_fedprox_term_keeps_a_sites_update_near_the_global_model() -> None:
@@ -98,6 +97,7 @@ def test_fedprox_term_keeps_a_sites_update_near_the_global_model() -> None:
             float(((now - then) ** 2).sum()) for now, then in zip(model.parameters(), global_model.parameters())
         )
     assert 0 < drift[10.0] < drift[0.0]
+
 
 @pytest.mark.parametrize(
     "images,labels,message",

@@ -69,7 +69,7 @@ def _pil_pixels(path: Path, size: int) -> np.ndarray:
     except UnidentifiedImageError:
         raise UnreadableImage(path, f"not a recognised image format; {_CORRUPT_HINT}") from None
     # Decoders raise many types on bad input (OSError, SyntaxError, ValueError, struct.error...).
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  re-raised as UnreadableImage, one line
         raise UnreadableImage(path, f"cannot decode ({exc}); {_CORRUPT_HINT}") from None
     if frames > 1:
         raise UnreadableImage(path, f"holds {frames} frames; save one image per file")
@@ -81,14 +81,14 @@ def _dicom_pixels(path: Path) -> np.ndarray:
         dataset = pydicom.dcmread(path)
     except InvalidDicomError:
         raise UnreadableImage(path, "not a DICOM file (no DICM header); re-export it as DICOM or PNG") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  pydicom raises many types; re-raised as one line
         raise UnreadableImage(path, f"cannot read DICOM ({exc}); {_CORRUPT_HINT}") from None
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise UnreadableImage(path, f"multi-frame DICOM ({frames} frames); export one slice per file")
     try:
         pixels = dataset.pixel_array
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  pixel decoders raise many types; re-raised as one line
         syntax = dataset.file_meta.get("TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", syntax)
         raise UnreadableImage(

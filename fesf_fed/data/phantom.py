@@ -181,7 +181,7 @@ def _stack(params: list[dict[str, float | np.ndarray]]) -> dict[str, np.ndarray]
     stacked = {}
     for name in params[0]:
         values = np.stack([np.asarray(p[name], dtype=np.float32) for p in params])
-        stacked[name] = values.reshape(values.shape + (1, 1))
+        stacked[name] = values.reshape((*values.shape, 1, 1))
     return stacked
 
 

@@ -95,7 +95,7 @@ def _list_folder(root: Path) -> _Listing:
         for child in children
         if child.is_file()
     ]
-    entries = []
+    entries: list[_Entry] = []
     for label, folder in enumerate(class_folders):
         files = (file for file in folder.rglob("*") if file.is_file() and not _is_hidden(file.relative_to(root)))
         found = sorted((file.relative_to(root).as_posix(), file) for file in files)
@@ -189,7 +189,7 @@ def _decode_sample(
     taken = [0] * len(orders)
     usable = [0] * len(orders)
     decoded: dict[int, np.ndarray] = {}
-    skipped = []
+    skipped: list[SkippedFile] = []
     while True:
         batch = []
         for label, order in enumerate(orders):
@@ -231,12 +231,14 @@ def _read_medmnist(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in keys if key in archive.files}
     # A damaged archive can fail in zipfile, zlib or the .npy header parser.
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  re-raised as a one-line DataError
         raise DataError(f"{path}: not a readable .npz file ({exc}); download the MedMNIST file again") from None
     missing = [key for key in keys if key not in arrays]
     if missing:
         raise DataError(f"{path}: missing array(s) {', '.join(missing)}; a MedMNIST .npz holds {', '.join(keys)}")
-    images, labels, ids = [], [], []
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ids: list[str] = []
     for split in _MEDMNIST_SPLITS:
         split_images, split_labels = (
             arrays[f"{split}_images"],
@@ -292,13 +294,11 @@ def _read_demo() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     return pixels, labels, [f"demo/{index}" for index in range(len(labels))], list(record["classes"])
 
 
-def _load_arrays(config: DataConfig, progress: bool) -> ImageSet:
-    """A MedMNIST file or the demo set: whole arrays of small images, resized here."""
+def _load_arrays(config: DataConfig, path: Path, progress: bool) -> ImageSet:
+    """A MedMNIST file at ``path`` or the demo set (``DEMO_FILE``): whole arrays of small images, resized here."""
     if config.source == "demo":
-        path = DEMO_FILE
         pixels, labels, ids, classes = _read_demo()
     else:
-        path = config.path
         pixels, labels, ids = _read_medmnist(path)
         if len(labels) and labels.min() < 0:
             raise DataError(f"{path}: negative class labels; labels must be 0 .. K-1")
@@ -364,6 +364,8 @@ def data_location(config: DataConfig) -> str:
 
 
 def _existing_path(config: DataConfig) -> Path:
+    if config.path is None:  # DataConfig's validator requires a path for these sources
+        raise DataError(f"data.path is required for source {config.source!r}")
     path = Path(config.path)
     if not path.exists():
         expected = {"folder": "folder", "medmnist": ".npz file", "csv": "CSV manifest"}[config.source]
@@ -411,10 +413,10 @@ def _load_source(config: DataConfig, progress: bool) -> ImageSet:
     if config.source == "phantom":
         return _load_phantom(config)
     if config.source == "demo":
-        return _load_arrays(config, progress)
+        return _load_arrays(config, DEMO_FILE, progress)
     path = _existing_path(config)
     if config.source == "medmnist":
-        return _load_arrays(config, progress)
+        return _load_arrays(config, path, progress)
     listing = _list_folder(path) if config.source == "folder" else _list_manifest(path)
     return _load_files(listing, config, path, progress)
 

@@ -1,6 +1,6 @@
 """IQEM, the Image Quality Enhancement Module: a generator G that carries IHM
 surrogates into the host-image domain, trained against a patch discriminator
-(paper Eq. 5; DESIGN.md, IQEM)."""
+(paper Eq. 5; docs/design.md, IQEM)."""
 
 from fesf_fed.iqem.networks import Discriminator, Generator
 from fesf_fed.iqem.training import (

@@ -4,7 +4,7 @@ G follows Deep Perceptual Enhancement (Sharif et al.): an encoder-decoder whose
 decoder reads the encoder's features through gated skip connections, with residual
 blocks at the bottleneck and a global residual. Its last convolution starts at zero,
 so an untrained G is the identity and training only moves it as far as the losses
-ask (DESIGN.md, IQEM). Both networks are fully convolutional and work at any size.
+ask (docs/design.md, IQEM). Both networks are fully convolutional and work at any size.
 """
 
 import torch
@@ -89,6 +89,7 @@ class Generator(nn.Module):
         self.head = _conv(width, in_channels)
         # A zero residual makes the untrained G the identity.
         nn.init.zeros_(self.head.weight)
+        assert self.head.bias is not None  # _conv's convs have a bias
         nn.init.zeros_(self.head.bias)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

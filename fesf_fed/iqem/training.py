@@ -1,4 +1,4 @@
-"""Training of the IQEM generator against the host domain (Eq. 5 and DESIGN.md, IQEM).
+"""Training of the IQEM generator against the host domain (Eq. 5 and docs/design.md, IQEM).
 
 G learns to make IHM surrogates ``x_sy`` look like host images, judged by the patch
 discriminator D_K, with least-squares GAN losses. An L1 content term (and optionally
@@ -171,7 +171,7 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: IQEM checkpoint not found; train IQEM first") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  torch.load raises many types; re-raised as one line
         raise DataError(
             f"{path}: not a readable IQEM checkpoint ({exc.__class__.__name__}); delete it to retrain"
         ) from None
@@ -183,7 +183,11 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 def _check_matches(state: dict[str, Any], path: Path, config: IqemConfig, in_channels: int, disc_layers: int) -> None:
     # The discriminator's depth follows the image size (Discriminator.layers_for).
     # How often checkpoints are written does not change the weights, so it may differ.
-    expected = {**config.model_dump(exclude={"checkpoint_every"}), "in_channels": in_channels, "discriminator_layers": disc_layers}
+    expected = {
+        **config.model_dump(exclude={"checkpoint_every"}),
+        "in_channels": in_channels,
+        "discriminator_layers": disc_layers,
+    }
     found = {
         **{name: value for name, value in state["config"].items() if name != "checkpoint_every"},
         "in_channels": state["in_channels"],
@@ -314,8 +318,12 @@ def train_iqem(
             real = augment_hosts(real, sampler)
             terms = _adversarial_step(generator, discriminator, optimiser_g, optimiser_d, surrogates, real, config)
             history.append(terms)
-            bar.set_postfix(D=f"{terms['discriminator']:.3g}", G_adv=f"{terms['adversarial']:.3g}",
-                            content=f"{terms['content']:.2g}", refresh=False)
+            bar.set_postfix(
+                D=f"{terms['discriminator']:.3g}",
+                G_adv=f"{terms['adversarial']:.3g}",
+                content=f"{terms['content']:.2g}",
+                refresh=False,
+            )
             bar.update()
             meter.advance()
             done = step + 1

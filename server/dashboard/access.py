@@ -9,7 +9,8 @@ compared in constant time.
 import hmac
 import ipaddress
 
-from flask import Flask, Response, redirect, request
+from flask import Flask, redirect, request
+from werkzeug.wrappers import Response
 
 COOKIE = "fesf_dashboard_token"
 #: Shortest token accepted: 128 bits of ``secrets.token_urlsafe``.

@@ -115,7 +115,7 @@ def create_app(
     app = Dash(
         __name__,
         title="FESF-Fed dashboard",
-        update_title=None,
+        update_title="",  # Dash's docs: None or "" leave the tab's title alone while callbacks run
         suppress_callback_exceptions=True,
         serve_locally=True,  # every script and style from this server: hospitals may have no internet
         assets_folder=str(Path(__file__).with_name("assets")),

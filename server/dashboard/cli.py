@@ -11,8 +11,8 @@ from pathlib import Path
 
 import waitress
 
+from fesf_fed.deployment.diagnose import TOKEN_VARIABLE
 from fesf_fed.device import select_device
-from fesf_fed.diagnose import TOKEN_VARIABLE
 from fesf_fed.errors import ConfigError, run_command
 from server.dashboard.access import check_token
 from server.dashboard.app import create_app

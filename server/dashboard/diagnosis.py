@@ -132,6 +132,8 @@ class DiagnosisService:
                     self._models.move_to_end(key)
                     return self._models[key]
             state = run.latest_checkpoint()
+            if state is None:  # removed since latest_checkpoint_path found it
+                raise DiagnosisError(409, f"run {name} has no global model yet; wait for its first round")
         finally:
             run.close()
         classes, channels, size = info["classes"], info["input"]["channels"], info["input"]["image-size"]

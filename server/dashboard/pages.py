@@ -12,7 +12,7 @@ from server.dashboard.figures import compare_figure, confusion_figure, global_fi
 from server.dashboard.runs import METRICS, RunDetails, RunSummary, final_metrics, metric_label, participation
 from server.run_store import GLOBAL
 
-_GRAPH_CONFIG = {"displaylogo": False, "responsive": True}
+_GRAPH_CONFIG: "dcc.Graph.Config" = {"displaylogo": False, "responsive": True}
 #: Quality figures as the sites report them (``ssim-x_pl-x_su_prime``), labelled as in Tables 2 and 3.
 _QUALITY_COLUMNS = [
     (f"{measure}-{reference}-{stage}", f"{measure.upper()} {label}")
@@ -25,7 +25,7 @@ def _number(value: Any, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str) -> html.Table:
+def table(header: Sequence[str | list[Any]], rows: Sequence[Sequence[Any]], table_id: str) -> html.Table:
     """A plain HTML table; cells may be text or components."""
     return html.Table(
         [
@@ -315,7 +315,7 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
         accuracy = final.get("accuracy")
         return "–" if accuracy is None or not reference else f"{accuracy / reference:.3f}"
 
-    rows = [
+    rows: list[list[Any]] = [
         ["status", *(details.summary.status for details in runs)],
         ["mode", *(details.summary.mode for details in runs)],
         ["model", *(details.summary.model for details in runs)],

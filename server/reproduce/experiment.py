@@ -29,12 +29,12 @@ from fesf_fed.central import pooled_site_data, train_central
 from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.federation.settings import RunSettings, parse_run_settings, simulated_site_configs
 from fesf_fed.home import fesf_home
-from fesf_fed.run_settings import RunSettings, parse_run_settings, simulated_site_configs
 from fesf_fed.task import classification_figures
 from fesf_fed.training_data import TRAINING_MODES
 from server.reproduce.paper import PAPER_PIPELINE
-from server.run_store import RUN_NAME, runs_folder
+from server.run_store import RUN_NAME
 from server.simulation import simulate
 
 #: Where a cell trains: a Flower simulation of the sites, or their images pooled in one place.
@@ -180,26 +180,16 @@ def _figures(confusion: np.ndarray) -> dict[str, Any]:
 
 
 def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dict[str, Any]:
-    runs = runs_folder()
-    before = set(runs.iterdir()) if runs.is_dir() else set()
     began = time.perf_counter()
-    simulate(plan.run_config(mode, seed, dataset_file))
-    seconds = time.perf_counter() - began
-    new = [path for path in (set(runs.iterdir()) if runs.is_dir() else set()) - before if path.is_dir()]
-    if len(new) != 1:
-        raise FesfError(
-            f"the {mode} federation (seed {seed}) left {len(new)} new run folders in {runs}, not one; "
-            "run one reproduction at a time per FESF_HOME and see the log above"
-        )
-    run = new[0]
     try:
-        summary = json.loads((run / "summary.json").read_text())
-        confusion = summary["final"]["confusion"]["evaluate"]
-    except (OSError, ValueError, KeyError, TypeError):
-        summary, confusion = {}, None
-    if summary.get("status") != "finished" or confusion is None:
-        raise FesfError(f"the {mode} federation (seed {seed}) did not finish: see {run / 'summary.json'} and the log")
-    final = summary["final"]
+        outcome = simulate(plan.run_config(mode, seed, dataset_file))
+    except FesfError as exc:
+        raise FesfError(f"the {mode} federation (seed {seed}) did not finish: {exc}") from None
+    seconds = time.perf_counter() - began
+    run, final = outcome.folder, outcome.final
+    confusion = final.get("confusion", {}).get("evaluate")
+    if confusion is None:
+        raise FesfError(f"the {mode} federation (seed {seed}) evaluated no site: see {run / 'summary.json'}")
     return {
         "run": run.name,
         "seconds": seconds,
@@ -208,7 +198,7 @@ def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dic
         "sites": {
             site: {"accuracy": values["accuracy"], "f1": values["f1"]} for site, values in final["sites"].items()
         },
-        "quality": summary.get("sites", {}),
+        "quality": outcome.sites,
     }
 
 

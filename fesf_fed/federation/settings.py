@@ -41,7 +41,7 @@ class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=lambda name: name.replace("_", "-"))
 
     num_server_rounds: int = Field(20, ge=1)
-    strategy: Literal[STRATEGY_NAMES] = "fedavg"  # type: ignore[valid-type]
+    strategy: Literal[STRATEGY_NAMES] = "fedavg"  # type: ignore[valid-type]  # a Literal of a runtime tuple: pydantic reads it, mypy cannot
     fraction_train: float = Field(1.0, ge=0, le=1)
     fraction_evaluate: float = Field(1.0, ge=0, le=1)
     min_train_nodes: int = Field(2, ge=0)
@@ -53,8 +53,8 @@ class RunSettings(BaseModel):
     fedavgm_server_lr: float = Field(1.0, gt=0)
     fedavgm_momentum: float = Field(0.9, ge=0, lt=1)
     fedtrimmedavg_beta: float = Field(0.2, ge=0, lt=0.5)
-    mode: Literal[TRAINING_MODES] = "x_su_prime"  # type: ignore[valid-type]
-    model: Literal[MODEL_NAMES] = "smallcnn"  # type: ignore[valid-type]
+    mode: Literal[TRAINING_MODES] = "x_su_prime"  # type: ignore[valid-type]  # a Literal of a runtime tuple: pydantic reads it, mypy cannot
+    model: Literal[MODEL_NAMES] = "smallcnn"  # type: ignore[valid-type]  # a Literal of a runtime tuple: pydantic reads it, mypy cannot
     pretrained_weights: str = ""
     local_epochs: int = Field(5, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -149,8 +149,8 @@ def simulated_site_configs(settings: RunSettings, site_defaults: dict[str, Any])
 
     With ``sites-file`` set, one site per entry of its ``sites`` mapping (name: site
     config YAML, relative to the file). Otherwise ``num-sites`` sites named
-    ``site-1`` ... share the dataset of ``site-config`` (the built-in phantoms when
-    empty), split ``iid`` or ``dirichlet``.
+    ``site-1`` ... share the dataset of ``site-config`` (when empty, the built-in
+    defaults with the run's ``site.`` keys: pyproject.toml names the demo set), split ``iid`` or ``dirichlet``.
 
     Raises
     ------
