@@ -3,7 +3,7 @@
 The deployment is the loopback rehearsal (``deploy/loopback.sh``): a SuperLink with
 TLS and authentication and two ``fesf-client`` sites on 127.0.0.1. The baseline is
 the same two sites (the rehearsal's own site configs, as a ``sites-file``) with the
-same run config in Flower's in-process simulation (``tests/simulation.py``), in the
+same run config in Flower's in-process simulation (``server/simulation.py``), in the
 same run of this script. Round times come from each run's ``summary.json``
 (``timing/seconds``); the surrogates are built before either federation starts, so
 neither is timed building them.
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # fesf_fed, tests.simulation, clients, server: run from anywhere
+sys.path.insert(0, str(REPO))  # fesf_fed, clients, server: run from anywhere
 
 from fesf_fed.deployment.processes import QUIET_FLOWER_ENV, flower_env
 
@@ -32,7 +32,8 @@ import time
 
 import yaml
 
-from tests.simulation import run_config, simulate
+from server.run_config import app_run_config
+from server.simulation import simulate
 
 ROUNDS = 2
 
@@ -56,7 +57,7 @@ def main() -> None:
         sites_file.write_text(yaml.safe_dump({"sites": {s: str(work / f"site-{s}.yaml") for s in ("A", "B")}}))
         os.environ["FESF_HOME"] = str(Path(folder) / "simulation-home")
         simulate(
-            run_config(**{"sites-file": str(sites_file), "num-server-rounds": ROUNDS, "local-epochs": 1}),
+            app_run_config(REPO, **{"sites-file": str(sites_file), "num-server-rounds": ROUNDS, "local-epochs": 1}),
             num_supernodes=2,
         )
         simulated = _round_seconds(Path(os.environ["FESF_HOME"]))

@@ -1,6 +1,6 @@
 """A federated round against the same training done centrally, bytes sent per round, peak memory.
 
-The federation runs in Flower's in-process simulation (``tests/simulation.py``'s
+The federation runs in Flower's in-process simulation (``server/simulation.py``'s
 apps: Ray actors host the ClientApps). The baseline does exactly the sites' work
 in this process, one site after another: per round, ``fesf_fed.task.train`` from
 the global model for ``local-epochs`` on each site's training surrogates, FedAvg
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # fesf_fed, tests.simulation, clients, server: run from anywhere
+sys.path.insert(0, str(REPO))  # fesf_fed, clients, server: run from anywhere
 
 from fesf_fed.deployment.processes import QUIET_FLOWER_ENV
 
@@ -50,8 +50,9 @@ from fesf_fed.home import fesf_home
 from fesf_fed.models import build_model
 from fesf_fed.task import evaluate, train
 from fesf_fed.training_data import SiteData, load_site_data
+from server.run_config import app_run_config
 from server.run_store import GLOBAL
-from tests.simulation import Handler, run_config, simulate
+from server.simulation import Handler, simulate
 
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -290,7 +291,8 @@ def main() -> None:
         "builds are not timed, and fewer steps change the surrogates' quality, not their size",
     )
     args = parser.parse_args()
-    config = run_config(
+    config = app_run_config(
+        REPO,
         **{
             "num-server-rounds": args.rounds,
             "local-epochs": args.local_epochs,
@@ -299,7 +301,7 @@ def main() -> None:
             "site.data.phantom_per_class": args.per_class,
             "site.data.image_size": args.image_size,
             **({"site.iqem.steps": args.iqem_steps} if args.iqem_steps is not None else {}),
-        }
+        },
     )
     settings, overrides = parse_run_settings(config)
     print(

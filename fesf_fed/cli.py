@@ -6,13 +6,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from fesf_fed.build import SiteBuild, build_surrogates, site_cache
-from fesf_fed.config import DataConfig, SiteConfig, load_config
+from fesf_fed.config import DataConfig, SiteConfig, load_config, parse_assignments
 from fesf_fed.data import ImageSet, SkippedFile, load_dataset
 from fesf_fed.deployment.diagnose import predict_folder, write_predictions
 from fesf_fed.errors import ConfigError, FesfError, run_command
@@ -35,11 +34,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if getattr(args, flag, None) is not None:
             overrides[field] = getattr(args, flag)
-    for assignment in args.set or []:
-        field, separator, value = assignment.partition("=")
-        if not separator or not field:
-            raise ConfigError(f"--set {assignment!r}: expected FIELD=VALUE, e.g. --set pipeline.beta=0.3")
-        overrides[field] = yaml.safe_load(value)
+    overrides.update(parse_assignments(args.set, "pipeline.beta=0.3"))
     for field in _PATH_FIELDS:
         if overrides.get(field) is not None:  # paths typed on the command line start at the working directory
             overrides[field] = str(Path(str(overrides[field])).expanduser().resolve())

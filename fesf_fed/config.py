@@ -256,6 +256,33 @@ def parse_config(
     return _resolve_paths(config, (base_dir or Path.cwd()).resolve())
 
 
+def parse_assignments(assignments: list[str] | None, example: str) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as ``{KEY: value}``, each value read as YAML (``0.3``, ``true``, ``[1, 2]``).
+
+    Parameters
+    ----------
+    assignments : list of str or None
+        The options' values, in command-line order (a later one wins).
+    example : str
+        A valid assignment, shown in the error message.
+
+    Raises
+    ------
+    ConfigError
+        For an assignment without ``=`` or a value that is not valid YAML.
+    """
+    parsed: dict[str, Any] = {}
+    for assignment in assignments or []:
+        key, equals, value = assignment.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set {example}")
+        try:
+            parsed[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {assignment!r}: the value is not valid YAML; quote it") from None
+    return parsed
+
+
 def read_yaml(path: Path, missing: str) -> Any:
     """Parse a YAML file; a missing file or bad syntax is a one-line ConfigError naming it.
 

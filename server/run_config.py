@@ -39,6 +39,11 @@ def fused_run_config(app: Path, run_config: list[str]) -> dict[str, Any]:
         ) from None
 
 
+def app_run_config(app: Path, **overrides: Any) -> dict[str, Any]:
+    """The app's default run config with ``overrides`` on top, as ``flwr run`` would fuse them (for Python callers)."""
+    return {**fused_run_config(app, []), **overrides}
+
+
 def check_run_config(app: Path, run_config: list[str], simulated: bool = True) -> RunSettings:
     """Validate a run's settings, and in a simulation its sites' configs, as the ServerApp would.
 

@@ -7,13 +7,12 @@ with a test's values, as ``flwr run . --run-config`` would make it.
 import dataclasses
 import functools
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message
-from flwr.common.config import flatten_dict
 
+from server.run_config import app_run_config
 from server.simulation import Handler, simulate
 from tests.conftest import TINY_BUILD
 
@@ -33,9 +32,7 @@ TINY_RUN: dict[str, Any] = {
 
 def run_config(**overrides: Any) -> dict[str, Any]:
     """The app's default run config (from pyproject.toml) with ``overrides`` applied."""
-    with (REPO / "pyproject.toml").open("rb") as handle:
-        defaults = flatten_dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
-    return {**defaults, **overrides}
+    return app_run_config(REPO, **overrides)
 
 
 def _delayed(handler: Handler, seconds: float, message_type: str, message: Message, context: Context) -> Message:

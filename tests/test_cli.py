@@ -85,7 +85,8 @@ def test_quality_before_a_build_says_what_to_run(fesf_main) -> None:
     [
         (["--set", "pipeline.alpha=0.9"], "pipeline.alpha: Input should be less than or equal to 0.5"),
         (["--config", "missing.yaml"], "missing.yaml: config file not found"),
-        (["--set", "alpha"], "expected FIELD=VALUE"),
+        (["--set", "alpha"], "expected KEY=VALUE"),
+        (["--set", "pipeline.beta=["], "--set 'pipeline.beta=[': the value is not valid YAML; quote it"),
         (["--set", "device=cuda:7"], "device: 'cuda:7'"),
         (["--source", "folder", "--data", "/no/such/folder", "--host-source", "phantom"], "/no/such/folder"),
     ],

@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fesf_fed.atomic import atomic_writer
-from fesf_fed.config import PATH_FIELDS, read_yaml, resolve_path
+from fesf_fed.config import PATH_FIELDS, parse_assignments, read_yaml, resolve_path
 from fesf_fed.errors import ConfigError, run_command
 from fesf_fed.training_data import TRAINING_MODES
 from server.reproduce.experiment import Plan, load_plan_results, reproduce, reproductions_folder
@@ -90,16 +89,7 @@ def _resolve(path: str, base: Path) -> str:
 
 
 def _overrides(assignments: list[str] | None) -> dict[str, Any]:
-    overrides = {}
-    for assignment in assignments or []:
-        key, equals, value = assignment.partition("=")
-        if not equals or not key:
-            raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set learning-rate=0.0005")
-        try:
-            overrides[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {assignment!r}: the value is not a YAML scalar; quote it") from None
-    return overrides
+    return parse_assignments(assignments, "learning-rate=0.0005")
 
 
 def _seeds(text: str) -> tuple[int, ...]:
