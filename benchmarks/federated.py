@@ -44,6 +44,7 @@ from typing import Any, Self
 import torch
 from flwr.app import ArrayRecord, Context, Message
 
+from clients import protocol
 from fesf_fed.device import select_device
 from fesf_fed.federation.settings import parse_run_settings, simulated_site_configs
 from fesf_fed.home import fesf_home
@@ -86,8 +87,8 @@ def _timed(handler: Handler) -> Handler:
     def timed(message: Message, context: Context) -> Message:
         start = time.perf_counter()
         reply = handler(message, context)
-        if not reply.has_error() and "metrics" in reply.content:
-            metrics = reply.content.metric_records["metrics"]
+        if not reply.has_error() and protocol.METRICS in reply.content:
+            metrics = reply.content.metric_records[protocol.METRICS]
             metrics[HANDLER_SECONDS] = time.perf_counter() - start
             metrics[HANDLER_THREADS] = torch.get_num_threads()
         return reply

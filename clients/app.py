@@ -53,13 +53,13 @@ def _global_model(message: Message, settings: RunSettings, data: SiteData) -> to
     return model
 
 
-@app.query("describe")
+@app.query(protocol.DESCRIBE_ACTION)
 def describe(message: Message, context: Context) -> Message:
     """Roll call: name this node's site, or say that it simulates sites."""
     return Message(RecordDict({protocol.NODE: describe_node(context.node_config).to_record()}), reply_to=message)
 
 
-@app.query("prepare")
+@app.query(protocol.PREPARE_ACTION)
 def prepare(message: Message, context: Context) -> Message:
     """First contact with a site: build or reuse its surrogates and describe them."""
     _, config, data = _site(message, context, report=True)

@@ -27,9 +27,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from fesf_fed.errors import FesfError
 
-#: Message types of the roll call and the preparation (Flower names ``train`` and ``evaluate``).
-DESCRIBE = "query.describe"
-PREPARE = "query.prepare"
+#: The query actions of the roll call and the preparation (a ClientApp registers ``@app.query(action)``),
+#: and their message types (Flower names ``train`` and ``evaluate``).
+DESCRIBE_ACTION = "describe"
+PREPARE_ACTION = "prepare"
+DESCRIBE = f"query.{DESCRIBE_ACTION}"
+PREPARE = f"query.{PREPARE_ACTION}"
 
 #: Record names.
 CONFIG = "config"

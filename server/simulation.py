@@ -19,6 +19,7 @@ from flwr.simulation import run_simulation
 
 import clients.app
 import server.app
+from clients import protocol
 from fesf_fed.errors import FesfError
 from server.federation import RunOutcome
 
@@ -29,8 +30,8 @@ Handler = Callable[[Message, Context], Message]
 def _client_app(config: dict[str, Any], instrument: Callable[[Handler], Handler] | None) -> ClientApp:
     app = ClientApp()
     for register, handler in (
-        (app.query("describe"), clients.app.describe),
-        (app.query("prepare"), clients.app.prepare),
+        (app.query(protocol.DESCRIBE_ACTION), clients.app.describe),
+        (app.query(protocol.PREPARE_ACTION), clients.app.prepare),
         (app.train(), clients.app.train_round),
         (app.evaluate(), clients.app.evaluate_round),
     ):
