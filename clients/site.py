@@ -7,8 +7,8 @@ it, in each message, which of the run config's sites to be (``site-index``), so
 any number of SuperNodes can simulate any number of sites.
 """
 
+from collections import OrderedDict
 from collections.abc import Mapping
-from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -89,8 +89,10 @@ def progress_file(node_config: Mapping[str, Any], run_id: int, site: str) -> Pro
     return None if NODE_SITE_KEY in node_config else ProgressFile(run_id, site)
 
 
-#: The ``report`` of the :func:`site_data` call under way: passed beside the cache, not in its key.
-_report: ContextVar[ProgressCallback | None] = ContextVar("report", default=None)
+#: Sites' data loaded in this process, most recently used last: a SuperNode serves the same
+#: sites every round. A plain bounded dict, not lru_cache, because ``report`` is no part of the key.
+_loaded: OrderedDict[tuple[SiteConfig, str], SiteData] = OrderedDict()
+_KEEP = 16
 
 
 def site_data(config: SiteConfig, mode: str, report: ProgressCallback | None = None) -> SiteData:
@@ -99,13 +101,10 @@ def site_data(config: SiteConfig, mode: str, report: ProgressCallback | None = N
     ``report`` hears of the loading and building when this call does them; a later call
     with another ``report``, or none, finds the same data.
     """
-    token = _report.set(report)
-    try:
-        return _cached_site_data(config, mode)
-    finally:
-        _report.reset(token)
-
-
-@lru_cache(maxsize=16)
-def _cached_site_data(config: SiteConfig, mode: str) -> SiteData:
-    return load_site_data(config, mode, report=_report.get())
+    key = (config, mode)
+    if key not in _loaded:
+        _loaded[key] = load_site_data(config, mode, report=report)
+        if len(_loaded) > _KEEP:
+            _loaded.popitem(last=False)
+    _loaded.move_to_end(key)
+    return _loaded[key]
