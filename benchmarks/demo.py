@@ -14,7 +14,6 @@ Goals (from the Quickstart): balanced accuracy >= 0.80 (x_su') and >= 0.90 (plai
 each run within 300 s on an idle 2-core machine.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fesf_fed.deployment.processes import free_port
+from fesf_fed.federation.run_summary import SUMMARY_FILE, RunSummary
 
 GOALS = {"x_su_prime": 0.80, "plaintext": 0.90}
 SECONDS_GOAL = 300.0
@@ -56,10 +56,12 @@ def _federate(mode: str, scratch: Path) -> dict:
     if done.returncode != 0:
         sys.exit(f"make federate ({mode}) failed with status {done.returncode}:\n{done.stdout[-3000:]}{done.stderr}")
     (run,) = (homes["FESF_HOME"] / "runs").iterdir()
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunSummary.read(run / SUMMARY_FILE)
+    if summary.final is None:
+        sys.exit(f"make federate ({mode}): run {run.name} ended {summary.status} without final figures")
     venvs = [str(path.parent) for path in homes["FLWR_HOME"].rglob("pyvenv.cfg")]
-    rounds = summary["config"]["num-server-rounds"]
-    return {"seconds": seconds, "final": summary["final"], "rounds": rounds, "venvs": venvs}
+    rounds = summary.config["num-server-rounds"]
+    return {"seconds": seconds, "final": summary.final, "rounds": rounds, "venvs": venvs}
 
 
 def main() -> None:
@@ -70,14 +72,14 @@ def main() -> None:
     print(f"{'mode':<11} {'seconds':>8} {'accuracy':>9} {'balanced':>9} {'macro-F1':>9} {'one class':>10}  goal")
     for mode, result in results.items():
         final = result["final"]
-        balanced = final["balanced-accuracy"]
+        balanced = final.balanced_accuracy
         verdict = "met" if balanced >= GOALS[mode] and result["seconds"] <= SECONDS_GOAL else "MISSED"
         print(
-            f"{mode:<11} {result['seconds']:>8.1f} {final['accuracy']:>9.3f} {balanced:>9.3f} {final['f1']:>9.3f} "
-            f"{final['one_class']!s:>10}  balanced >= {GOALS[mode]:.2f} in <= {SECONDS_GOAL:.0f} s: {verdict}"
+            f"{mode:<11} {result['seconds']:>8.1f} {final.accuracy:>9.3f} {balanced:>9.3f} {final.f1:>9.3f} "
+            f"{final.one_class!s:>10}  balanced >= {GOALS[mode]:.2f} in <= {SECONDS_GOAL:.0f} s: {verdict}"
         )
     surrogate, plain = results["x_su_prime"], results["plaintext"]
-    ratio = surrogate["final"]["balanced-accuracy"] / plain["final"]["balanced-accuracy"]
+    ratio = surrogate["final"].balanced_accuracy / plain["final"].balanced_accuracy
     print(f"x_su' / plaintext: balanced accuracy {ratio:.3f}, time {surrogate['seconds'] / plain['seconds']:.2f}x")
     uv_after = UV_CACHE.exists()
     installed = [venv for result in results.values() for venv in result["venvs"]]

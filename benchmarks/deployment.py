@@ -24,7 +24,6 @@ from fesf_fed.deployment.processes import QUIET_FLOWER_ENV, flower_env
 for _name, _value in QUIET_FLOWER_ENV.items():
     os.environ.setdefault(_name, _value)
 
-import json
 import statistics
 import subprocess
 import tempfile
@@ -32,16 +31,15 @@ import time
 
 import yaml
 
+from fesf_fed.federation.run_summary import GLOBAL, SUMMARY_FILE, RunSummary
 from server.run_config import app_run_config
 from server.simulation import simulate
 
 ROUNDS = 2
 
 
-def _round_seconds(home: Path) -> list[float]:
-    (summary,) = (home / "runs").glob("*/summary.json")
-    history = json.loads(summary.read_text())["history"]
-    return [entry["timing"]["global"]["seconds"] for entry in history]
+def _round_seconds(summary: RunSummary) -> list[float]:
+    return [entry.timing[GLOBAL]["seconds"] for entry in summary.history]
 
 
 def main() -> None:
@@ -51,16 +49,17 @@ def main() -> None:
         began = time.perf_counter()
         subprocess.run(["bash", str(REPO / "deploy" / "loopback.sh"), str(work)], env=env, check=True)
         loopback_seconds = time.perf_counter() - began
-        deployed = _round_seconds(work / "server-home")
+        (deployed_run,) = (work / "server-home" / "runs").iterdir()
+        deployed = _round_seconds(RunSummary.read(deployed_run / SUMMARY_FILE))
 
         sites_file = Path(folder) / "sites.yaml"
         sites_file.write_text(yaml.safe_dump({"sites": {s: str(work / f"site-{s}.yaml") for s in ("A", "B")}}))
         os.environ["FESF_HOME"] = str(Path(folder) / "simulation-home")
-        simulate(
+        outcome = simulate(
             app_run_config(REPO, **{"sites-file": str(sites_file), "num-server-rounds": ROUNDS, "local-epochs": 1}),
             num_supernodes=2,
         )
-        simulated = _round_seconds(Path(os.environ["FESF_HOME"]))
+        simulated = _round_seconds(outcome.summary)
 
     print(f"loopback rehearsal end to end (keys, builds, {ROUNDS} rounds, shutdown): {loopback_seconds:.1f} s")
     print(f"round seconds, deployed:  {', '.join(f'{s:.1f}' for s in deployed)}")

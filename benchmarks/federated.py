@@ -30,7 +30,6 @@ for _name, _value in QUIET_FLOWER_ENV.items():
     os.environ.setdefault(_name, _value)
 
 import argparse
-import json
 import multiprocessing
 import resource
 import sqlite3
@@ -44,8 +43,8 @@ from typing import Any, Self
 import torch
 from flwr.app import ArrayRecord, Context, Message
 
-from clients import protocol
 from fesf_fed.device import select_device
+from fesf_fed.federation import protocol
 from fesf_fed.federation.settings import parse_run_settings, simulated_site_configs
 from fesf_fed.home import fesf_home
 from fesf_fed.models import build_model
@@ -336,15 +335,12 @@ def main() -> None:
     per_round = record_bytes * args.sites * 3  # train: down + up; evaluate: down (replies carry metrics only)
 
     # The federation.
-    runs = fesf_home() / "runs"
-    known = set(runs.iterdir()) if runs.is_dir() else set()
     start = time.perf_counter()
     with TreeMemory() as memory:
-        simulate(config, args.supernodes, instrument=_timed)
+        outcome = simulate(config, args.supernodes, instrument=_timed)
     federation_wall = time.perf_counter() - start
-    (run,) = set(runs.iterdir()) - known
+    run, summary = outcome.folder, outcome.summary
     metrics = _run_metrics(run)
-    status = json.loads((run / "summary.json").read_text())
     federated = [metrics[(r, "timing", "global", "seconds")] for r in range(1, args.rounds + 1)]
     handler = {
         (r, phase): [
@@ -363,7 +359,7 @@ def main() -> None:
     best = min(central_mean, key=central_mean.__getitem__)
     actor_threads = sorted({int(v) for (_, _, s, n), v in metrics.items() if s != GLOBAL and n == HANDLER_THREADS})
 
-    print(f"\nrun {run.name}: status {status.get('status')}, final accuracy {status['final'].get('accuracy')}")
+    print(f"\nrun {run.name}: status {summary.status}, final accuracy {summary.final and summary.final.accuracy}")
     print(
         f"training images per site: {[len(d.train_labels) for _, d in sites]} (test: {[len(d.test_labels) for _, d in sites]})"
     )

@@ -15,21 +15,29 @@ surrogate, never do. Message types:
 import zlib
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import protocol
-from clients.protocol import DataDescription, Record, site_reply
 from clients.site import describe_node, progress_file, site_config_for, site_data
 from fesf_fed.config import SiteConfig
 from fesf_fed.device import select_device
 from fesf_fed.errors import FesfError
+from fesf_fed.federation import protocol
+from fesf_fed.federation.protocol import DataDescription
 from fesf_fed.federation.settings import RunSettings, parse_run_settings
 from fesf_fed.models import build_model
 from fesf_fed.task import evaluate, train
 from fesf_fed.training_data import SiteData
 
 app = ClientApp()
+
+#: What a reply's content holds by record name.
+Record = ArrayRecord | MetricRecord | ConfigRecord
+
+
+def _site_reply(message: Message, site: str, **records: Record) -> Message:
+    """A site's reply to ``message``: ``records`` and the site's name (record ``site``)."""
+    return Message(RecordDict({**records, protocol.SITE: ConfigRecord(protocol.site_record(site))}), reply_to=message)
 
 
 def _site(message: Message, context: Context, report: bool = False) -> tuple[RunSettings, SiteConfig, SiteData]:
@@ -39,7 +47,7 @@ def _site(message: Message, context: Context, report: bool = False) -> tuple[Run
     process, load the data there again and must not write progress after preparation ended.
     """
     settings, site_defaults = parse_run_settings(context.run_config)
-    config = site_config_for(protocol.message_config(message), context.node_config, settings, site_defaults)
+    config = site_config_for(protocol.config_of(message.content), context.node_config, settings, site_defaults)
     reporter = progress_file(context.node_config, message.metadata.run_id, config.site) if report else None
     try:
         return settings, config, site_data(config, settings.mode, reporter)
@@ -56,7 +64,8 @@ def _global_model(message: Message, settings: RunSettings, data: SiteData) -> to
 @app.query(protocol.DESCRIBE_ACTION)
 def describe(message: Message, context: Context) -> Message:
     """Roll call: name this node's site, or say that it simulates sites."""
-    return Message(RecordDict({protocol.NODE: describe_node(context.node_config).to_record()}), reply_to=message)
+    node = ConfigRecord(describe_node(context.node_config).to_config())
+    return Message(RecordDict({protocol.NODE: node}), reply_to=message)
 
 
 @app.query(protocol.PREPARE_ACTION)
@@ -69,8 +78,8 @@ def prepare(message: Message, context: Context) -> Message:
         "test-examples": len(data.test_labels),
     }
     metrics = MetricRecord({**counts, **data.quality})
-    records: dict[str, Record] = {protocol.DATA: description.to_record(), protocol.METRICS: metrics}
-    return site_reply(message, config.site, **records)
+    records: dict[str, Record] = {protocol.DATA: ConfigRecord(description.to_config()), protocol.METRICS: metrics}
+    return _site_reply(message, config.site, **records)
 
 
 @app.train()
@@ -78,7 +87,7 @@ def train_round(message: Message, context: Context) -> Message:
     """Train the global model on the site's training images for the configured local epochs."""
     settings, config, data = _site(message, context)
     model = _global_model(message, settings, data)
-    server_config = protocol.message_config(message)
+    server_config = protocol.config_of(message.content)
     server_round = int(server_config.get(protocol.SERVER_ROUND, 0))
     loss = train(
         model,
@@ -94,7 +103,7 @@ def train_round(message: Message, context: Context) -> Message:
     )
     metrics = MetricRecord({protocol.NUM_EXAMPLES: len(data.train_labels), protocol.TRAIN_LOSS: loss})
     records: dict[str, Record] = {protocol.ARRAYS: ArrayRecord(model.state_dict()), protocol.METRICS: metrics}
-    return site_reply(message, config.site, **records)
+    return _site_reply(message, config.site, **records)
 
 
 @app.evaluate()
@@ -114,6 +123,6 @@ def evaluate_round(message: Message, context: Context) -> Message:
     metrics = MetricRecord({protocol.NUM_EXAMPLES: scalars.pop("examples"), **scalars})
     records: dict[str, Record] = {
         protocol.METRICS: metrics,
-        protocol.CONFUSION: protocol.confusion_record(result.confusion),
+        protocol.CONFUSION: ConfigRecord(protocol.confusion_record(result.confusion)),
     }
-    return site_reply(message, config.site, **records)
+    return _site_reply(message, config.site, **records)

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from clients.protocol import SITE_INDEX, NodeDescription
 from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.errors import ConfigError
+from fesf_fed.federation.protocol import SITE_INDEX, NodeDescription
 from fesf_fed.federation.settings import RunSettings, simulated_site_configs
 from fesf_fed.progress import ProgressCallback, ProgressFile
 from fesf_fed.training_data import SiteData, load_site_data
@@ -48,7 +48,7 @@ def deployed_site_config(node_config: Mapping[str, Any]) -> SiteConfig:
         updates.update({"hosts.source": "folder", "hosts.path": str(node_config["hosts-dir"])})
     if "device" in node_config:
         updates["device"] = str(node_config["device"])
-    return load_config(str(site_config) if site_config else None, overrides=updates)
+    return load_config(str(site_config) if site_config else None, command_line=updates)
 
 
 def site_config_for(

@@ -17,11 +17,10 @@ from fesf_fed.deployment.diagnose import predict_folder, write_predictions
 from fesf_fed.errors import ConfigError, FesfError, run_command
 
 console = Console()
-#: Config fields that hold paths; in a file they are relative to the file.
-_PATH_FIELDS = ("data.path", "hosts.path", "hosts.secret_file", "quality.lpips_weights")
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+def _command_line(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the options set, by dotted name (relative paths: from the working directory)."""
     overrides: dict[str, Any] = {}
     for flag, field in (
         ("site", "site"),
@@ -35,9 +34,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, flag, None) is not None:
             overrides[field] = getattr(args, flag)
     overrides.update(parse_assignments(args.set, "pipeline.beta=0.3"))
-    for field in _PATH_FIELDS:
-        if overrides.get(field) is not None:  # paths typed on the command line start at the working directory
-            overrides[field] = str(Path(str(overrides[field])).expanduser().resolve())
     return overrides
 
 
@@ -54,7 +50,7 @@ def _site_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _site_config(args: argparse.Namespace) -> SiteConfig:
-    return load_config(args.config, _overrides(args))
+    return load_config(args.config, command_line=_command_line(args))
 
 
 def _skipped_table(title: str, skipped: list[dict[str, str]] | list[SkippedFile]) -> Table:

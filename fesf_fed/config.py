@@ -1,11 +1,16 @@
-"""A site's configuration: one YAML file, validated when loaded.
+"""A site's configuration: the model, and the one place that resolves it from its layers.
 
 Every field has the paper's default (docs/design.md section 2) or a CPU-friendly one
-where the paper gives none. Relative paths in a file are read relative to that
-file's folder, so a config works from any working directory.
+where the paper gives none. :func:`parse_config` merges the layers that may set a field
+(built-in defaults, the run config's ``site.`` keys, the site's YAML file, the command
+line or node config, what the federation assigns) in one order, with one rule for
+relative paths: relative to the file that names them, on a command line to the working
+directory (docs/configuration.md, "Where a site's settings come from").
 """
 
 import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -170,90 +175,170 @@ PATH_FIELDS = frozenset(
 )
 
 
-def resolve_path(value: str | Path, base: Path) -> Path:
-    """``value`` as an absolute path, a relative one taken from ``base``; ``~`` expanded."""
-    value = Path(value).expanduser()
-    return value if value.is_absolute() else (base / value).resolve()
+def resolve_path(value: str | Path, base: Path | None, name: str = "path") -> Path:
+    """``value`` as an absolute path (``~`` expanded); a relative one is taken from ``base``.
+
+    This is the one path rule of every setting (docs/configuration.md, "Paths"): a relative
+    path is relative to the file that names it, and one typed on a command line to the
+    working directory. ``base`` None means the value comes with no file or folder to be
+    relative to (Flower's run config, which reaches the apps as bare values): it must be
+    absolute, and ``name`` says which setting it is in the error.
+
+    Raises
+    ------
+    ConfigError
+        If ``value`` is relative and ``base`` is None.
+    """
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    if base is None:
+        raise ConfigError(
+            f"{name}: {str(value)!r} is relative; give an absolute path (the apps do not run in your folder)"
+        )
+    return (base / path).resolve()
 
 
-def _resolve_paths(config: SiteConfig, base: Path) -> SiteConfig:
-    sections: dict[str, Any] = {}
-    for dotted in PATH_FIELDS:
-        name, field = dotted.split(".")
-        section = sections.get(name, getattr(config, name))
-        value = getattr(section, field)
-        # Only fields the file set: a dump with exclude_unset stays what the file said.
-        if value is not None and field in section.model_fields_set:
-            sections[name] = section.model_copy(update={field: resolve_path(value, base)})
-    return config.model_copy(update=sections)
+@dataclass(frozen=True)
+class _Layer:
+    """The values one source gives a site's config, as dotted field names, and how errors name them."""
+
+    values: dict[str, Any]
+    #: How an error names a field of this layer; ``{key}`` is its dotted name.
+    label: str
 
 
-def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
-    field = ".".join(str(part) for part in error["loc"]) or "config"
+def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{dotted name: leaf value}``; an empty section stays a leaf."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def resolve_path_fields(values: Mapping[str, Any] | None, base: Path | None, label: str = "{key}") -> dict[str, Any]:
+    """``values`` (dotted field names) with the path fields (:data:`PATH_FIELDS`) made absolute by :func:`resolve_path`.
+
+    ``label`` names a field in an error; ``{key}`` is its dotted name.
+    """
+    resolved = dict(values or {})
+    for key in PATH_FIELDS & resolved.keys():
+        if isinstance(resolved[key], str | Path):
+            resolved[key] = str(resolve_path(resolved[key], base, label.format(key=key)))
+    return resolved
+
+
+def _layer(values: Mapping[str, Any] | None, label: str, base: Path | None) -> _Layer:
+    """A layer with its path fields made absolute by the one path rule."""
+    return _Layer(resolve_path_fields(values, base, label), label)
+
+
+def _tree(layers: list[_Layer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The layers merged into one nested mapping, later layers winning, and which layer gave each field."""
+    tree: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for layer in layers:
+        for dotted, value in layer.values.items():
+            *parents, leaf = dotted.split(".")
+            section = tree
+            for depth, part in enumerate(parents):
+                if not isinstance(section.get(part, {}), dict):
+                    where = ".".join(parents[: depth + 1])
+                    raise ConfigError(f"{layer.label.format(key=dotted)}: {where} is not a section")
+                section = section.setdefault(part, {})
+            section[leaf] = value
+            origin[dotted] = layer.label
+    return tree, origin
+
+
+def _label(dotted: str, origin: dict[str, str], fallback: str) -> str:
+    """How an error names field ``dotted``: after the layer that gave it, or the closest one that gave a part."""
+    parts = dotted.split(".")
+    for length in range(len(parts), 0, -1):
+        if (prefix := ".".join(parts[:length])) in origin:
+            return origin[prefix].format(key=dotted)
+    inside = [origin[key] for key in origin if key.startswith(f"{dotted}.")]
+    return (inside[-1] if inside and dotted else fallback).format(key=dotted or "config")
+
+
+def _describe(error: ErrorDetails, model: type[BaseModel], origin: dict[str, str], fallback: str) -> str:
+    field = ".".join(str(part) for part in error["loc"])
+    where = _label(field, origin, fallback)
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         section: Any = model
         for part in error["loc"][:-1]:
             section = section.model_fields[str(part)].annotation
         allowed = ", ".join(section.model_fields)
-        return f"{field}: unknown field; allowed here: {allowed}"
+        return f"{where}: unknown field; allowed here: {allowed}"
     if error["type"] == "model_type":
-        return f"{field}: expected a mapping of fields, got {error['input']!r}"
+        return f"{where}: expected a mapping of fields, got {error['input']!r}"
     got = f" (got {error['input']!r})" if not isinstance(error.get("input"), dict) else ""
-    return f"{field}: {message}{got}"
+    return f"{where}: {message}{got}"
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, replace: bool = True) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree.setdefault(part, {})
-        if not isinstance(tree, dict):
-            raise ConfigError(f"override {dotted}: {part} is not a section")
-    if replace or leaf not in tree:
-        tree[leaf] = value
+#: How errors name a field set by each layer of :func:`parse_config`.
+RUN_CONFIG_LABEL = "run config site.{key}"
+COMMAND_LINE_LABEL = "command line {key}"
+ASSIGNED_LABEL = "{key} (set by the run)"
 
 
 def parse_config(
-    raw: dict[str, Any] | None,
+    raw: Mapping[str, Any] | None,
     *,
     source: str = "config",
     base_dir: Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    defaults: dict[str, Any] | None = None,
+    run_config: Mapping[str, Any] | None = None,
+    command_line: Mapping[str, Any] | None = None,
+    assigned: Mapping[str, Any] | None = None,
 ) -> SiteConfig:
-    """Validate a config mapping and return the site's configuration.
+    """A site's configuration from every layer that sets it, in the one order of docs/configuration.md.
+
+    Each layer names fields by their dotted names (``{"data.image_size": 128}``); a later
+    layer wins over an earlier one:
+
+    1. the built-in defaults (the fields of :class:`SiteConfig`);
+    2. ``run_config``: the run config's ``site.`` keys, without the prefix; paths must be absolute;
+    3. ``raw``: the site's YAML file; relative paths are relative to ``base_dir``, its folder;
+    4. ``command_line``: flags and ``--set`` of ``fesf``, a deployed site's node config;
+       relative paths are relative to the working directory;
+    5. ``assigned``: what a federation assigns a site, its name and share of a split dataset.
 
     Parameters
     ----------
-    raw : dict or None
-        The parsed YAML (``None`` for an empty file: all defaults).
+    raw : mapping or None
+        The parsed YAML (``None`` for no file or an empty one).
     source : str
-        What to call the config in error messages (usually its path).
+        What to call the file in error messages (usually its path).
     base_dir : Path, optional
-        Folder that relative paths are resolved against (default: the working directory).
-    overrides : dict, optional
-        Dotted field names and values that replace the file's, e.g. ``{"data.image_size": 128}``.
-    defaults : dict, optional
-        Dotted field names and values used where the file sets nothing.
+        The file's folder (default: the working directory).
+    run_config, command_line, assigned : mapping, optional
+        The other layers, as above.
 
     Raises
     ------
     ConfigError
-        Naming the field, the allowed values and the value given.
+        One line naming each bad field after the layer that set it, what it allows and the value given.
     """
-    if not isinstance(raw or {}, dict):
+    if not isinstance(raw or {}, Mapping):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
-    tree: dict[str, Any] = dict(raw or {})
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(tree, dotted, value)
-    for dotted, value in (defaults or {}).items():
-        _set_dotted(tree, dotted, value, replace=False)
+    file_label = f"{source}: {{key}}"
+    layers = [
+        _layer(run_config, RUN_CONFIG_LABEL, None),
+        _layer(_dotted(raw or {}), file_label, (base_dir or Path.cwd()).resolve()),
+        _layer(command_line, COMMAND_LINE_LABEL, Path.cwd()),
+        _layer(assigned, ASSIGNED_LABEL, None),
+    ]
+    tree, origin = _tree(layers)
     try:
-        config = SiteConfig.model_validate(tree)
+        return SiteConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(_describe(error, SiteConfig) for error in exc.errors())
-        raise ConfigError(f"{source}: {problems}") from None
-    return _resolve_paths(config, (base_dir or Path.cwd()).resolve())
+        fallback = file_label if raw else "{key}"
+        problems = "; ".join(_describe(error, SiteConfig, origin, fallback) for error in exc.errors())
+        raise ConfigError(problems) from None
 
 
 def parse_assignments(assignments: list[str] | None, example: str) -> dict[str, Any]:
@@ -300,24 +385,28 @@ def read_yaml(path: Path, missing: str) -> Any:
 
 def load_config(
     path: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-    defaults: dict[str, Any] | None = None,
+    *,
+    run_config: Mapping[str, Any] | None = None,
+    command_line: Mapping[str, Any] | None = None,
+    assigned: Mapping[str, Any] | None = None,
 ) -> SiteConfig:
-    """Read and validate a site config file; ``None`` gives the built-in phantom demo.
+    """Read a site config file and resolve it with the other layers (:func:`parse_config`).
+
+    ``path`` None: no file, the built-in defaults (the phantom demo) and the other layers.
 
     Raises
     ------
     ConfigError
         If the file is missing, is not YAML, or a field is invalid.
     """
-    if path is None:
-        return parse_config({}, source="built-in defaults", overrides=overrides, defaults=defaults)
-    path = Path(path)
-    raw = read_yaml(path, "config file not found; pass an existing YAML file")
+    raw, source, base_dir = None, "config", None
+    if path is not None:
+        path = Path(path)
+        raw, source, base_dir = (
+            read_yaml(path, "config file not found; pass an existing YAML file"),
+            str(path),
+            path.parent,
+        )
     return parse_config(
-        raw,
-        source=str(path),
-        base_dir=path.parent,
-        overrides=overrides,
-        defaults=defaults,
+        raw, source=source, base_dir=base_dir, run_config=run_config, command_line=command_line, assigned=assigned
     )

@@ -8,11 +8,23 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from fesf_fed.errors import ConfigError
-from fesf_fed.federation.settings import parse_run_settings
+from fesf_fed.federation.settings import RUN_NAME, parse_run_settings
 from server.federation import RunOutcome, run_federation
-from server.run_store import RunFolder
+from server.run_store import RunFolder, runs_folder
 
 app = ServerApp()
+
+
+def _refused_run_name(run_config: dict, flower_run: str) -> str:
+    """The folder of a run whose settings were refused: its ``run-name`` if valid and new, else Flower's run id.
+
+    So that ``fesf-server run``, which names the run, finds the refusal in the run's summary; a
+    run of that name, or the run to resume, is left as it was.
+    """
+    name = run_config.get("run-name")
+    if isinstance(name, str) and RUN_NAME.fullmatch(name) and not (runs_folder() / name).exists():
+        return name
+    return flower_run
 
 
 def _refuse(run_name: str, run_config: dict, error: ConfigError) -> None:
@@ -37,7 +49,7 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def run_app(grid: Grid, context: Context) -> RunOutcome:
-    """Train the configured model across the run's sites; see ``$FESF_HOME/runs/<run-id>/``.
+    """Train the configured model across the run's sites; see ``$FESF_HOME/runs/<run-name or run-id>/``.
 
     :func:`server.simulation.simulate` calls it for the outcome, which it hands to its caller.
     """
@@ -47,6 +59,6 @@ def run_app(grid: Grid, context: Context) -> RunOutcome:
         # First thing, before any site prepares. Flower adds a traceback and `flwr run` still
         # exits 0 (it does not report a run's status): this line is the one to read.
         log(ERROR, "error: %s", exc)
-        _refuse(str(context.run_id), dict(context.run_config), exc)
+        _refuse(_refused_run_name(dict(context.run_config), str(context.run_id)), dict(context.run_config), exc)
         raise
     return run_federation(grid, settings, site_defaults, str(context.run_id))

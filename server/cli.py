@@ -7,7 +7,9 @@ one key pair per site (:mod:`fesf_fed.deployment.pki`).
 (insecure only with ``--insecure``), registers the public key of every site in the
 site-keys folder, submits the FESF run with ``flwr run`` and streams its progress
 until it ends, then stops the SuperLink. The run folder is written as in simulation,
-to ``$FESF_HOME/runs/<run-id>/``. The ServerApp is told which SuperNode each site's
+to ``$FESF_HOME/runs/<run-name>/``: the run's ``run-name``, which ``fesf-server run``
+sets from the date and time unless ``--run-config`` gives one (or ``resume``); its
+``summary.json`` gives the result. The ServerApp is told which SuperNode each site's
 key was registered as, and refuses a node that claims another site's name.
 
 ``fesf-server check`` validates run settings as the ServerApp will, before anything
@@ -18,10 +20,10 @@ found by its Flower home, never by name.
 
 import argparse
 import json
-import re
 import signal
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,14 +32,14 @@ from fesf_fed.atomic import atomic_writer
 from fesf_fed.deployment.pki import check_site_name, make_consortium_keys
 from fesf_fed.deployment.processes import FlowerProcess, flower_env, flower_executable, split_address, wait_for_port
 from fesf_fed.errors import INTERRUPTED, ConfigError, FesfError, run_command
+from fesf_fed.federation.run_summary import SUMMARY_FILE, RunSummary
 from fesf_fed.home import fesf_home, private_folder
 from server.local_superlink import local_superlink_log, stop_local_superlink
 from server.run_config import check_run_config
+from server.run_store import runs_folder
 
 #: Names the operator's own commands use to reach the SuperLink on its host.
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
-#: The ServerApp's last line names the run's summary.
-_FINISHED = re.compile(r"Run \S+ finished: (\S+summary\.json)")
 _CONNECTION = "fesf"
 
 
@@ -116,11 +118,27 @@ def _app_folder(path: Path | None) -> Path:
     return folder
 
 
+def new_run_name(now: datetime | None = None) -> str:
+    """A name for a new run's folder from the local date and time, e.g. ``2026-11-30_140503``.
+
+    A name that a folder in ``$FESF_HOME/runs`` has already gets ``-2``, ``-3``, ...
+    """
+    base = f"{now or datetime.now():%Y-%m-%d_%H%M%S}"
+    name, number = base, 1
+    while (runs_folder() / name).exists():
+        number += 1
+        name = f"{base}-{number}"
+    return name
+
+
 def _run_run(args: argparse.Namespace) -> int:
     host, port = split_address(args.address, "--address")
     app = _app_folder(args.app)
     # Before the SuperLink starts and keys are registered: a bad setting costs a second, not a start-up.
-    check_run_config(app, [args.run_config] if args.run_config else [], simulated=False)
+    settings = check_run_config(app, [args.run_config] if args.run_config else [], simulated=False)
+    # The run's folder: given (a new run's run-name, or the run to resume), else named here.
+    given = settings.resume or settings.run_name
+    run_name = given or new_run_name()
     if args.insecure and (args.certificates or args.site_keys):
         raise ConfigError("--insecure: cannot be combined with --certificates or --site-keys; choose one")
     if not args.insecure and args.certificates is None:
@@ -164,12 +182,13 @@ def _run_run(args: argparse.Namespace) -> int:
         nodes = {site: register_site(key, site, env) for site, key in keys.items()}
         for site, node in nodes.items():
             print(f"registered site {site} as SuperNode {node}")
-        return _submit(args, app, env, nodes, children)
+        return _submit(args, app, env, nodes, children, run_name, named=not given)
     except KeyboardInterrupt:
-        print(
-            f"stopped ({signal.Signals(stopping[0]).name if stopping else 'SIGINT'}); the run can be resumed with "
-            "--run-config \"resume='<run-id>'\""
-        )
+        signal_name = signal.Signals(stopping[0]).name if stopping else "SIGINT"
+        if (runs_folder() / run_name / "store.sqlite").exists():
+            print(f"stopped ({signal_name}); the run can be resumed with --run-config \"resume='{run_name}'\"")
+        else:
+            print(f"stopped ({signal_name}) before the run {run_name} began")
         return INTERRUPTED
     finally:
         # A second Ctrl-C must not cut the clean-up short and orphan the SuperLink.
@@ -181,10 +200,29 @@ def _run_run(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
 
 
+def _written(path: Path) -> int | None:
+    """When ``path`` was last written (ns), or None when it is missing."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def _submit(
-    args: argparse.Namespace, app: Path, env: dict[str, str], nodes: dict[str, int], children: list[FlowerProcess]
+    args: argparse.Namespace,
+    app: Path,
+    env: dict[str, str],
+    nodes: dict[str, int],
+    children: list[FlowerProcess],
+    run_name: str,
+    named: bool,
 ) -> int:
-    ours = []
+    """Submit the run with ``flwr run`` and stream it to its end; report its result from its summary.
+
+    ``run_name`` is the run's folder in ``$FESF_HOME/runs``; ``named``: it was chosen here, and the
+    run config gets it as ``run-name``.
+    """
+    ours = [f'run-name="{run_name}"'] if named else []
     if nodes:
         count = len(nodes)
         ours.append(f'site-nodes="{" ".join(f"{site}={node}" for site, node in nodes.items())}"')
@@ -192,23 +230,26 @@ def _submit(
     command = [flower_executable("flwr"), "run", str(app), _CONNECTION, "--stream"]
     command += ["--run-config", " ".join(ours)] if ours else []
     command += ["--run-config", args.run_config] if args.run_config else []
-    summary: list[str] = []
-
-    def watch(line: str) -> None:
-        if match := _FINISHED.search(line):
-            summary.append(match.group(1))
-
-    children.append(FlowerProcess(command, env=env, sink=sys.stdout, watch=watch))
+    path = runs_folder() / run_name / SUMMARY_FILE
+    before = _written(path)  # a resumed run's summary is there already: it must be rewritten
+    children.append(FlowerProcess(command, env=env, sink=sys.stdout))
     status = children[-1].wait_for_failure_or_exit()
-    if status or not summary:
-        raise FesfError(f"the run did not finish (flwr run exited with status {status}); see the output above")
-    finished = json.loads(Path(summary[0]).read_text())
-    final = finished.get("final") or {}
-    figures = "  ".join(
-        f"{name} {final[name]:.3f}" for name in ("accuracy", "balanced-accuracy", "f1") if name in final
-    )
-    print(f"Run finished ({finished.get('status')}): {figures}; run folder {Path(summary[0]).parent}")
-    return 0 if finished.get("status") == "finished" else 1
+    if status or _written(path) in (None, before):
+        raise FesfError(
+            f"the run did not finish (flwr run exited with status {status}) and did not write {path}; "
+            "see the output above"
+        )
+    summary = RunSummary.read(path)
+    if summary.status == "finished" and summary.final is not None:
+        figures = "  ".join(
+            f"{key} {value:.3f}"
+            for key in ("accuracy", "balanced-accuracy", "f1")
+            if (value := summary.final.figure(key)) is not None
+        )
+        print(f"Run finished ({summary.status}): {figures}; run folder {path.parent}")
+        return 0
+    print(f"Run ended ({summary.status}): {summary.error or 'see the output above'}; run folder {path.parent}")
+    return 1
 
 
 def _run_check(args: argparse.Namespace) -> int:

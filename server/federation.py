@@ -27,11 +27,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from clients import protocol
-from clients.protocol import DataDescription, confusion_of, metrics_of, site_of
 from fesf_fed.config import load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.federation import protocol
+from fesf_fed.federation.protocol import confusion_of, data_of, metrics_of, site_of
+from fesf_fed.federation.run_summary import SUMMARY_FILE, CentralMetrics, FinalMetrics, RunSummary
 from fesf_fed.federation.settings import RunSettings
 from fesf_fed.models import build_model
 from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progress
@@ -121,17 +122,17 @@ def _prepare_sites(grid: SiteGrid, run: RunFolder, run_id: str, timeout: float) 
     replies = _await_preparation(grid, run, run_id, timeout)
     if failures := _errors(replies):
         raise FesfError("sites could not prepare their data: " + "; ".join(failures))
-    if missing := {site.name for site in grid.sites.values()} - {site_of(reply) for reply in replies}:
+    if missing := {site.name for site in grid.sites.values()} - {site_of(reply.content) for reply in replies}:
         names = ", ".join(sorted(missing))
         raise FesfError(
             f"sites {names} did not finish preparing their data within round-timeout ({timeout:.0f} s); "
             "raise round-timeout, or let those sites build their surrogates (fesf-client does) before the run"
         )
-    described = {site_of(reply): DataDescription.from_reply(reply) for reply in replies}
+    described = {site_of(reply.content): data_of(reply.content) for reply in replies}
     for reply in replies:
-        data = described[site_of(reply)]
+        data = described[site_of(reply.content)]
         details = {"classes": list(data.classes), "channels": data.channels, "image-size": data.image_size}
-        run.set_site(site_of(reply), {**details, **metrics_of(reply)})
+        run.set_site(site_of(reply.content), {**details, **metrics_of(reply.content)})
     if len(set(described.values())) > 1:
         listing = ", ".join(
             f"{name}: {list(d.classes)} x{d.channels}ch {d.image_size}px" for name, d in described.items()
@@ -157,8 +158,8 @@ def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[M
             run.record(
                 server_round,
                 phase,
-                site_of(reply),
-                metrics_of(reply),
+                site_of(reply.content),
+                metrics_of(reply.content),
             )
 
 
@@ -172,9 +173,9 @@ def _record_confusion(run: RunFolder, server_round: int, replies: list[Message],
     """
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
     for reply in replies:
-        if reply.has_error() or (matrix := confusion_of(reply, num_classes)) is None:
+        if reply.has_error() or (matrix := confusion_of(reply.content, num_classes)) is None:
             continue
-        run.record_confusion(server_round, "evaluate", site_of(reply), matrix.tolist())
+        run.record_confusion(server_round, "evaluate", site_of(reply.content), matrix.tolist())
         total += matrix
     if not total.any():
         return None
@@ -188,7 +189,7 @@ class _CentralEvaluation:
     """The server's own test set (``central-eval``), in the run's mode, for evaluating the global model."""
 
     def __init__(self, settings: RunSettings, site_defaults: dict[str, Any], classes: list[str]) -> None:
-        config = load_config(settings.central_eval, overrides={"site": "central"}, defaults=site_defaults)
+        config = load_config(settings.central_eval, run_config=site_defaults, assigned={"site": "central"})
         self.data: SiteData = load_site_data(config, settings.mode)
         if self.data.classes != classes:
             raise ConfigError(f"run config central-eval: classes {self.data.classes} differ from the sites' {classes}")
@@ -265,40 +266,45 @@ def _log_round(
     )
 
 
-_FINAL_KEYS = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss")
 #: The test sets a global model is evaluated on, by phase, as a warning names them.
 _TEST_SETS = {"evaluate": "site", "central": "central"}
 
 
-def _final_metrics(run: RunFolder) -> dict[str, Any]:
+def _final_metrics(run: RunFolder) -> FinalMetrics:
     """The last round's federated evaluation: global figures, per site, and central ones if any.
 
-    ``one_class`` (in ``final`` for the sites' pooled confusion matrix, in ``final["central"]``
-    for the central one) tells whether the global model answered one class for every image.
+    ``one_class`` (of the final metrics for the sites' pooled confusion matrix, of their ``central``
+    part for the central one) tells whether the global model answered one class for every image.
     """
-    history = run.history()
-    last = history[-1] if history else {}
-    evaluation = last.get("evaluate", {})
-    final: dict[str, Any] = {
-        "round": last.get("round"),
-        **{key: evaluation.get(GLOBAL, {}).get(key) for key in _FINAL_KEYS},
-        "sites": {scope: values for scope, values in evaluation.items() if scope != GLOBAL},
+    rounds = run.rounds()
+    last = rounds[-1] if rounds else None
+    evaluation = last.evaluate if last else {}
+    figures = evaluation.get(GLOBAL, {})
+    confusion = {
+        phase: tuple(tuple(row) for row in found[1])
+        for phase in _TEST_SETS
+        if (found := run.latest_confusion(phase)) is not None
     }
-    if "central" in last:
-        final["central"] = last["central"][GLOBAL]
-    for phase in ("evaluate", "central"):
-        if confusion := run.latest_confusion(phase):
-            final.setdefault("confusion", {})[phase] = confusion[1]
-    confusion = final.get("confusion", {})
-    final["one_class"] = "evaluate" in confusion and one_class_answer(confusion["evaluate"]) is not None
-    if "central" in final:
-        final["central"]["one_class"] = "central" in confusion and one_class_answer(confusion["central"]) is not None
-    return final
+    one_class = {phase: phase in confusion and one_class_answer(confusion[phase]) is not None for phase in _TEST_SETS}
+    central = last.central.get(GLOBAL) if last else None
+    return FinalMetrics(
+        round=last.round if last else None,
+        accuracy=figures.get("accuracy"),
+        balanced_accuracy=figures.get("balanced-accuracy"),
+        precision=figures.get("precision"),
+        recall=figures.get("recall"),
+        f1=figures.get("f1"),
+        loss=figures.get("loss"),
+        sites={scope: metrics for scope, metrics in evaluation.items() if scope != GLOBAL},
+        central=None if central is None else CentralMetrics(central, one_class["central"]),
+        confusion=confusion,
+        one_class=one_class["evaluate"],
+    )
 
 
-def _warn_if_one_class(final: dict[str, Any], classes: list[str]) -> None:
+def _warn_if_one_class(final: FinalMetrics, classes: list[str]) -> None:
     """Log a warning for each test set on which the final model answered one class only: accuracy hides it."""
-    for phase, counts in final.get("confusion", {}).items():
+    for phase, counts in final.confusion.items():
         answer = one_class_answer(counts)
         if answer is not None:
             log(
@@ -312,16 +318,19 @@ def _warn_if_one_class(final: dict[str, Any], classes: list[str]) -> None:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """A finished run: its folder, and from its ``summary.json`` the final figures and the sites."""
+    """A finished run: its folder in ``$FESF_HOME/runs`` and its summary, as ``summary.json`` holds it."""
 
     folder: Path
-    final: dict[str, Any]
-    #: Each site's classes, image counts and surrogate quality.
-    sites: dict[str, dict[str, Any]]
+    summary: RunSummary
+
+    @property
+    def run_id(self) -> str:
+        """The run's id: its folder name (its ``run-name``, else Flower's run id)."""
+        return self.folder.name
 
 
-def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, Any], run_name: str) -> RunOutcome:
-    """Run (or resume) a federation to its last round; return its folder and final metrics.
+def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, Any], flower_run: str) -> RunOutcome:
+    """Run (or resume) a federation to its last round; return its folder and summary.
 
     Parameters
     ----------
@@ -329,12 +338,24 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         The ServerApp's grid.
     settings, site_defaults : RunSettings, dict
         From :func:`fesf_fed.federation.settings.parse_run_settings`.
-    run_name : str
-        Flower's run id: the folder name of a new run (a resumed run keeps its folder) and
-        of the simulated sites' progress files (:func:`fesf_fed.progress.progress_folder`).
+    flower_run : str
+        Flower's run id: the folder name of a new run without ``run-name`` (a resumed run keeps
+        its folder) and of the simulated sites' progress files (:func:`fesf_fed.progress.progress_folder`).
+
+    Raises
+    ------
+    ConfigError
+        Before anything else, for a ``resume`` of a missing run or with other settings, or a
+        ``run-name`` that a run has already.
+    FesfError
+        When the sites cannot prepare or a round fails; the summary says so too.
     """
     try:
-        run = RunFolder(settings.resume or run_name, must_exist=bool(settings.resume))
+        run = RunFolder(
+            settings.resume or settings.run_name or flower_run,
+            must_exist=bool(settings.resume),
+            must_be_new=bool(settings.run_name),
+        )
     except ConfigError as exc:
         log(ERROR, "error: %s", exc)
         raise
@@ -356,7 +377,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             )
         run.set_info(
             status="preparing",
-            flower_run=run_name,
+            flower_run=flower_run,
             # A resumed run may add rounds.
             rounds=settings.num_server_rounds,
             # A resumed run that failed before: its error no longer holds.
@@ -370,7 +391,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         site_grid = SiteGrid(grid, sites)
         log(INFO, "Sites: %s", ", ".join(site.name for site in sites))
         began = time.perf_counter()
-        classes, channels, size = _prepare_sites(site_grid, run, run_name, settings.round_timeout)
+        classes, channels, size = _prepare_sites(site_grid, run, flower_run, settings.round_timeout)
         log(
             INFO,
             "Sites prepared their %s data in %.1f s; classes: %s",
@@ -393,7 +414,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             began = time.perf_counter()
             train_replies = list(
                 site_grid.send_and_receive(
-                    strategy.configure_train(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]  # SiteGrid: a Grid look-alike
+                    strategy.configure_train(server_round, arrays, ConfigRecord(), site_grid),
                     timeout=settings.round_timeout,
                 )
             )
@@ -403,7 +424,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             arrays = new_arrays
             evaluate_replies = list(
                 site_grid.send_and_receive(
-                    strategy.configure_evaluate(server_round, arrays, ConfigRecord(), site_grid),  # type: ignore[arg-type]  # SiteGrid: a Grid look-alike
+                    strategy.configure_evaluate(server_round, arrays, ConfigRecord(), site_grid),
                     timeout=settings.round_timeout,
                 )
             )
@@ -432,9 +453,9 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         final = _final_metrics(run)
         _warn_if_one_class(final, classes)
         run.set_info(status="finished", finished=datetime.now(UTC).isoformat())
-        path = run.write_summary(final)
-        log(INFO, "Run %s finished: %s", run.name, path)
-        return RunOutcome(run.directory, final, run.sites())
+        summary = run.write_summary(final)
+        log(INFO, "Run %s finished: %s", run.name, run.directory / SUMMARY_FILE)
+        return RunOutcome(run.directory, summary)
     except FesfError as exc:
         # Flower adds a traceback after this line; the line says what to fix.
         log(ERROR, "error: %s", exc)

@@ -17,7 +17,7 @@ from fesf_fed.config import load_config
 from fesf_fed.errors import ConfigError
 from fesf_fed.federation.settings import RunSettings, parse_run_settings, simulated_site_configs
 from server.federation import check_resumable
-from server.run_store import StoredRun, runs_folder
+from server.run_store import StoredRun, check_new_run_name, runs_folder
 
 
 def fused_run_config(app: Path, run_config: list[str]) -> dict[str, Any]:
@@ -48,8 +48,8 @@ def check_run_config(app: Path, run_config: list[str], simulated: bool = True) -
     """Validate a run's settings, and in a simulation its sites' configs, as the ServerApp would.
 
     Also what the ServerApp would find only later: the ``central-eval`` config, the
-    ``pretrained-weights`` file and, for ``resume``, that the run exists and may go on
-    with these settings.
+    ``pretrained-weights`` file, for ``resume`` that the run exists and may go on
+    with these settings, and for ``run-name`` that no run has that name yet.
 
     Parameters
     ----------
@@ -71,7 +71,7 @@ def check_run_config(app: Path, run_config: list[str], simulated: bool = True) -
     # What the ServerApp would otherwise find only after every site built its surrogates.
     if settings.central_eval:
         try:
-            load_config(settings.central_eval, overrides={"site": "central"}, defaults=site_defaults)
+            load_config(settings.central_eval, run_config=site_defaults, assigned={"site": "central"})
         except ConfigError as exc:
             raise ConfigError(f"run config central-eval: {exc}") from None
     if settings.pretrained_weights and not Path(settings.pretrained_weights).expanduser().is_file():
@@ -81,6 +81,8 @@ def check_run_config(app: Path, run_config: list[str], simulated: bool = True) -
         )
     if settings.resume:
         _check_resume(settings)
+    if settings.run_name:
+        check_new_run_name(settings.run_name)
     return settings
 
 

@@ -7,16 +7,17 @@
     checkpoints/round-NNNN.pt   global model and strategy state after round NNNN (last few kept)
     summary.json            config, per-round history and final metrics, rewritten each round
 
-The federation writes through :class:`RunFolder`; the dashboard reads through
-:class:`StoredRun`, which opens the store read-only. ``summary.json`` is the same
-content for people and scripts. A checkpoint is written before its round's metrics are
-committed, and a resumed run drops metrics of rounds after its checkpoint, so the
-store never holds a round that the model does not reflect.
+The folder is named by the run's ``run-name``, else by Flower's run id. The federation
+writes through :class:`RunFolder`; the dashboard reads through :class:`StoredRun`, which
+opens the store read-only. ``summary.json`` is the same content for people and scripts,
+a :class:`~fesf_fed.federation.run_summary.RunSummary`. A checkpoint is written before
+its round's metrics are committed, and a resumed run drops metrics of rounds after its
+checkpoint, so the store never holds a round that the model does not reflect.
 """
 
+import dataclasses
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +29,8 @@ import torch
 
 from fesf_fed.atomic import atomic_writer, write_json
 from fesf_fed.errors import ConfigError
+from fesf_fed.federation.run_summary import GLOBAL, SUMMARY_FILE, FinalMetrics, RoundMetrics, RunSummary
+from fesf_fed.federation.settings import RUN_NAME
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.progress import SiteProgress
 
@@ -50,19 +53,30 @@ CREATE TABLE IF NOT EXISTS confusion (
     PRIMARY KEY (round, phase, scope)
 );
 """
-#: The scope of a metric that describes the whole federation rather than one site.
-GLOBAL = "global"
 #: The info key of the sites' latest preparation records.
 _PREPARATION = "preparation"
-
-
-#: What a run folder may be called: Flower run ids, or names a user gave a copy.
-RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# GLOBAL (the scope of the federation's own metrics) and RUN_NAME (what a run folder may be
+# called), imported above, live beside the summary and the run settings: fesf_fed reads them too.
 
 
 def runs_folder() -> Path:
     """Where runs are kept: ``$FESF_HOME/runs``."""
     return fesf_home() / "runs"
+
+
+def check_new_run_name(name: str) -> None:
+    """Refuse ``run-name`` ``name`` when a run of that name is in the runs folder already.
+
+    Raises
+    ------
+    ConfigError
+        Telling the user to choose another name or to resume that run.
+    """
+    if (runs_folder() / name / "store.sqlite").exists():
+        raise ConfigError(
+            f"run config run-name: a run {name!r} exists already in {runs_folder()}; "
+            f"choose another run-name, or continue that run with resume='{name}'"
+        )
 
 
 class _Store:
@@ -90,7 +104,7 @@ class _Store:
         return [] if row is None else [SiteProgress.from_json(record) for record in json.loads(row[0])]
 
     def history(self) -> list[dict[str, Any]]:
-        """Per round: ``{"round": r, phase: {scope: {metric: value}}}``, in round order."""
+        """Per round: ``{"round": r, phase: {scope: {metric: value}}}``, in round order (:meth:`rounds`' JSON)."""
         rounds: dict[int, dict[str, Any]] = {}
         rows = self.store.execute(
             "SELECT round, phase, scope, name, value FROM metrics ORDER BY round, phase, scope, name"
@@ -99,6 +113,10 @@ class _Store:
             entry = rounds.setdefault(server_round, {"round": server_round})
             entry.setdefault(phase, {}).setdefault(scope, {})[name] = value
         return list(rounds.values())
+
+    def rounds(self) -> list[RoundMetrics]:
+        """Every stored round's metrics, in round order."""
+        return [RoundMetrics.from_json(entry, f"round {entry['round']}") for entry in self.history()]
 
     def latest_confusion(self, phase: str, scope: str = GLOBAL) -> tuple[int, list[list[int]]] | None:
         """The newest round's confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None."""
@@ -172,17 +190,21 @@ class RunFolder(_Store):
     Parameters
     ----------
     name : str
-        The run's folder name (Flower's run id of the run that started it).
+        The run's folder name: its ``run-name``, else Flower's run id of the run that started it.
     must_exist : bool
         True when resuming: a missing run is an error rather than a new folder.
+    must_be_new : bool
+        True for a run named by ``run-name``: a run of that name is an error (:func:`check_new_run_name`).
     """
 
-    def __init__(self, name: str, must_exist: bool = False) -> None:
+    def __init__(self, name: str, must_exist: bool = False, must_be_new: bool = False) -> None:
         self.directory = runs_folder() / name
         if must_exist and not (self.directory / "store.sqlite").exists():
             raise ConfigError(
                 f"run config resume: no run {name!r} in {runs_folder()}; give the id of a run folder there"
             )
+        if must_be_new:
+            check_new_run_name(name)
         private_folder(self.directory / "checkpoints")
         store = self.directory / "store.sqlite"
         # Created private before sqlite opens it: metrics and site details derive from patient data.
@@ -239,17 +261,13 @@ class RunFolder(_Store):
             old.unlink()
         return path
 
-    def write_summary(self, final: dict[str, Any] | None) -> Path:
-        """Write ``summary.json`` from the store, with the final metrics once the run has them."""
-        path = self.directory / "summary.json"
-        write_json(
-            path,
-            {
-                "run": self.name,
-                **self.info(),
-                "sites": self.sites(),
-                "history": self.history(),
-                "final": final,
-            },
-        )
-        return path
+    def summary(self, final: FinalMetrics | None = None) -> RunSummary:
+        """The run as the store holds it now, with ``final`` once the run has its final metrics."""
+        stored = {"run": self.name, **self.info(), "sites": self.sites(), "history": self.history(), "final": None}
+        return dataclasses.replace(RunSummary.from_json(stored), final=final)
+
+    def write_summary(self, final: FinalMetrics | None) -> RunSummary:
+        """Write ``summary.json`` (atomically) from the store, with the final metrics once the run has them."""
+        summary = self.summary(final)
+        write_json(self.directory / SUMMARY_FILE, summary.to_json())
+        return summary

@@ -19,8 +19,8 @@ from flwr.simulation import run_simulation
 
 import clients.app
 import server.app
-from clients import protocol
 from fesf_fed.errors import FesfError
+from fesf_fed.federation import protocol
 from server.federation import RunOutcome
 
 #: A ClientApp handler: what ``@app.train()`` and friends register.
@@ -73,7 +73,7 @@ def simulate(
     Returns
     -------
     RunOutcome
-        The run's folder and final figures.
+        The run's folder and its summary (``outcome.summary.final``: the final figures).
 
     Raises
     ------

@@ -15,10 +15,10 @@ from logging import ERROR, INFO
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.supercore.run import Run
 
-from clients import protocol
-from clients.protocol import NodeDescription
 from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.federation import protocol
 from fesf_fed.federation.settings import RunSettings, simulated_site_configs
 
 
@@ -82,7 +82,7 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
     for reply in replies:
         if reply.has_error():
             raise FesfError(f"SuperNode {reply.metadata.src_node_id} failed the roll call: {reply.error.reason}")
-        node = NodeDescription.from_reply(reply)
+        node = protocol.node_of(reply.content)
         if node.site is not None:
             name = node.site
             if registered and registered.get(name) != reply.metadata.src_node_id:
@@ -93,7 +93,7 @@ def discover_sites(grid: Grid, settings: RunSettings, site_defaults: dict, timeo
                 raise FesfError(f"two SuperNodes claim site {name!r}: give each SuperNode its own site name")
             deployed[name] = reply.metadata.src_node_id
         else:
-            assert node.partition_id is not None  # NodeDescription.from_reply sets it for a simulated node
+            assert node.partition_id is not None  # NodeDescription.from_config sets it for a simulated node
             partitions[node.partition_id] = reply.metadata.src_node_id
     if deployed and partitions:
         raise FesfError("deployed and simulated SuperNodes are connected together: run them as separate federations")
@@ -127,24 +127,48 @@ def check_minimums(settings: RunSettings, sites: list[Site]) -> None:
             raise ConfigError(f"run config {key}: {value} exceeds the {len(sites)} sites of this run; lower it")
 
 
-class SiteGrid:
-    """A :class:`~flwr.serverapp.Grid` look-alike whose node ids are site ids.
+class SiteGrid(Grid):
+    """A :class:`~flwr.serverapp.Grid` over the run's sites: its node ids are site ids.
 
-    It implements what strategies use (``get_node_ids`` and ``send_and_receive``), and
-    ``push_messages`` / ``pull_messages`` for a caller that reports while it waits.
+    A message addressed to a site goes to the node that hosts it, with the site's
+    ``site-index`` added to its ``config`` record for a simulated site. Strategies use
+    ``get_node_ids`` and ``send_and_receive``; ``push_messages`` / ``pull_messages`` serve
+    a caller that reports while it waits. The run and ``create_message`` are the wrapped
+    grid's.
     """
 
     def __init__(self, grid: Grid, sites: list[Site]) -> None:
         self.grid = grid
         self.sites = {site.site_id: site for site in sites}
 
+    def set_run(self, run: Run) -> None:
+        """Set the wrapped grid's run."""
+        self.grid.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """The wrapped grid's run."""
+        return self.grid.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """A message, made by the wrapped grid, for the site ``dst_node_id`` (a site id)."""
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
     def get_node_ids(self) -> Iterable[int]:
+        """The site ids."""
         return list(self.sites)
 
     def _forward(self, message: Message) -> Message:
         site = self.sites[message.metadata.dst_node_id]
         content = RecordDict(dict(message.content.items()))
-        config = ConfigRecord(dict(protocol.message_config(message).items()))
+        config = ConfigRecord(dict(protocol.config_of(message.content)))
         if site.simulated_index is not None:
             config[protocol.SITE_INDEX] = site.simulated_index
         content[protocol.CONFIG] = config
@@ -178,8 +202,8 @@ class SiteGrid:
     def push_messages(self, messages: Iterable[Message]) -> dict[str, int]:
         """Send ``messages`` without waiting; return the site id of each sent message, by message id.
 
-        Collect the replies with :meth:`pull_messages`; a reply's ``reply_to_message_id``
-        is one of these ids.
+        Iterating the dict gives the message ids, as :meth:`Grid.push_messages` does. Collect the
+        replies with :meth:`pull_messages`; a reply's ``reply_to_message_id`` is one of these ids.
         """
         forwarded = self._forward_all(messages)
         self.grid.push_messages([sent for sent, _ in forwarded])

@@ -21,7 +21,7 @@ from tests.conftest import TINY_BUILD
 
 
 def tiny_config(**changes: object) -> SiteConfig:
-    return load_config(overrides={**TINY_BUILD, **changes})
+    return load_config(command_line={**TINY_BUILD, **changes})
 
 
 def _folders(home: Path, prefix: str) -> list[Path]:
@@ -210,7 +210,7 @@ def test_reading_an_unfinished_build_says_what_to_run(tmp_path: Path) -> None:
 def test_real_br35h_images_build_with_the_shipped_config(shared_data: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     overrides = {**TINY_BUILD, "data.max_per_class": 6, "data.path": str(shared_data / "br35h")}
-    build = build_surrogates(load_config(repo / "configs" / "br35h.yaml", overrides), progress=False)
+    build = build_surrogates(load_config(repo / "configs" / "br35h.yaml", command_line=overrides), progress=False)
     manifest = build.manifest
     assert manifest["classes"] == ["no_tumor", "tumor"] and manifest["image_shape"] == [1, 16, 16]
     assert manifest["skipped"] == [] and manifest["hosts"]["count"] == TINY_BUILD["hosts.phantom_count"]

@@ -90,7 +90,47 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, monkeypa
 
 
 def test_overrides_replace_file_values_and_are_validated() -> None:
-    config = load_config(overrides={"data.image_size": 32, "pipeline.beta": 0.2})
+    config = load_config(command_line={"data.image_size": 32, "pipeline.beta": 0.2})
     assert config.data.image_size == 32 and config.pipeline.beta == 0.2
     with pytest.raises(ConfigError, match="data.image_size"):
-        load_config(overrides={"data.image_size": "big"})
+        load_config(command_line={"data.image_size": "big"})
+
+
+def test_layers_win_in_the_documented_order(tmp_path: Path) -> None:
+    # docs/configuration.md: defaults < run config site. keys < file < command line < what the run assigns.
+    path = tmp_path / "site.yaml"
+    path.write_text("site: from-file\niqem: {steps: 7, lr: 0.5}\n")
+    config = load_config(
+        path,
+        run_config={"iqem.steps": 5, "iqem.batch_size": 3},
+        command_line={"iqem.lr": 0.25, "site": "from-command-line"},
+        assigned={"site": "site-2"},
+    )
+    assert config.iqem.batch_size == 3  # only the run config sets it
+    assert config.iqem.steps == 7  # the file wins over the run config
+    assert config.iqem.lr == 0.25  # the command line wins over the file
+    assert config.site == "site-2"  # what the run assigns wins over all
+
+
+def test_one_path_rule_per_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    path = folder / "site.yaml"
+    path.write_text("hosts: {source: folder, path: ../hosts}\n")
+    monkeypatch.chdir(tmp_path)
+    config = load_config(path, command_line={"data.source": "folder", "data.path": "images"})
+    assert config.hosts.path == tmp_path / "hosts"  # from the file's folder
+    assert config.data.path == tmp_path / "images"  # from the working directory
+    with pytest.raises(ConfigError, match=r"^run config site\.data\.path: 'images' is relative; give an absolute path"):
+        load_config(run_config={"data.source": "folder", "data.path": "images"})
+
+
+def test_an_error_names_the_layer_that_set_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^run config site\.iqem\.steps: Input should be greater than or equal to 1"):
+        load_config(run_config={"iqem.steps": 0})
+    with pytest.raises(ConfigError, match=r"^command line iqem\.stepz: unknown field"):
+        load_config(command_line={"iqem.stepz": 3})
+    path = tmp_path / "site.yaml"
+    path.write_text("iqem: {steps: 0}\n")
+    with pytest.raises(ConfigError, match=r"site\.yaml: iqem\.steps: Input should be greater than or equal to 1"):
+        load_config(path, run_config={"iqem.lr": 0.1})

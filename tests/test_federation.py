@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from fesf_fed.deployment.processes import flower_env
-from fesf_fed.errors import ConfigError
+from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.federation.run_summary import RunSummary
 from fesf_fed.federation.settings import parse_run_settings
 from fesf_fed.progress import SiteProgress, Stage
 from fesf_fed.task import classification_figures, one_class_answer
@@ -47,9 +48,12 @@ def _summary(run: Path) -> dict:
 
 
 def test_simulated_sites_learn_and_the_run_folder_has_everything():
-    simulate(run_config(**LEARNABLE, mode="plaintext"))
+    outcome = simulate(run_config(**LEARNABLE, mode="plaintext", **{"run-name": "plaintext-1"}))
     run = _only_run()
+    assert run.name == outcome.run_id == "plaintext-1"  # run-name names the folder, not Flower's run id
     summary = _summary(run)
+    assert outcome.summary == RunSummary.read(run / "summary.json")
+    assert outcome.summary.to_json() == summary
     assert summary["status"] == "finished"
     assert [entry["round"] for entry in summary["history"]] == [1, 2, 3, 4]
     final = summary["final"]
@@ -94,6 +98,46 @@ def test_the_global_balanced_accuracy_is_the_pooled_one_and_the_summary_says_if_
     assert final["one_class"] is (one_class_answer(final["confusion"]["evaluate"]) is not None)
 
 
+def test_a_summary_reads_back_as_written_and_a_malformed_one_is_refused_in_one_line(finished_run, tmp_path):
+    path = finished_run.folder / "summary.json"
+    written = _summary(finished_run.folder)
+    summary = RunSummary.read(path)
+    # The typed summary writes the file's JSON again, key for key.
+    assert summary.to_json() == written
+    assert summary.name == finished_run.folder.name and summary.status == "finished"
+    assert (
+        summary.final is not None and summary.final.figure("balanced-accuracy") == written["final"]["balanced-accuracy"]
+    )
+    assert [entry.round for entry in summary.history] == [1, 2]
+    assert set(summary.sites) == {"site-1", "site-2", "site-3"}
+    broken = tmp_path / "summary.json"
+    with pytest.raises(FesfError, match=f"^{re.escape(str(broken))}: not found"):
+        RunSummary.read(broken)
+    for damage, message in [
+        (
+            lambda data: data["history"][1]["evaluate"]["site-2"].update(f1="high"),
+            "history[1].evaluate.site-2.f1: expected a number, got 'high'",
+        ),
+        (
+            lambda data: data.update(status="paused"),
+            "status: expected one of preparing, running, finished, stopped, failed",
+        ),
+        (lambda data: data["final"].pop("one_class"), "final: 'one_class' missing"),
+        (lambda data: data.update(extra=1), "summary: unknown key 'extra'"),
+    ]:
+        data = json.loads(json.dumps(written))
+        damage(data)
+        broken.write_text(json.dumps(data))
+        with pytest.raises(
+            FesfError, match=f"^{re.escape(str(broken))}: not a run summary: {re.escape(message)}"
+        ) as caught:
+            RunSummary.read(broken)
+        assert "\n" not in str(caught.value)
+    broken.write_text("{")
+    with pytest.raises(FesfError, match="not JSON"):
+        RunSummary.read(broken)
+
+
 def test_a_final_model_that_answers_one_class_is_flagged_and_warned_about(caplog):
     run = RunFolder("one-class")
     run.record(1, "evaluate", GLOBAL, {"accuracy": 0.5, "balanced-accuracy": 0.5})
@@ -102,7 +146,10 @@ def test_a_final_model_that_answers_one_class_is_flagged_and_warned_about(caplog
     run.record_confusion(1, "central", GLOBAL, [[4, 1], [2, 3]])
     final = _final_metrics(run)
     run.close()
-    assert final["one_class"] is True and final["central"]["one_class"] is False
+    assert final.one_class is True and final.central is not None and final.central.one_class is False
+    # summary.json's keys, as the dashboard and scripts read them.
+    assert final.to_json()["one_class"] is True and final.to_json()["central"]["one_class"] is False
+    assert final.to_json()["confusion"] == {"evaluate": [[5, 0], [5, 0]], "central": [[4, 1], [2, 3]]}
     flower = logging.getLogger("flwr")  # Flower's simulation may stop it propagating to caplog's root handler
     flower.addHandler(caplog.handler)
     try:
@@ -218,3 +265,18 @@ def test_a_bad_run_setting_is_refused_before_any_site_is_asked_and_the_run_ends_
     assert summary["status"] == "failed"
     assert "(got 'nonsense')" in summary["error"]
     assert summary["config"]["mode"] == "nonsense"
+
+
+def test_a_refused_run_with_a_run_name_is_stored_under_that_name():
+    from flwr.app import Context, RecordDict
+
+    import server.app
+
+    config = run_config(mode="nonsense", **{"run-name": "named"})
+    context = Context(run_id=78, node_id=0, node_config={}, state=RecordDict(), run_config=config)
+    with pytest.raises(ConfigError, match="run config mode: "):
+        server.app.main(None, context)  # type: ignore[arg-type]  # refused before any grid use
+    # Where fesf-server run, which named the run, looks for its summary.
+    summary = RunSummary.read(runs_folder() / "named" / "summary.json")
+    assert summary.status == "failed" and summary.error is not None and "(got 'nonsense')" in summary.error
+    assert [path.name for path in runs_folder().iterdir()] == ["named"]

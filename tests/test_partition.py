@@ -45,12 +45,12 @@ def test_too_few_images_for_the_sites_is_a_clear_error():
 
 def test_a_site_loads_only_its_share_of_the_dataset():
     base = {"data.image_size": 16, "data.phantom_per_class": 12}
-    whole = load_dataset(parse_config({}, overrides=base).data)
+    whole = load_dataset(parse_config({}, command_line=base).data)
     shares = [
         load_dataset(
             parse_config(
                 {},
-                overrides={
+                assigned={
                     **base,
                     "data.partition.count": 3,
                     "data.partition.index": i,

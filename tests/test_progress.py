@@ -117,7 +117,7 @@ def test_only_a_simulated_site_reports_and_its_data_is_cached_whoever_asks(monke
         return mode
 
     monkeypatch.setattr(site_module, "load_site_data", load_site_data)
-    config = load_config(overrides={"site": "cached-site"})
+    config = load_config(command_line={"site": "cached-site"})
     reporter = ProgressFile(7, "cached-site")
     loaded: list[object] = [site_data(config, "x_su", reporter), site_data(config, "x_su")]
     assert loaded == ["x_su", "x_su"]

@@ -1,8 +1,11 @@
 """Run settings checked before Flower starts (`fesf-server check`, `make federate`, `fesf-server run`)."""
 
+import re
+
 import pytest
 
 from fesf_fed.errors import ConfigError
+from fesf_fed.federation.run_summary import RunSummary
 from fesf_fed.federation.settings import parse_run_settings
 from server.federation import run_federation
 from server.run_config import check_run_config
@@ -62,3 +65,38 @@ def test_a_resumed_run_no_longer_shows_the_error_of_the_attempt_that_failed():
     stored.close()
     assert info["status"] == "stopped"
     assert info["error"] is None
+
+
+def test_run_name_names_the_run_folder_and_a_taken_name_is_refused_in_one_line():
+    settings, site_defaults = parse_run_settings(run_config(**{"run-name": "trial-7"}))
+    assert check_run_config(REPO, ["run-name='trial-7'"]).run_name == "trial-7"
+    with pytest.raises(KeyboardInterrupt):
+        run_federation(_Interrupted(), settings, site_defaults, "77")  # type: ignore[arg-type]  # a Grid look-alike
+    # The folder has the run's name, not Flower's run id; the summary has its Flower run id.
+    assert [path.name for path in runs_folder().iterdir()] == ["trial-7"]
+    summary = RunSummary.read(runs_folder() / "trial-7" / "summary.json")
+    assert (summary.name, summary.status, summary.flower_run) == ("trial-7", "stopped", "77")
+
+    taken = (
+        f"run config run-name: a run 'trial-7' exists already in {runs_folder()}; "
+        "choose another run-name, or continue that run with resume='trial-7'"
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_run_config(REPO, ["run-name='trial-7'"])  # before Flower starts
+    assert str(refused.value) == taken
+    with pytest.raises(ConfigError) as refused:
+        run_federation(None, settings, site_defaults, "78")  # type: ignore[arg-type]  # refused before any grid use
+    assert str(refused.value) == taken
+    assert RunSummary.read(runs_folder() / "trial-7" / "summary.json") == summary  # the run is left as it was
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("run-name='../up'", "run config run-name: use up to 128 letters, digits, '.', '_' and '-'"),
+        ("run-name='a' resume='b'", "run config run-name: 'a' names a new run and resume 'b' continues one"),
+    ],
+)
+def test_a_run_name_that_cannot_name_a_new_folder_is_refused(given, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_run_config(REPO, [given])

@@ -11,9 +11,9 @@ from flwr.serverapp.strategy import (
     FedYogi,
 )
 
-from clients.protocol import NodeDescription
 from clients.site import describe_node, site_config_for
 from fesf_fed.errors import ConfigError
+from fesf_fed.federation.protocol import NodeDescription
 from fesf_fed.federation.settings import (
     SITE_OVERRIDE_PREFIX,
     STRATEGY_NAMES,

@@ -1,1 +1,1 @@
-"""What a federation of sites is set up with, without Flower: the run's settings and its simulated sites."""
+"""What a federation of sites is set up with, without Flower: run settings, simulated sites, wire protocol."""

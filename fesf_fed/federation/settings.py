@@ -9,13 +9,14 @@ Keys that start with ``site.`` set a field of every site's config where the
 site's own config file leaves it unset, e.g. ``site.iqem.steps = 100``.
 """
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fesf_fed.config import SiteConfig, load_config, read_yaml
+from fesf_fed.config import SiteConfig, load_config, read_yaml, resolve_path
 from fesf_fed.errors import ConfigError
 from fesf_fed.models import MODEL_NAMES
 from fesf_fed.training_data import TRAINING_MODES
@@ -33,6 +34,9 @@ STRATEGY_NAMES: tuple[str, ...] = (
 #: Run-config keys with this prefix give every site's config a value for that dotted field
 #: (a site's own config file wins).
 SITE_OVERRIDE_PREFIX = "site."
+#: What a run folder in ``$FESF_HOME/runs`` may be called: Flower run ids, ``run-name`` values,
+#: names a user gave a copy.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class RunSettings(BaseModel):
@@ -67,12 +71,21 @@ class RunSettings(BaseModel):
     dirichlet_alpha: float = Field(1.0, gt=0)
     partition_seed: int = Field(0, ge=0)
     central_eval: str = ""
+    #: The new run's folder name in ``$FESF_HOME/runs``; empty: Flower's run id.
+    run_name: str = ""
     resume: str = ""
     keep_checkpoints: int = Field(2, ge=1)
     round_timeout: float = Field(3600.0, gt=0)
     #: Deployed sites and the SuperNode ids their keys were registered as, ``"A=123 B=456"``
     #: (``fesf-server run`` sets it); empty accepts any site name.
     site_nodes: str = Field("", pattern=r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*=\d+(\s+|$))*$")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        if value and not RUN_NAME.fullmatch(value):
+            raise ValueError("use up to 128 letters, digits, '.', '_' and '-', beginning with a letter or digit")
+        return value
 
     def registered_sites(self) -> dict[str, int]:
         """``site-nodes`` as ``{site: node id}``."""
@@ -81,12 +94,8 @@ class RunSettings(BaseModel):
 
 
 def _path(value: str, key: str) -> Path:
-    path = Path(value).expanduser()
-    if not path.is_absolute():
-        raise ConfigError(
-            f"run config {key}: {value!r} is relative; give an absolute path (the apps do not run in your folder)"
-        )
-    return path
+    # Flower hands the apps bare values, with no file or folder a relative path could start from.
+    return resolve_path(value, None, f"run config {key}")
 
 
 def parse_run_settings(
@@ -128,6 +137,11 @@ def parse_run_settings(
             else:
                 problems.append(f"{key}: {error['msg'].removeprefix('Value error, ')} (got {error['input']!r})")
         raise ConfigError(f"run config {'; '.join(problems)}") from None
+    if settings.run_name and settings.resume:
+        raise ConfigError(
+            f"run config run-name: {settings.run_name!r} names a new run and resume {settings.resume!r} "
+            "continues one; give only one of them"
+        )
     for key in ("pretrained-weights", "site-config", "sites-file", "central-eval"):
         value = getattr(settings, key.replace("-", "_"))
         if value:
@@ -141,7 +155,7 @@ def _site_config(
     site: str,
     share: dict[str, Any] | None = None,
 ) -> SiteConfig:
-    return load_config(path or None, overrides={**(share or {}), "site": site}, defaults=site_defaults)
+    return load_config(path or None, run_config=site_defaults, assigned={**(share or {}), "site": site})
 
 
 def simulated_site_configs(settings: RunSettings, site_defaults: dict[str, Any]) -> list[SiteConfig]:

@@ -12,51 +12,33 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fesf_fed.atomic import atomic_writer
-from fesf_fed.config import PATH_FIELDS, parse_assignments, read_yaml, resolve_path
+from fesf_fed.config import parse_assignments, read_yaml, resolve_path, resolve_path_fields
 from fesf_fed.errors import ConfigError, run_command
 from fesf_fed.training_data import TRAINING_MODES
 from server.reproduce.experiment import Plan, load_plan_results, reproduce, reproductions_folder
 from server.reproduce.report import reproduction_markdown, results_markdown
 
 
-class _Entry(BaseModel):
-    """One reproduction of a suite file."""
+class _Entry(Plan):
+    """One reproduction of a suite file: a plan, and the dataset's name in the tables."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str
     dataset: str
-    site_config: str = ""
-    model: str = "smallcnn"
-    image_size: int = Field(64, ge=8)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    rounds: int = Field(5, ge=1)
-    local_epochs: int = Field(2, ge=1)
-    modes: list[str] = Field(default_factory=lambda: list(TRAINING_MODES))
-    central: bool = True
-    run_config: dict[str, Any] = Field(default_factory=dict)
 
     def to_plan(self, base: Path) -> Plan:
         """The entry's plan; a relative ``site_config``, or path in a ``site.`` key, is relative to ``base``."""
-        paths = {f"site.{field}" for field in PATH_FIELDS}
-        overrides = {
-            key: str(resolve_path(value, base)) if key in paths and isinstance(value, str) else value
-            for key, value in self.run_config.items()
+        site_keys = {
+            key.removeprefix("site."): value for key, value in self.overrides.items() if key.startswith("site.")
         }
         return Plan(
-            name=self.name,
+            **self.model_dump(exclude={"dataset", "site_config", "overrides"}),
             site_config=_resolve(self.site_config, base),
-            model=self.model,
-            image_size=self.image_size,
-            seeds=tuple(self.seeds),
-            rounds=self.rounds,
-            local_epochs=self.local_epochs,
-            modes=tuple(self.modes),
-            central=self.central,
-            overrides=overrides,
+            overrides={
+                **self.overrides,
+                **{f"site.{key}": value for key, value in resolve_path_fields(site_keys, base).items()},
+            },
         )
 
 
@@ -124,12 +106,12 @@ def _entry_from(args: argparse.Namespace, site_config: str, dataset: str) -> _En
         site_config=site_config,
         model=args.model,
         image_size=args.image_size,
-        seeds=list(_seeds(args.seeds)),
+        seeds=_seeds(args.seeds),
         rounds=args.rounds,
         local_epochs=args.local_epochs,
-        modes=args.modes.split(","),
+        modes=tuple(args.modes.split(",")),
         central=not args.no_central,
-        run_config=_overrides(args.set),
+        overrides=_overrides(args.set),
     )
 
 

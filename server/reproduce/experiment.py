@@ -15,7 +15,6 @@ surrogates once, and every mode and seed reuses them).
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from fesf_fed.atomic import atomic_writer, write_json
 from fesf_fed.central import pooled_site_data, train_central
 from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.federation.run_summary import SUMMARY_FILE
 from fesf_fed.federation.settings import RunSettings, parse_run_settings, simulated_site_configs
 from fesf_fed.home import fesf_home
 from fesf_fed.task import classification_figures
@@ -50,6 +51,7 @@ PLAN_KEYS = {
     "sites-file",
     "num-sites",
     "partition",
+    "run-name",
     "resume",
     "central-eval",
     "site.data.image_size",
@@ -61,22 +63,28 @@ def reproductions_folder() -> Path:
     return fesf_home() / "reproductions"
 
 
-@dataclass(frozen=True)
-class Plan:
-    """What a reproduction trains: one dataset and model, every mode, federated and central, per seed."""
+class Plan(BaseModel):
+    """What a reproduction trains: one dataset and model, every mode, federated and central, per seed.
+
+    A suite file's entries are plans (with the dataset's name for the tables), and so are
+    ``fesf-reproduce run``'s options; the defaults are the command's.
+    """
+
+    # validate_by_name: code builds a plan with ``overrides=``; a suite file names it ``run_config``.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
 
     name: str
     #: The dataset's site config (absolute path); "" for the built-in phantoms.
-    site_config: str
-    model: str
-    image_size: int
-    seeds: tuple[int, ...]
-    rounds: int
-    local_epochs: int
+    site_config: str = ""
+    model: str = "smallcnn"
+    image_size: int = Field(64, ge=8)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    rounds: int = Field(5, ge=1)
+    local_epochs: int = Field(2, ge=1)
     modes: tuple[str, ...] = TRAINING_MODES
     central: bool = True
     #: Further run-config keys, as ``flwr run --run-config`` takes them (``site.`` ones included).
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict, validation_alias=AliasChoices("run_config", "overrides"))
 
     def run_config(self, mode: str, seed: int, dataset_file: Path) -> dict[str, Any]:
         """The flat run config of the federated cell (``mode``, ``seed``) over the sites of ``dataset_file``."""
@@ -97,7 +105,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The plan as ``results.json`` stores it (lists for tuples)."""
-        return {**asdict(self), "seeds": list(self.seeds), "modes": list(self.modes)}
+        return self.model_dump(mode="json")
 
 
 def cell_key(setting: str, mode: str, seed: int) -> str:
@@ -110,7 +118,7 @@ def dataset_config(plan: Plan) -> SiteConfig:
 
     The size is set as an override: a run config's ``site.`` keys would lose to the file's own value.
     """
-    return load_config(plan.site_config or None, overrides={"data.image_size": plan.image_size})
+    return load_config(plan.site_config or None, assigned={"data.image_size": plan.image_size})
 
 
 def _field_names(tree: dict[str, Any], prefix: str = "") -> set[str]:
@@ -186,19 +194,17 @@ def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dic
     except FesfError as exc:
         raise FesfError(f"the {mode} federation (seed {seed}) did not finish: {exc}") from None
     seconds = time.perf_counter() - began
-    run, final = outcome.folder, outcome.final
-    confusion = final.get("confusion", {}).get("evaluate")
-    if confusion is None:
-        raise FesfError(f"the {mode} federation (seed {seed}) evaluated no site: see {run / 'summary.json'}")
+    final = outcome.summary.final
+    confusion = final.confusion.get("evaluate") if final else None
+    if final is None or confusion is None:
+        raise FesfError(f"the {mode} federation (seed {seed}) evaluated no site: see {outcome.folder / SUMMARY_FILE}")
     return {
-        "run": run.name,
+        "run": outcome.run_id,
         "seconds": seconds,
         # Pooled over every site's test split: the sites' confusion matrices summed.
         **_figures(np.asarray(confusion)),
-        "sites": {
-            site: {"accuracy": values["accuracy"], "f1": values["f1"]} for site, values in final["sites"].items()
-        },
-        "quality": outcome.sites,
+        "sites": {site: {"accuracy": values["accuracy"], "f1": values["f1"]} for site, values in final.sites.items()},
+        "quality": {site: details.to_json() for site, details in outcome.summary.sites.items()},
     }
 
 
