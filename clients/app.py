@@ -18,7 +18,6 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.site import describe_node, progress_file, site_config_for, site_data
 from fesf_fed.config import SiteConfig
 from fesf_fed.device import select_device
 from fesf_fed.errors import FesfError
@@ -28,6 +27,8 @@ from fesf_fed.federation.settings import RunSettings, parse_run_settings
 from fesf_fed.models import build_model
 from fesf_fed.task import evaluate, train
 from fesf_fed.training_data import SiteData
+
+from .site import describe_node, progress_file, site_config_for, site_data
 
 app = ClientApp()
 

@@ -28,12 +28,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from clients.site import deployed_site_config
 from fesf_fed.build import build_surrogates
 from fesf_fed.cli import print_build
 from fesf_fed.deployment.pki import check_site_name, key_site
 from fesf_fed.deployment.processes import FlowerProcess, flower_executable, free_port, port_open, split_address
 from fesf_fed.errors import ConfigError, FesfError, run_command
+from fesf_fed.federation.protocol import SiteNodeConfig
+
+from .site import deployed_site_config
 
 UNREGISTERED = "the SuperLink refused this site's key: it is not registered; send auth.pub to the server operator"
 #: A SuperLink that has just started registers the sites' keys within seconds: a key it
@@ -67,31 +69,35 @@ def check_auth_key(path: Path, site: str) -> None:
         )
 
 
-def node_config(args: argparse.Namespace) -> dict[str, str]:
+def _existing_path(value: Path | None, flag: str) -> str | None:
+    """``value`` as an absolute path (from the working directory) that exists and Flower's parser can carry."""
+    if value is None:
+        return None
+    path = value.expanduser().resolve()
+    if not path.exists():
+        raise ConfigError(f"{flag} {path}: does not exist; check the path (relative paths start here)")
+    if '"' in str(path):  # Flower's node-config parser has no escape for it
+        raise ConfigError(f"{flag} {path}: contains a double quote; rename or link it")
+    return str(path)
+
+
+def node_config(args: argparse.Namespace) -> SiteNodeConfig:
     """The SuperNode's node config: who this site is and where its data and config are (absolute paths)."""
-    config = {"site": args.site}
-    for flag, key in (("data_dir", "data-dir"), ("config", "site-config"), ("hosts_dir", "hosts-dir")):
-        value = getattr(args, flag)
-        if value is not None:
-            path = Path(value).expanduser().resolve()
-            if not path.exists():
-                raise ConfigError(
-                    f"--{flag.replace('_', '-')} {path}: does not exist; check the path (relative paths start here)"
-                )
-            if '"' in str(path):  # Flower's node-config parser has no escape for it
-                raise ConfigError(f"--{flag.replace('_', '-')} {path}: contains a double quote; rename or link it")
-            config[key] = str(path)
-    if args.device is not None:
-        config["device"] = args.device
     if args.config is None and args.data_dir is None:
         raise ConfigError("--data-dir: give the site's image folder (or --config with a data section)")
-    return config
+    return SiteNodeConfig(
+        site=args.site,
+        data_dir=_existing_path(args.data_dir, "--data-dir"),
+        site_config=_existing_path(args.config, "--config"),
+        hosts_dir=_existing_path(args.hosts_dir, "--hosts-dir"),
+        device=args.device,
+    )
 
 
-def _node_config_argument(config: dict[str, str]) -> str:
+def _node_config_argument(config: SiteNodeConfig) -> str:
     # Flower parses node config as TOML values; a JSON string is a valid TOML basic string
     # (backslashes escaped; double quotes are refused in node_config).
-    return " ".join(f"{key}={json.dumps(value)}" for key, value in config.items())
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in config.to_node_config().items())
 
 
 def reach_superlink(host: str, port: int, retries: int, wait: float) -> None:
@@ -172,7 +178,7 @@ class SupernodeFailure:
         return None
 
 
-def supernode_command(args: argparse.Namespace, config: dict[str, str]) -> list[str]:
+def supernode_command(args: argparse.Namespace, config: SiteNodeConfig) -> list[str]:
     command = [flower_executable("flower-supernode"), "--superlink", args.superlink]
     if args.insecure:
         command.append("--insecure")

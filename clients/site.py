@@ -14,41 +14,37 @@ from typing import Any
 
 from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.errors import ConfigError
-from fesf_fed.federation.protocol import SITE_INDEX, NodeDescription
+from fesf_fed.federation.protocol import SITE_INDEX, NodeDescription, SiteNodeConfig
 from fesf_fed.federation.settings import RunSettings, simulated_site_configs
 from fesf_fed.progress import ProgressCallback, ProgressFile
 from fesf_fed.training_data import SiteData, load_site_data
 
-#: Node-config keys of a deployed site.
-NODE_SITE_KEY = "site"
-
 
 def describe_node(node_config: Mapping[str, Any]) -> NodeDescription:
     """What a SuperNode tells the ServerApp at roll call: its site, or its simulation partition."""
-    if NODE_SITE_KEY in node_config:
-        return NodeDescription(site=str(node_config[NODE_SITE_KEY]))
+    if (deployed := SiteNodeConfig.from_node_config(node_config)) is not None:
+        return NodeDescription(site=deployed.site)
     return NodeDescription(
         partition_id=int(node_config["partition-id"]), num_partitions=int(node_config["num-partitions"])
     )
 
 
-def deployed_site_config(node_config: Mapping[str, Any]) -> SiteConfig:
+def deployed_site_config(node: SiteNodeConfig) -> SiteConfig:
     """A deployed site's config: its ``site-config`` file (if any) with the node config's values on top.
 
     The run config's ``site.`` defaults do not apply: a hospital's own settings are what
     ``fesf-client`` built its surrogates with before joining, and must stay so.
     """
-    updates: dict[str, Any] = {"site": str(node_config[NODE_SITE_KEY])}
-    site_config = node_config.get("site-config")
-    if "data-dir" in node_config:
-        updates["data.path"] = str(node_config["data-dir"])
-        if not site_config:
-            updates["data.source"] = "folder"
-    if "hosts-dir" in node_config:
-        updates.update({"hosts.source": "folder", "hosts.path": str(node_config["hosts-dir"])})
-    if "device" in node_config:
-        updates["device"] = str(node_config["device"])
-    return load_config(str(site_config) if site_config else None, command_line=updates)
+    values: dict[str, Any] = {"site": node.site}
+    if node.data_dir is not None:
+        values["data.path"] = node.data_dir
+        if node.site_config is None:
+            values["data.source"] = "folder"
+    if node.hosts_dir is not None:
+        values.update({"hosts.source": "folder", "hosts.path": node.hosts_dir})
+    if node.device is not None:
+        values["device"] = node.device
+    return load_config(node.site_config, command_line=values)
 
 
 def site_config_for(
@@ -64,8 +60,8 @@ def site_config_for(
     ConfigError
         If a simulated node gets a message without a valid ``site-index``.
     """
-    if NODE_SITE_KEY in node_config:
-        return deployed_site_config(node_config)
+    if (deployed := SiteNodeConfig.from_node_config(node_config)) is not None:
+        return deployed_site_config(deployed)
     sites = _simulated_sites(settings, tuple(sorted(site_defaults.items())))
     index = message_config.get(SITE_INDEX)
     if not isinstance(index, int) or not 0 <= index < len(sites):
@@ -86,7 +82,7 @@ def progress_file(node_config: Mapping[str, Any], run_id: int, site: str) -> Pro
     file. A deployed site built its surrogates before joining, showing its own progress
     bars, and must not leave a file per run in its FESF_HOME.
     """
-    return None if NODE_SITE_KEY in node_config else ProgressFile(run_id, site)
+    return None if SiteNodeConfig.from_node_config(node_config) is not None else ProgressFile(run_id, site)
 
 
 #: Sites' data loaded in this process, most recently used last: a SuperNode serves the same

@@ -9,8 +9,9 @@ from flwr.serverapp import Grid, ServerApp
 
 from fesf_fed.errors import ConfigError
 from fesf_fed.federation.settings import RUN_NAME, parse_run_settings
-from server.federation import RunOutcome, run_federation
-from server.run_store import RunFolder, runs_folder
+
+from .federation import RunOutcome, run_federation
+from .run_store import RunFolder, runs_folder
 
 app = ServerApp()
 

@@ -34,9 +34,10 @@ from fesf_fed.deployment.processes import FlowerProcess, flower_env, flower_exec
 from fesf_fed.errors import INTERRUPTED, ConfigError, FesfError, run_command
 from fesf_fed.federation.run_summary import SUMMARY_FILE, RunSummary
 from fesf_fed.home import fesf_home, private_folder
-from server.local_superlink import local_superlink_log, stop_local_superlink
-from server.run_config import check_run_config
-from server.run_store import runs_folder
+
+from .local_superlink import local_superlink_log, stop_local_superlink
+from .run_config import check_run_config
+from .run_store import runs_folder
 
 #: Names the operator's own commands use to reach the SuperLink on its host.
 LOCAL_HOSTS = ("localhost", "127.0.0.1")

@@ -38,9 +38,10 @@ from fesf_fed.models import build_model
 from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progress
 from fesf_fed.task import Evaluation, classification_figures, evaluate, one_class_answer
 from fesf_fed.training_data import SiteData, load_site_data
-from server.run_store import GLOBAL, RunFolder, StoredRun
-from server.sites import SiteGrid, check_minimums, discover_sites
-from server.strategies import build_strategy, restore_strategy_state, strategy_state
+
+from .run_store import GLOBAL, RunFolder, StoredRun
+from .sites import SiteGrid, check_minimums, discover_sites
+from .strategies import build_strategy, restore_strategy_state, strategy_state
 
 #: Settings a resumed run must share with the run it continues (rounds may be added).
 _FIXED_ON_RESUME = (
@@ -296,7 +297,7 @@ def _final_metrics(run: RunFolder) -> FinalMetrics:
         f1=figures.get("f1"),
         loss=figures.get("loss"),
         sites={scope: metrics for scope, metrics in evaluation.items() if scope != GLOBAL},
-        central=None if central is None else CentralMetrics(central, one_class["central"]),
+        central=None if central is None else CentralMetrics(figures=central, one_class=one_class["central"]),
         confusion=confusion,
         one_class=one_class["evaluate"],
     )

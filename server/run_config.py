@@ -16,8 +16,9 @@ from flwr.common.config import get_fused_config_from_dir, parse_config_args
 from fesf_fed.config import load_config
 from fesf_fed.errors import ConfigError
 from fesf_fed.federation.settings import RunSettings, parse_run_settings, simulated_site_configs
-from server.federation import check_resumable
-from server.run_store import StoredRun, check_new_run_name, runs_folder
+
+from .federation import check_resumable
+from .run_store import StoredRun, check_new_run_name, runs_folder
 
 
 def fused_run_config(app: Path, run_config: list[str]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ its round's metrics are committed, and a resumed run drops metrics of rounds aft
 checkpoint, so the store never holds a round that the model does not reflect.
 """
 
-import dataclasses
 import json
 import os
 import sqlite3
@@ -116,7 +115,7 @@ class _Store:
 
     def rounds(self) -> list[RoundMetrics]:
         """Every stored round's metrics, in round order."""
-        return [RoundMetrics.from_json(entry, f"round {entry['round']}") for entry in self.history()]
+        return [RoundMetrics.from_json(entry) for entry in self.history()]
 
     def latest_confusion(self, phase: str, scope: str = GLOBAL) -> tuple[int, list[list[int]]] | None:
         """The newest round's confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None."""
@@ -263,8 +262,8 @@ class RunFolder(_Store):
 
     def summary(self, final: FinalMetrics | None = None) -> RunSummary:
         """The run as the store holds it now, with ``final`` once the run has its final metrics."""
-        stored = {"run": self.name, **self.info(), "sites": self.sites(), "history": self.history(), "final": None}
-        return dataclasses.replace(RunSummary.from_json(stored), final=final)
+        stored = {"run": self.name, **self.info(), "sites": self.sites(), "history": self.history(), "final": final}
+        return RunSummary.from_json(stored)
 
     def write_summary(self, final: FinalMetrics | None) -> RunSummary:
         """Write ``summary.json`` (atomically) from the store, with the final metrics once the run has them."""

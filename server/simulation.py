@@ -7,8 +7,10 @@ context carrying ``run_config``.
 """
 
 import dataclasses
+import importlib
 import os
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -17,23 +19,36 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
 
-import clients.app
-import server.app
 from fesf_fed.errors import FesfError
 from fesf_fed.federation import protocol
-from server.federation import RunOutcome
+
+from .app import run_app
+from .federation import RunOutcome
 
 #: A ClientApp handler: what ``@app.train()`` and friends register.
 Handler = Callable[[Message, Context], Message]
 
 
+def _client_module() -> ModuleType:
+    """The ClientApp's module: ``clients.app`` beside this package, whatever the two are called.
+
+    In a checkout, and in the bundle ``flwr run .`` makes of it, the apps are the top-level
+    packages ``server`` and ``clients``; an installed wheel holds them as ``fesf_fed.server``
+    and ``fesf_fed.clients`` (pyproject.toml's package-dir). This module is the one place
+    that runs both apps, so the one place that needs the other's name.
+    """
+    namespace = __name__.removesuffix("server.simulation")
+    return importlib.import_module(f"{namespace}clients.app")
+
+
 def _client_app(config: dict[str, Any], instrument: Callable[[Handler], Handler] | None) -> ClientApp:
     app = ClientApp()
+    handlers = _client_module()
     for register, handler in (
-        (app.query(protocol.DESCRIBE_ACTION), clients.app.describe),
-        (app.query(protocol.PREPARE_ACTION), clients.app.prepare),
-        (app.train(), clients.app.train_round),
-        (app.evaluate(), clients.app.evaluate_round),
+        (app.query(protocol.DESCRIBE_ACTION), handlers.describe),
+        (app.query(protocol.PREPARE_ACTION), handlers.prepare),
+        (app.train(), handlers.train_round),
+        (app.evaluate(), handlers.evaluate_round),
     ):
 
         def wrapped(message: Message, context: Context, handler=handler) -> Message:
@@ -86,7 +101,7 @@ def simulate(
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        outcomes.append(server.app.run_app(grid, dataclasses.replace(context, run_config=config)))
+        outcomes.append(run_app(grid, dataclasses.replace(context, run_config=config)))
 
     run_simulation(
         server_app,

@@ -116,14 +116,14 @@ def test_a_summary_reads_back_as_written_and_a_malformed_one_is_refused_in_one_l
     for damage, message in [
         (
             lambda data: data["history"][1]["evaluate"]["site-2"].update(f1="high"),
-            "history[1].evaluate.site-2.f1: expected a number, got 'high'",
+            "history.1.evaluate.site-2.f1: Input should be a valid number",
         ),
         (
             lambda data: data.update(status="paused"),
-            "status: expected one of preparing, running, finished, stopped, failed",
+            "status: Input should be 'preparing', 'running', 'finished', 'stopped' or 'failed'",
         ),
-        (lambda data: data["final"].pop("one_class"), "final: 'one_class' missing"),
-        (lambda data: data.update(extra=1), "summary: unknown key 'extra'"),
+        (lambda data: data["final"].pop("one_class"), "final.one_class: Field required"),
+        (lambda data: data.update(extra=1), "extra: Extra inputs are not permitted"),
     ]:
         data = json.loads(json.dumps(written))
         damage(data)

@@ -7,19 +7,24 @@ from collections.abc import Iterable
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.config import parse_config_args
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from clients.cli import _node_config_argument
 from fesf_fed.errors import FesfError
 from fesf_fed.federation import protocol
-from fesf_fed.federation.protocol import DataDescription, NodeDescription
+from fesf_fed.federation.protocol import DataDescription, NodeDescription, SiteNodeConfig
 from server.sites import Site, SiteGrid
 
 
-def test_the_protocol_module_imports_no_flower():
+def test_the_engine_package_imports_no_flower():
+    # Every module of fesf_fed, the protocol included: the engine is usable without Flower.
     code = (
-        "import sys, fesf_fed.federation.protocol\n"
+        "import importlib, pkgutil, sys, fesf_fed\n"
+        "for module in pkgutil.walk_packages(fesf_fed.__path__, 'fesf_fed.'):\n"
+        "    importlib.import_module(module.name)\n"
         "flower = sorted(name for name in sys.modules if name.startswith('flwr'))\n"
         "assert not flower, flower\n"
     )
@@ -112,3 +117,11 @@ def test_the_site_grid_is_a_flower_grid_that_forwards_to_the_hosting_node(monkey
     forwarded = recorder.sent[0]
     assert (forwarded.metadata.dst_node_id, forwarded.metadata.message_type) == (7, "train")
     assert dict(forwarded.content[protocol.CONFIG]) == {protocol.SITE_INDEX: 2}
+
+
+def test_a_site_node_config_survives_flowers_node_config_parser():
+    node = SiteNodeConfig(site="A", data_dir="/data/St. Mary's", site_config="/etc/site.yaml", device="cpu")
+    parsed = parse_config_args([_node_config_argument(node)])
+    assert parsed == {"site": "A", "data-dir": "/data/St. Mary's", "site-config": "/etc/site.yaml", "device": "cpu"}
+    assert SiteNodeConfig.from_node_config(parsed) == node
+    assert SiteNodeConfig.from_node_config({"partition-id": 0, "num-partitions": 2}) is None

@@ -67,6 +67,45 @@ ConfigValue = int | float | str | bytes | bool | list[int] | list[float] | list[
 
 
 @dataclass(frozen=True)
+class SiteNodeConfig:
+    """A deployed site's node config: who the site is and where its images and settings are.
+
+    ``fesf-client`` writes it (``flower-supernode --node-config``, paths made absolute from
+    its working directory); the ClientApp reads it from ``context.node_config``. A simulated
+    SuperNode has Flower's ``partition-id`` and ``num-partitions`` instead, and no ``site``.
+    """
+
+    site: str
+    data_dir: str | None = None
+    site_config: str | None = None
+    hosts_dir: str | None = None
+    device: str | None = None
+
+    def to_node_config(self) -> dict[str, str]:
+        """The node config's entries (``site``, ``data-dir``, ``site-config``, ``hosts-dir``, ``device``), set ones only."""
+        values = {"site": self.site, "data-dir": self.data_dir, "site-config": self.site_config}
+        values |= {"hosts-dir": self.hosts_dir, "device": self.device}
+        return {key: value for key, value in values.items() if value is not None}
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> "SiteNodeConfig | None":
+        """The deployed site a node config names; None for a simulated SuperNode's."""
+        if "site" not in node_config:
+            return None
+
+        def entry(key: str) -> str | None:
+            return str(node_config[key]) if key in node_config else None
+
+        return cls(
+            site=str(node_config["site"]),
+            data_dir=entry("data-dir"),
+            site_config=entry("site-config"),
+            hosts_dir=entry("hosts-dir"),
+            device=entry("device"),
+        )
+
+
+@dataclass(frozen=True)
 class NodeDescription:
     """What a SuperNode says at roll call: the deployed site it is, or its simulation partition."""
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from server.dashboard.diagnosis import DiagnosisError, DiagnosisService
-from server.dashboard.runs import (
+from .diagnosis import DiagnosisError, DiagnosisService
+from .runs import (
     UnknownRun,
     details_json,
     list_runs,

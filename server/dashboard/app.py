@@ -10,12 +10,12 @@ import torch
 from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
-from server.dashboard.access import require_token
-from server.dashboard.api import api_blueprint
-from server.dashboard.diagnosis import DiagnosisError, DiagnosisService
-from server.dashboard.pages import compare_page, diagnose_section, message_page, run_page, runs_page, table
-from server.dashboard.runs import UnknownRun, list_runs, open_run, run_details
-from server.run_store import stored_runs
+from ..run_store import stored_runs
+from .access import require_token
+from .api import api_blueprint
+from .diagnosis import DiagnosisError, DiagnosisService
+from .pages import compare_page, diagnose_section, message_page, run_page, runs_page, table
+from .runs import UnknownRun, list_runs, open_run, run_details
 
 #: How often an open page checks its runs for new rounds.
 REFRESH_MS = 2000

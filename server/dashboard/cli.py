@@ -14,9 +14,10 @@ import waitress
 from fesf_fed.deployment.diagnose import TOKEN_VARIABLE
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, run_command
-from server.dashboard.access import check_token
-from server.dashboard.app import create_app
-from server.run_store import runs_folder
+
+from ..run_store import runs_folder
+from .access import check_token
+from .app import create_app
 
 
 def _parser() -> argparse.ArgumentParser:

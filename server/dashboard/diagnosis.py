@@ -19,7 +19,8 @@ from PIL import Image, UnidentifiedImageError
 
 from fesf_fed.models import build_model
 from fesf_fed.pixels import to_unit_float
-from server.dashboard.runs import UnknownRun, open_run
+
+from .runs import UnknownRun, open_run
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Larger images are refused before decoding: a small PNG can inflate to gigabytes of pixels.

@@ -6,8 +6,8 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from server.dashboard.runs import METRICS, RunDetails, metric_label, series
-from server.run_store import GLOBAL
+from ..run_store import GLOBAL
+from .runs import METRICS, RunDetails, metric_label, series
 
 #: Plotly's default qualitative colours, so a site or run keeps its colour across panels.
 _COLOURS = plotly.colors.qualitative.Plotly

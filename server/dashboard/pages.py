@@ -8,9 +8,10 @@ from urllib.parse import quote
 from dash import dcc, html
 
 from fesf_fed.quality import QUALITY_PAIRS
-from server.dashboard.figures import compare_figure, confusion_figure, global_figure, sites_figure
-from server.dashboard.runs import METRICS, RunDetails, RunSummary, final_metrics, metric_label, participation
-from server.run_store import GLOBAL
+
+from ..run_store import GLOBAL
+from .figures import compare_figure, confusion_figure, global_figure, sites_figure
+from .runs import METRICS, RunDetails, RunSummary, final_metrics, metric_label, participation
 
 _GRAPH_CONFIG: "dcc.Graph.Config" = {"displaylogo": False, "responsive": True}
 #: Quality figures as the sites report them (``ssim-x_pl-x_su_prime``), labelled as in Tables 2 and 3.

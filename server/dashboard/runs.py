@@ -11,7 +11,8 @@ import numpy as np
 
 from fesf_fed.progress import SiteProgress
 from fesf_fed.task import classification_figures, one_class_answer
-from server.run_store import GLOBAL, RUN_NAME, StoredRun, stored_runs
+
+from ..run_store import GLOBAL, RUN_NAME, StoredRun, stored_runs
 
 #: The classification figures of every evaluation, in the order pages show them.
 METRICS: tuple[str, ...] = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss")

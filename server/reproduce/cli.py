@@ -18,8 +18,9 @@ from fesf_fed.atomic import atomic_writer
 from fesf_fed.config import parse_assignments, read_yaml, resolve_path, resolve_path_fields
 from fesf_fed.errors import ConfigError, run_command
 from fesf_fed.training_data import TRAINING_MODES
-from server.reproduce.experiment import Plan, load_plan_results, reproduce, reproductions_folder
-from server.reproduce.report import reproduction_markdown, results_markdown
+
+from .experiment import Plan, load_plan_results, reproduce, reproductions_folder
+from .report import reproduction_markdown, results_markdown
 
 
 class _Entry(Plan):

@@ -34,9 +34,10 @@ from fesf_fed.federation.settings import RunSettings, parse_run_settings, simula
 from fesf_fed.home import fesf_home
 from fesf_fed.task import classification_figures
 from fesf_fed.training_data import TRAINING_MODES
-from server.reproduce.paper import PAPER_PIPELINE
-from server.run_store import RUN_NAME
-from server.simulation import simulate
+
+from ..run_store import RUN_NAME
+from ..simulation import simulate
+from .paper import PAPER_PIPELINE
 
 #: Where a cell trains: a Flower simulation of the sites, or their images pooled in one place.
 TRAINING_PLACES = ("federated", "central")

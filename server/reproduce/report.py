@@ -8,8 +8,9 @@ import numpy as np
 
 from fesf_fed.quality import QUALITY_PAIRS
 from fesf_fed.task import classification_figures, one_class_answer
-from server.reproduce.experiment import cell_key
-from server.reproduce.paper import PAPER_MEAN_RATIO, paper_quality
+
+from .experiment import cell_key
+from .paper import PAPER_MEAN_RATIO, paper_quality
 
 #: How the table names each training mode (the paper's symbols).
 MODE_LABELS = {"plaintext": "x_pl (plaintext)", "x_sy": "x_sy", "x_su": "x_su", "x_su_prime": "x_su'"}
