@@ -213,15 +213,17 @@ def _centralised(config: dict[str, Any], sites: list[tuple[str, SiteData]], roun
     settings, overrides = parse_run_settings(config)
     device = select_device(simulated_site_configs(settings, overrides)[0].device)
     classes, channels = len(sites[0][1].classes), sites[0][1].channels
+    size = int(sites[0][1].train_images.shape[-1])
     torch.manual_seed(settings.seed)
-    state = build_model(settings.model, classes, channels).state_dict()
+    state = build_model(settings.model, classes, channels, image_size=size).state_dict()
     seconds = []
     for server_round in range(1, rounds + 1):
         start = time.perf_counter()
         states, weights = [], []
         for name, data in sites:
-            model = build_model(settings.model, classes, channels)
+            model = build_model(settings.model, classes, channels, image_size=size)
             model.load_state_dict(state)
+            first_epoch, total_epochs = settings.epoch_position(server_round)
             train(
                 model,
                 data.train_images,
@@ -231,12 +233,15 @@ def _centralised(config: dict[str, Any], sites: list[tuple[str, SiteData]], roun
                 batch_size=settings.batch_size,
                 device=device,
                 seed=zlib.crc32(f"{settings.seed}/{name}/{server_round}".encode()),
+                recipe=settings.recipe(),
+                first_epoch=first_epoch,
+                total_epochs=total_epochs,
             )
             states.append({key: value.detach().cpu() for key, value in model.state_dict().items()})
             weights.append(len(data.train_labels))
         state = _fedavg(states, weights)
         for _, data in sites:
-            model = build_model(settings.model, classes, channels)
+            model = build_model(settings.model, classes, channels, image_size=size)
             model.load_state_dict(state)
             evaluate(
                 model,
@@ -327,7 +332,10 @@ def main() -> None:
     central_peak = _peak_rss_self()
 
     # Bytes of the model that travel: the ArrayRecord of the global model's state dict.
-    model = build_model(settings.model, len(sites[0][1].classes), sites[0][1].channels)
+    first = sites[0][1]
+    model = build_model(
+        settings.model, len(first.classes), first.channels, image_size=int(first.train_images.shape[-1])
+    )
     tensors = model.state_dict()
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     float_bytes = sum(t.numel() * t.element_size() for t in tensors.values() if t.is_floating_point())

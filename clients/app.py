@@ -57,7 +57,7 @@ def _site(message: Message, context: Context, report: bool = False) -> tuple[Run
 
 
 def _global_model(message: Message, settings: RunSettings, data: SiteData) -> torch.nn.Module:
-    model = build_model(settings.model, len(data.classes), data.channels)
+    model = build_model(settings.model, len(data.classes), data.channels, image_size=int(data.train_images.shape[-1]))
     model.load_state_dict(message.content.array_records[protocol.ARRAYS].to_torch_state_dict())
     return model
 
@@ -75,8 +75,8 @@ def prepare(message: Message, context: Context) -> Message:
     _, config, data = _site(message, context, report=True)
     description = DataDescription(tuple(data.classes), data.channels, int(data.train_images.shape[-1]))
     counts = {
-        "train-examples": len(data.train_labels),
-        "test-examples": len(data.test_labels),
+        protocol.TRAIN_EXAMPLES: len(data.train_labels),
+        protocol.TEST_EXAMPLES: len(data.test_labels),
     }
     metrics = MetricRecord({**counts, **data.quality})
     records: dict[str, Record] = {protocol.DATA: ConfigRecord(description.to_config()), protocol.METRICS: metrics}
@@ -85,11 +85,13 @@ def prepare(message: Message, context: Context) -> Message:
 
 @app.train()
 def train_round(message: Message, context: Context) -> Message:
-    """Train the global model on the site's training images for the configured local epochs."""
+    """Train the global model on the site's training images for the configured local epochs, as the run's recipe says."""
     settings, config, data = _site(message, context)
     model = _global_model(message, settings, data)
     server_config = protocol.config_of(message.content)
     server_round = int(server_config.get(protocol.SERVER_ROUND, 0))
+    # The learning-rate schedule spans the whole run: this round's epochs are a stretch of it.
+    first_epoch, total_epochs = settings.epoch_position(server_round)
     loss = train(
         model,
         data.train_images,
@@ -101,6 +103,9 @@ def train_round(message: Message, context: Context) -> Message:
         # A different shuffle per site and round, reproducible from the run's seed.
         seed=zlib.crc32(f"{settings.seed}/{config.site}/{server_round}".encode()),
         proximal_mu=float(server_config.get(protocol.PROXIMAL_MU, 0.0)),
+        recipe=settings.recipe(),
+        first_epoch=first_epoch,
+        total_epochs=total_epochs,
     )
     metrics = MetricRecord({protocol.NUM_EXAMPLES: len(data.train_labels), protocol.TRAIN_LOSS: loss})
     records: dict[str, Record] = {protocol.ARRAYS: ArrayRecord(model.state_dict()), protocol.METRICS: metrics}

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from fesf_fed.cache import SurrogateCache, content_key
 from fesf_fed.config import SiteConfig
-from fesf_fed.data import ImageSet, data_location, load_dataset, source_fingerprint, stratified_split, to_channels
+from fesf_fed.data import ImageSet, data_location, load_dataset, site_split, source_fingerprint, split_key, to_channels
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, DataError
 from fesf_fed.home import fesf_home, private_folder
@@ -94,7 +94,7 @@ def _plan(config: SiteConfig) -> _Plan:
     iqem_key = content_key(
         {
             "data": source_fingerprint(config.data),
-            "split": [config.data.test_fraction, config.data.seed],
+            "split": split_key(config.data),
             "hosts": bank,
             "site_key": key_fingerprint(site_key),
             "hide": [config.pipeline.alpha, config.pipeline.beta],
@@ -178,7 +178,7 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
             f"{data_location(config.data)}: class {name!r} has {count} usable image(s); every class needs "
             "at least 2 (one to train on, one to test on): add images or raise data.max_per_class"
         )
-    train, test = stratified_split(data.labels, config.data.test_fraction, config.data.seed)
+    train, test = site_split(data, config.data)
     device = select_device(config.device)
     bank, spectra = _hosts(config, site_key, data.images.shape[1], device)
     return _Inputs(

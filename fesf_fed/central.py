@@ -14,7 +14,8 @@ import torch
 from fesf_fed.config import SiteConfig
 from fesf_fed.errors import DataError
 from fesf_fed.models import build_model
-from fesf_fed.task import Evaluation, evaluate, train
+from fesf_fed.recipe import Recipe
+from fesf_fed.task import DEFAULT_RECIPE, Evaluation, evaluate, train
 from fesf_fed.training_data import SiteData, load_site_data
 
 
@@ -64,6 +65,7 @@ def train_central(
     seed: int,
     device: torch.device,
     weights: Path | None = None,
+    recipe: Recipe = DEFAULT_RECIPE,
 ) -> Evaluation:
     """Train a new model on ``data``'s training images and evaluate it on its test images.
 
@@ -81,10 +83,15 @@ def train_central(
         Where to train.
     weights : Path, optional
         A local torchvision state dict for the backbone.
+    recipe : Recipe
+        How to train (:class:`fesf_fed.recipe.Recipe`): the federation's, for parity
+        (``RunSettings.recipe()``). The learning-rate schedule spans the ``epochs``.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(model_name, len(data.classes), data.channels, weights=weights)
+        model = build_model(
+            model_name, len(data.classes), data.channels, weights=weights, image_size=int(data.train_images.shape[-1])
+        )
     train(
         model,
         data.train_images,
@@ -94,6 +101,7 @@ def train_central(
         batch_size=batch_size,
         device=device,
         seed=seed,
+        recipe=recipe,
     )
     return evaluate(
         model,

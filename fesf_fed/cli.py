@@ -6,13 +6,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from fesf_fed.build import SiteBuild, build_surrogates, site_cache
-from fesf_fed.config import DataConfig, SiteConfig, load_config, parse_assignments
+from fesf_fed.config import DUPLICATE_DISTANCE, DataConfig, SiteConfig, load_config, parse_assignments
 from fesf_fed.data import ImageSet, SkippedFile, load_dataset
+from fesf_fed.data.duplicates import group_labels, group_members, near_duplicate_pairs
 from fesf_fed.deployment.diagnose import predict_folder, write_predictions
 from fesf_fed.errors import ConfigError, FesfError, run_command
 
@@ -150,9 +152,51 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
     path = Path(args.path).resolve()
     source = args.source or ("medmnist" if path.suffix == ".npz" else "csv" if path.suffix == ".csv" else "folder")
     try:
-        return DataConfig(source=source, path=path, image_size=args.image_size)
+        # Near-duplicates are found once, below, for the report; data.groups keeps the named ones.
+        return DataConfig(
+            source=source,
+            path=path,
+            image_size=args.image_size,
+            group_duplicates=False,
+            duplicate_distance=args.duplicate_distance,
+        )
     except ValidationError as exc:
-        raise ConfigError(f"data check: {exc.errors()[0]['msg']}") from None
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"])
+        raise ConfigError(f"data check: {field + ': ' if field else ''}{error['msg']}") from None
+
+
+#: Groups the data check lists by name, largest first, and file names shown per group.
+_LISTED_GROUPS, _LISTED_FILES = 5, 4
+
+
+def _group_classes(data: ImageSet, members: list[int]) -> str:
+    counts = np.bincount(data.labels[members], minlength=len(data.classes))
+    return ", ".join(f"{data.classes[label]}: {count}" for label, count in enumerate(counts) if count)
+
+
+def _print_duplicates(data: ImageSet, distance: int) -> None:
+    """The near-duplicate report: how many groups and images, and the largest groups' files."""
+    groups = group_members(group_labels(len(data), near_duplicate_pairs(data.images, distance)))
+    if not groups:
+        console.print(f"no near-duplicates (perceptual hashes within {distance} of 64 bits, mirrored copies included)")
+        return
+    grouped = sum(len(members) for members in groups)
+    table = Table(
+        title=(
+            f"Near-duplicates: {len(groups)} group(s) of 2+ images hold {grouped} of {len(data)} images "
+            f"({100 * grouped / len(data):.0f}%); the split keeps each group on one side"
+        ),
+        title_justify="left",
+        caption=f"perceptual hashes within {distance} of 64 bits (data.duplicate_distance), mirrored copies included",
+    )
+    for column in ("group", "images", "classes", "files"):
+        table.add_column(column, justify="right" if column in ("group", "images") else "left")
+    for number, members in enumerate(groups[:_LISTED_GROUPS], start=1):
+        names = [data.ids[index] for index in members[:_LISTED_FILES]]
+        more = f", … {len(members) - _LISTED_FILES} more" if len(members) > _LISTED_FILES else ""
+        table.add_row(str(number), str(len(members)), _group_classes(data, members.tolist()), ", ".join(names) + more)
+    console.print(table)
 
 
 def _run_data_check(args: argparse.Namespace) -> None:
@@ -168,6 +212,13 @@ def _run_data_check(args: argparse.Namespace) -> None:
         console.print(_skipped_table(f"Bad or skipped files ({len(data.skipped)})", data.skipped))
     else:
         console.print("no bad files")
+    if data.groups is not None:
+        named = group_members(data.groups)
+        console.print(
+            f"named groups (the manifest's group column): {len(named)} of 2+ images hold "
+            f"{sum(len(members) for members in named)} images"
+        )
+    _print_duplicates(data, args.duplicate_distance)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,10 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="inspect a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    check = data_commands.add_parser("check", parents=[common], help="count images per class and list bad files")
+    check = data_commands.add_parser(
+        "check", parents=[common], help="count images per class, list bad files and near-duplicate groups"
+    )
     check.add_argument("path", help="a folder with one sub-folder per class, a MedMNIST .npz or a CSV manifest")
     check.add_argument("--source", choices=["folder", "medmnist", "csv"], help="default: from the path")
     check.add_argument("--image-size", type=int, default=64, help="size to decode at (default 64)")
+    check.add_argument(
+        "--duplicate-distance",
+        type=int,
+        default=DUPLICATE_DISTANCE,
+        help="most hash bits (of 64) near-duplicates differ in (data.duplicate_distance, default %(default)s)",
+    )
     check.set_defaults(run=_run_data_check)
     return parser
 

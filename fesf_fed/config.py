@@ -8,6 +8,7 @@ relative paths: relative to the file that names them, on a command line to the w
 directory (docs/configuration.md, "Where a site's settings come from").
 """
 
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ class PartitionConfig(_Section):
         return self
 
 
+#: Default of ``data.duplicate_distance``: hash bits two near-duplicate images may differ in.
+DUPLICATE_DISTANCE = 8
+
 #: Data sources that ship with FESF-Fed: they need no ``data.path`` and may use generated hosts.
 BUILT_IN_SOURCES = ("phantom", "demo")
 
@@ -65,11 +69,34 @@ class DataConfig(_Section):
     max_per_class: int | None = Field(None, ge=1)
     phantom_per_class: int = Field(60, ge=2)
     partition: PartitionConfig = PartitionConfig()
+    #: ``random``: a seeded split, stratified by class, that keeps groups whole;
+    #: ``official``: a MedMNIST file's own split (its val part trains).
+    split: Literal["random", "official"] = "random"
+    #: Keep near-duplicate images (perceptual hash, mirrored copies included) on one side of the split.
+    group_duplicates: bool = True
+    #: Most bits (of 64) in which two near-duplicates' perceptual hashes may differ.
+    duplicate_distance: int = Field(DUPLICATE_DISTANCE, ge=0, le=32)
+    #: Regular expression on image ids (relative paths): images with the same match
+    #: (its first group, if it has one) are one group, e.g. a patient id.
+    group_pattern: str | None = None
 
     @model_validator(mode="after")
     def _path_given(self) -> "DataConfig":
         if self.source not in BUILT_IN_SOURCES and self.path is None:
             raise ValueError(f"data.path is required for source {self.source!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _split_fits_source(self) -> "DataConfig":
+        if self.split == "official" and self.source != "medmnist":
+            raise ValueError("data.split 'official' needs data.source 'medmnist' (the only source with its own split)")
+        if self.group_pattern is not None:
+            if self.source not in ("folder", "csv"):
+                raise ValueError("data.group_pattern needs data.source 'folder' or 'csv' (ids that are file paths)")
+            try:
+                re.compile(self.group_pattern)
+            except re.error as exc:
+                raise ValueError(f"data.group_pattern is not a valid regular expression ({exc})") from None
         return self
 
 
@@ -208,14 +235,25 @@ class _Layer:
     label: str
 
 
-def _dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as ``{dotted name: leaf value}``; an empty section stays a leaf."""
+def _dotted(tree: Mapping[str, Any], source: str, prefix: str = "") -> dict[str, Any]:
+    """A file's nested mapping as ``{dotted name: leaf value}``; an empty section sets nothing.
+
+    Raises
+    ------
+    ConfigError
+        For a key with a dot: in a file, fields are nested (``data: {image_size: 32}``).
+    """
     flat: dict[str, Any] = {}
     for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_dotted(value, f"{prefix}{key}."))
+        name = f"{prefix}{key}"
+        if "." in str(key):
+            raise ConfigError(
+                f"{source}: {name}: nest the field instead of a dotted name, e.g. data: {{image_size: 32}}"
+            )
+        if isinstance(value, Mapping):
+            flat.update(_dotted(value, source, f"{name}."))
         else:
-            flat[f"{prefix}{key}"] = value
+            flat[name] = value
     return flat
 
 
@@ -255,13 +293,16 @@ def _tree(layers: list[_Layer]) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _label(dotted: str, origin: dict[str, str], fallback: str) -> str:
-    """How an error names field ``dotted``: after the layer that gave it, or the closest one that gave a part."""
-    parts = dotted.split(".")
+    """How an error names field ``dotted``: after the layer that set it (or the section it is in), else ``fallback``.
+
+    An error about a whole section or the whole config (a field it requires is missing) is
+    named after the file, when there is one: no layer set what is missing.
+    """
+    parts = dotted.split(".") if dotted else []
     for length in range(len(parts), 0, -1):
         if (prefix := ".".join(parts[:length])) in origin:
             return origin[prefix].format(key=dotted)
-    inside = [origin[key] for key in origin if key.startswith(f"{dotted}.")]
-    return (inside[-1] if inside and dotted else fallback).format(key=dotted or "config")
+    return fallback.format(key=dotted or "config")
 
 
 def _describe(error: ErrorDetails, model: type[BaseModel], origin: dict[str, str], fallback: str) -> str:
@@ -328,7 +369,7 @@ def parse_config(
     file_label = f"{source}: {{key}}"
     layers = [
         _layer(run_config, RUN_CONFIG_LABEL, None),
-        _layer(_dotted(raw or {}), file_label, (base_dir or Path.cwd()).resolve()),
+        _layer(_dotted(raw or {}, source), file_label, (base_dir or Path.cwd()).resolve()),
         _layer(command_line, COMMAND_LINE_LABEL, Path.cwd()),
         _layer(assigned, ASSIGNED_LABEL, None),
     ]

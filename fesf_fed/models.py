@@ -6,6 +6,12 @@ classes and input channels (grey surrogates stay one channel). Pretrained
 weights are never downloaded: they come from a local file the user names, a
 torchvision ImageNet state dict, whose stem is summed to one channel for grey
 input and whose head is replaced.
+
+``resnet18`` is the MedMNIST v2 benchmark classifier (Yang et al., Scientific Data 2023).
+Below :data:`SMALL_INPUT_BELOW` pixels it has MedMNIST's small-image stem (a 3x3
+stride-1 first convolution and no max-pool, as for CIFAR), so 28 px images are not cut
+to 7 px before the first residual block; from that size on, torchvision's stem. Its
+builder therefore needs the image size: callers pass ``image_size``.
 """
 
 from dataclasses import dataclass
@@ -67,6 +73,8 @@ class _TorchvisionSpec:
 
 # The smallest input each network accepts: its downsampling must leave at least one pixel.
 _TORCHVISION: dict[str, _TorchvisionSpec] = {
+    # With the small-image stem (below SMALL_INPUT_BELOW px) it downsamples 8-fold, not 32-fold.
+    "resnet18": _TorchvisionSpec("conv1", "fc", 8),
     "vgg16": _TorchvisionSpec("features.0", "classifier.6", 32),
     "resnet34": _TorchvisionSpec("conv1", "fc", 32),
     "mobilenet_v3_large": _TorchvisionSpec("features.0.0", "classifier.3", 32),
@@ -75,6 +83,10 @@ _TORCHVISION: dict[str, _TorchvisionSpec] = {
 
 #: Every model name :func:`build_model` accepts.
 MODEL_NAMES: tuple[str, ...] = ("smallcnn", *_TORCHVISION)
+#: ``resnet18`` takes MedMNIST's small-image stem for images smaller than this (px), torchvision's from it on.
+#: Torchvision's stem divides the side by 4 and the blocks by 8 more: at 64 px the last block still sees
+#: 2x2, at 32 px only 1x1, and 28 px (MedMNIST) would reach the first block as 7x7.
+SMALL_INPUT_BELOW = 64
 
 
 def min_image_size(name: str) -> int:
@@ -124,13 +136,31 @@ def _stem_for(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
     return stem
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, weights: Path | None = None) -> nn.Module:
-    """Build a classifier by name, adapted to the number of classes and input channels.
+def _small_input_stem(model: nn.Module, in_channels: int) -> None:
+    """Give a torchvision ResNet MedMNIST's stem for small images: 3x3 stride-1 conv, no max-pool.
+
+    The new conv starts from fresh weights: an ImageNet 7x7 stride-2 kernel has no 3x3
+    stride-1 equivalent, so pretrained weights give the rest of the network only.
+    """
+    conv = model.get_submodule("conv1")
+    assert isinstance(conv, nn.Conv2d)
+    model.set_submodule("conv1", nn.Conv2d(in_channels, conv.out_channels, 3, stride=1, padding=1, bias=False))
+    model.set_submodule("maxpool", nn.Identity())
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    weights: Path | None = None,
+    image_size: int | None = None,
+) -> nn.Module:
+    """Build a classifier by name, adapted to the number of classes, input channels and image size.
 
     Parameters
     ----------
     name : str
-        One of ``MODEL_NAMES``: ``smallcnn``, ``vgg16``, ``resnet34``,
+        One of ``MODEL_NAMES``: ``smallcnn``, ``resnet18``, ``vgg16``, ``resnet34``,
         ``mobilenet_v3_large`` or ``efficientnet_v2_s``.
     num_classes : int
         Number of output logits (at least 2).
@@ -140,6 +170,11 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: Path
         A local torchvision state dict of the same architecture (e.g. its ImageNet
         weights); nothing is downloaded. The head is replaced, so only the backbone
         is taken from it. Not available for ``smallcnn``.
+    image_size : int, optional
+        The side of the square images the model will see. ``resnet18`` chooses its stem
+        by it (below :data:`SMALL_INPUT_BELOW` px MedMNIST's small-image stem), so every
+        builder of one run's model must pass the same size; None means a large image.
+        Other models only check it against :func:`min_image_size`.
 
     Returns
     -------
@@ -156,6 +191,11 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: Path
         raise ConfigError(f"model: num_classes must be at least 2, got {num_classes}")
     if in_channels not in (1, 3):
         raise ConfigError(f"model: in_channels must be 1 or 3, got {in_channels}")
+    if image_size is not None and image_size < min_image_size(name):
+        raise ConfigError(
+            f"model: {name} needs images of at least {min_image_size(name)} px, got {image_size}; "
+            "choose a larger image_size or another model"
+        )
     if name == "smallcnn":
         if weights is not None:
             raise ConfigError("model weights: smallcnn has no pretrained weights; leave the weights file out")
@@ -177,6 +217,9 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, weights: Path
                 f"use the file made for {name}"
             )
         model.load_state_dict(state)
-    model.set_submodule(spec.stem, _stem_for(model.get_submodule(spec.stem), in_channels))
+    if name == "resnet18" and image_size is not None and image_size < SMALL_INPUT_BELOW:
+        _small_input_stem(model, in_channels)
+    else:
+        model.set_submodule(spec.stem, _stem_for(model.get_submodule(spec.stem), in_channels))
     model.set_submodule(spec.head, nn.Linear(model.get_submodule(spec.head).in_features, num_classes))
     return model

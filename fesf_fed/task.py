@@ -6,6 +6,7 @@ The task module of Flower's PyTorch examples, without Flower: the ClientApp call
 uint8 ``(N, C, H, W)``, and move to the device one batch at a time.
 """
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -14,11 +15,19 @@ import torch
 from torch import nn
 
 from fesf_fed.pixels import to_unit_float
+from fesf_fed.recipe import Recipe, augment_batch, build_optimiser, class_weights
+
+#: The training :func:`train` does unless told otherwise: the run settings' defaults.
+DEFAULT_RECIPE = Recipe()
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Classification figures on one set of images; precision, recall and F1 are macro averages."""
+    """Classification figures on one set of images; precision, recall and F1 are macro averages.
+
+    ``auroc`` is the macro one-vs-rest AUROC of the softmax probabilities (:func:`macro_auroc`);
+    None when fewer than two classes occur in the set, where no AUROC is defined.
+    """
 
     loss: float
     accuracy: float
@@ -26,6 +35,7 @@ class Evaluation:
     precision: float
     recall: float
     f1: float
+    auroc: float | None
     confusion: list[list[int]]
     examples: int
 
@@ -33,9 +43,14 @@ class Evaluation:
         """The figures without the confusion matrix: what may be sent as metrics.
 
         Keys are hyphenated (``balanced-accuracy``), as every metric that Flower carries and
-        the run store keeps is named.
+        the run store keeps is named. An absent AUROC (None) is left out: neither Flower's
+        MetricRecord nor the run store holds a None, and a NaN would spoil every mean it entered.
         """
-        return {name.replace("_", "-"): value for name, value in asdict(self).items() if name != "confusion"}
+        return {
+            name.replace("_", "-"): value
+            for name, value in asdict(self).items()
+            if name != "confusion" and value is not None
+        }
 
 
 def _check_set(images: np.ndarray, labels: np.ndarray) -> None:
@@ -58,8 +73,12 @@ def train(
     device: torch.device,
     seed: int = 0,
     proximal_mu: float = 0.0,
+    recipe: Recipe = DEFAULT_RECIPE,
+    first_epoch: int = 0,
+    total_epochs: int | None = None,
+    lr_trace: list[float] | None = None,
 ) -> float:
-    """Train ``model`` in place with Adam and cross-entropy; return the mean loss of the last epoch.
+    """Train ``model`` in place as ``recipe`` says; return the mean loss of the last epoch.
 
     Parameters
     ----------
@@ -72,37 +91,72 @@ def train(
     device : torch.device
         Where to train.
     seed : int
-        Seeds the shuffling, so a round is reproducible.
+        Seeds the shuffling and the augmentation, so a round is reproducible.
     proximal_mu : float
         FedProx's proximal term (Li et al., 2020): adds ``mu / 2 * ||w - w_start||^2``
         to the loss, which keeps a site's update near the global model it started from.
+    recipe : Recipe
+        Class weighting, augmentation, optimiser, learning-rate schedule and clipping
+        (:class:`fesf_fed.recipe.Recipe`; its defaults unless given, ``Recipe.legacy()`` for
+        Adam at a constant rate on plain cross-entropy). Class weights come from ``labels``.
+    first_epoch, total_epochs : int, int or None
+        Where these ``epochs`` lie in the whole run, for the learning-rate schedule: a
+        federated round ``r`` (from 1) of ``E`` local epochs in ``R`` rounds starts at
+        ``(r - 1) * E`` of ``R * E``. By default the run is this call: 0 of ``epochs``.
+    lr_trace : list of float, optional
+        When given, the learning rate of every step is appended to it.
     """
     _check_set(images, labels)
+    total_epochs = epochs if total_epochs is None else total_epochs
     if epochs < 1 or batch_size < 1 or lr <= 0 or proximal_mu < 0:
         raise ValueError(
             f"epochs and batch_size must be >= 1, lr > 0 and proximal_mu >= 0, "
             f"got {epochs}, {batch_size}, {lr}, {proximal_mu}"
         )
+    if first_epoch < 0 or first_epoch + epochs > total_epochs:
+        raise ValueError(
+            f"epochs {first_epoch} to {first_epoch + epochs} do not lie in a run of total_epochs {total_epochs}"
+        )
     model.to(device).train()
     global_weights = [parameter.detach().clone() for parameter in model.parameters()]
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    optimiser = build_optimiser(model, lr, recipe)
     targets = torch.as_tensor(labels, dtype=torch.long)
     shuffle = torch.Generator().manual_seed(seed)
+    # Its own generator, so switching augmentation on or off leaves the shuffling as it was.
+    augmentation = torch.Generator().manual_seed(seed + 1)
+    weights: torch.Tensor | None = None
+    steps = -(-len(images) // batch_size)
     epoch_loss = 0.0
-    for _ in range(epochs):
+    for epoch in range(first_epoch, first_epoch + epochs):
         order = torch.randperm(len(images), generator=shuffle)
         total = 0.0
-        for start in range(0, len(order), batch_size):
+        for step, start in enumerate(range(0, len(order), batch_size)):
+            rate = recipe.learning_rate(lr, epoch + (step + 0.5) / steps, total_epochs)
+            for group in optimiser.param_groups:
+                group["lr"] = rate
+            if lr_trace is not None:
+                lr_trace.append(rate)
             batch = order[start : start + batch_size]
-            loss = nn.functional.cross_entropy(
-                model(to_unit_float(images[batch.numpy()], device)),
-                targets[batch].to(device),
-            )
+            inputs = augment_batch(to_unit_float(images[batch.numpy()], device), recipe.augment, augmentation)
+            logits = model(inputs)
+            if weights is None and recipe.class_weighting == "balanced":
+                weights = class_weights(labels, logits.shape[1]).to(device)
+            if weights is None:
+                loss = nn.functional.cross_entropy(logits, targets[batch].to(device))
+            else:
+                # Divided by the batch size, not by the batch's summed weights (cross_entropy's "mean"): the
+                # weights average 1 over the set, so this is an unbiased estimate of the class-balanced loss.
+                # The "mean" would give a batch without a rare image (most, at batch size 8 on a skewed site)
+                # the full pull towards the common classes, and dilute the balancing.
+                summed = nn.functional.cross_entropy(logits, targets[batch].to(device), weight=weights, reduction="sum")
+                loss = summed / len(batch)
             if proximal_mu:
                 distance = sum(((now - then) ** 2).sum() for now, then in zip(model.parameters(), global_weights))
                 loss = loss + proximal_mu / 2 * distance
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.clip_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
             optimiser.step()
             total += loss.item() * len(batch)
         epoch_loss = total / len(order)
@@ -131,6 +185,48 @@ def classification_figures(confusion: np.ndarray) -> dict[str, float]:
         "recall": float(recall.mean()),
         "f1": float(f1.mean()),
     }
+
+
+def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """Macro one-vs-rest AUROC of class probabilities, by scikit-learn's ``roc_auc_score``; None where undefined.
+
+    Two classes: the AUROC of the second class's (label 1's) probability. More: each class's
+    one-vs-rest AUROC (``multi_class="ovr"`` with ``labels=range(k)``), averaged over the
+    classes that occur. With every class present that is scikit-learn's ``average="macro"``;
+    a class absent from ``labels`` has no AUROC of its own (scikit-learn's macro average would
+    be NaN), so it is left out, as balanced accuracy leaves it out.
+
+    Parameters
+    ----------
+    labels : np.ndarray
+        int ``(N,)``, the true classes.
+    probabilities : np.ndarray
+        float ``(N, k)``, each row a probability distribution over the ``k`` classes (softmax).
+
+    Returns
+    -------
+    float or None
+        From 0 (every ranking inverted) over 0.5 (no better than chance) to 1 (perfect);
+        None when fewer than two classes occur in ``labels``: nothing to rank against.
+    """
+    # Imported here: scikit-learn takes a while to import, and most users of this module never score.
+    from sklearn.exceptions import UndefinedMetricWarning
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[0] != len(labels) or probabilities.shape[1] < 2:
+        raise ValueError(f"probabilities must be ({len(labels)}, k >= 2), got {probabilities.shape}")
+    present = np.unique(labels)
+    if len(present) < 2:
+        return None
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(labels, probabilities[:, 1]))
+    classes = range(probabilities.shape[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # an absent class's NaN, left out below
+        per_class = roc_auc_score(labels, probabilities, multi_class="ovr", average=None, labels=classes)
+    return float(np.mean(per_class[present]))
 
 
 def one_class_answer(confusion: np.ndarray | Sequence[Sequence[int]]) -> int | None:
@@ -167,18 +263,26 @@ def evaluate(
     batch_size: int,
     device: torch.device,
 ) -> Evaluation:
-    """Loss, accuracy, balanced accuracy, macro precision/recall/F1 and the confusion matrix of ``model`` on a set."""
+    """Loss, accuracy, balanced accuracy, macro precision/recall/F1, macro AUROC and the confusion matrix of ``model``.
+
+    The softmax probabilities are kept batch by batch for the AUROC (:func:`macro_auroc`),
+    which is None when the set holds fewer than two classes.
+    """
     _check_set(images, labels)
     model.to(device).eval()
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    probabilities = np.empty((len(images), num_classes), dtype=np.float64)
     total_loss = 0.0
     for start in range(0, len(images), batch_size):
         logits = model(to_unit_float(images[start : start + batch_size], device))
         targets = torch.as_tensor(labels[start : start + batch_size], dtype=torch.long, device=device)
         total_loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
         np.add.at(confusion, (targets.cpu().numpy(), logits.argmax(1).cpu().numpy()), 1)
+        # In float64 (on the CPU: not every device has it), so each row sums to 1 as closely as scikit-learn checks.
+        probabilities[start : start + len(logits)] = torch.softmax(logits.cpu().double(), dim=1).numpy()
     return Evaluation(
         loss=total_loss / len(images),
+        auroc=macro_auroc(labels, probabilities),
         confusion=confusion.tolist(),
         examples=len(images),
         **classification_figures(confusion),

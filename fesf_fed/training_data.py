@@ -13,7 +13,7 @@ import numpy as np
 
 from fesf_fed.build import build_surrogates
 from fesf_fed.config import SURROGATE_KINDS, SiteConfig
-from fesf_fed.data import load_dataset, stratified_split
+from fesf_fed.data import load_dataset, site_split
 from fesf_fed.progress import ProgressCallback, ProgressMeter, Stage
 from fesf_fed.quality import QUALITY_PAIRS
 
@@ -82,7 +82,7 @@ def load_site_data(
         meter = ProgressMeter(report, config.site)
         meter.stage(Stage.LOADING)
         data = load_dataset(config.data, progress=progress)
-        train, test = stratified_split(data.labels, config.data.test_fraction, config.data.seed)
+        train, test = site_split(data, config.data)
         meter.stage(Stage.READY)
         return SiteData(
             data.images[train],

@@ -11,7 +11,7 @@ from fesf_fed.errors import ConfigError
 from fesf_fed.federation.settings import RUN_NAME, parse_run_settings
 
 from .federation import RunOutcome, run_federation
-from .run_store import RunFolder, runs_folder
+from .run_store import RunFolder, check_new_run_name
 
 app = ServerApp()
 
@@ -23,9 +23,13 @@ def _refused_run_name(run_config: dict, flower_run: str) -> str:
     run of that name, or the run to resume, is left as it was.
     """
     name = run_config.get("run-name")
-    if isinstance(name, str) and RUN_NAME.fullmatch(name) and not (runs_folder() / name).exists():
-        return name
-    return flower_run
+    if not (isinstance(name, str) and RUN_NAME.fullmatch(name)):
+        return flower_run
+    try:
+        check_new_run_name(name)
+    except ConfigError:
+        return flower_run
+    return name
 
 
 def _refuse(run_name: str, run_config: dict, error: ConfigError) -> None:

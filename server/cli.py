@@ -37,7 +37,7 @@ from fesf_fed.home import fesf_home, private_folder
 
 from .local_superlink import local_superlink_log, stop_local_superlink
 from .run_config import check_run_config
-from .run_store import runs_folder
+from .run_store import run_exists, runs_folder
 
 #: Names the operator's own commands use to reach the SuperLink on its host.
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
@@ -126,7 +126,7 @@ def new_run_name(now: datetime | None = None) -> str:
     """
     base = f"{now or datetime.now():%Y-%m-%d_%H%M%S}"
     name, number = base, 1
-    while (runs_folder() / name).exists():
+    while run_exists(name):
         number += 1
         name = f"{base}-{number}"
     return name
@@ -186,7 +186,7 @@ def _run_run(args: argparse.Namespace) -> int:
         return _submit(args, app, env, nodes, children, run_name, named=not given)
     except KeyboardInterrupt:
         signal_name = signal.Signals(stopping[0]).name if stopping else "SIGINT"
-        if (runs_folder() / run_name / "store.sqlite").exists():
+        if run_exists(run_name):
             print(f"stopped ({signal_name}); the run can be resumed with --run-config \"resume='{run_name}'\"")
         else:
             print(f"stopped ({signal_name}) before the run {run_name} began")
@@ -242,10 +242,9 @@ def _submit(
         )
     summary = RunSummary.read(path)
     if summary.status == "finished" and summary.final is not None:
+        labels = {"accuracy": "accuracy", "balanced-accuracy": "balanced accuracy", "f1": "macro-F1", "auroc": "AUROC"}
         figures = "  ".join(
-            f"{key} {value:.3f}"
-            for key in ("accuracy", "balanced-accuracy", "f1")
-            if (value := summary.final.figure(key)) is not None
+            f"{label} {value:.3f}" for key, label in labels.items() if (value := summary.final.figure(key)) is not None
         )
         print(f"Run finished ({summary.status}): {figures}; run folder {path.parent}")
         return 0

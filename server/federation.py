@@ -14,6 +14,7 @@ The strategies' own ``configure_*`` and ``aggregate_*`` methods do the work, unc
 this loop is the one copy of the sequence, and the place to check on a Flower upgrade.
 """
 
+import copy
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,8 +32,8 @@ from fesf_fed.config import load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.federation import protocol
-from fesf_fed.federation.protocol import confusion_of, data_of, metrics_of, site_of
-from fesf_fed.federation.run_summary import SUMMARY_FILE, CentralMetrics, FinalMetrics, RunSummary
+from fesf_fed.federation.protocol import AUROC, METRICS, NUM_EXAMPLES, confusion_of, data_of, metrics_of, site_of
+from fesf_fed.federation.run_summary import SUMMARY_FILE, CentralMetrics, FinalMetrics, ModelInput, RunSummary
 from fesf_fed.federation.settings import RunSettings
 from fesf_fed.models import build_model
 from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progress
@@ -132,8 +133,7 @@ def _prepare_sites(grid: SiteGrid, run: RunFolder, run_id: str, timeout: float) 
     described = {site_of(reply.content): data_of(reply.content) for reply in replies}
     for reply in replies:
         data = described[site_of(reply.content)]
-        details = {"classes": list(data.classes), "channels": data.channels, "image-size": data.image_size}
-        run.set_site(site_of(reply.content), {**details, **metrics_of(reply.content)})
+        run.set_site(site_of(reply.content), {**data.to_config(), **metrics_of(reply.content)})
     if len(set(described.values())) > 1:
         listing = ", ".join(
             f"{name}: {list(d.classes)} x{d.channels}ch {d.image_size}px" for name, d in described.items()
@@ -151,6 +151,31 @@ def _scalars(metrics: MetricRecord | None) -> dict[str, float]:
             raise FesfError(f"aggregated metric {name!r} is a list, not a number")
         scalars[name] = value
     return scalars
+
+
+def _aggregable(replies: list[Message]) -> list[Message]:
+    """The evaluate replies as a strategy may aggregate them: ``auroc`` left out unless every site sent one.
+
+    Flower's strategies refuse (``InconsistentMessageReplies``) metric records whose keys differ,
+    and a site whose test split holds one class sends no AUROC. Such a round's strategy sees
+    copies without it; the sites' own AUROCs are stored from the replies themselves, and the
+    federation's by :func:`_record_auroc`.
+    """
+
+    def metrics(reply: Message) -> MetricRecord:
+        return MetricRecord() if reply.has_error() else reply.content.metric_records.get(METRICS, MetricRecord())
+
+    sent = [AUROC in metrics(reply) for reply in replies if not reply.has_error()]
+    if all(sent) or not any(sent):
+        return replies
+    aggregable = []
+    for reply in replies:
+        if AUROC in metrics(reply):
+            kept = MetricRecord({key: value for key, value in metrics(reply).items() if key != AUROC})
+            reply = copy.copy(reply)  # a shallow copy: the original keeps its record
+            reply.content = RecordDict({**reply.content, METRICS: kept})
+        aggregable.append(reply)
+    return aggregable
 
 
 def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[Message]) -> None:
@@ -186,6 +211,28 @@ def _record_confusion(run: RunFolder, server_round: int, replies: list[Message],
     return balanced_accuracy
 
 
+def _record_auroc(run: RunFolder, server_round: int, replies: list[Message]) -> float | None:
+    """Store the federation's AUROC, the global ``auroc``: the sites' AUROCs averaged by their test images.
+
+    It is Flower's example-weighted mean (what its strategies make of every figure), taken over
+    the sites that sent an AUROC: one whose test split holds a single class has none. It is not
+    the AUROC of all the sites' test images pooled (the probabilities stay at the sites; only
+    ``fesf-reproduce``'s central cells and ``central-eval`` have that). Returns it, or None when
+    no site sent one (and then nothing is stored).
+    """
+    weighted = [
+        (float(metrics[NUM_EXAMPLES]), float(metrics[AUROC]))
+        for reply in replies
+        if not reply.has_error() and AUROC in (metrics := metrics_of(reply.content))
+    ]
+    examples = sum(weight for weight, _ in weighted)
+    if not examples:
+        return None
+    auroc = sum(weight * value for weight, value in weighted) / examples
+    run.record(server_round, "evaluate", GLOBAL, {AUROC: auroc})
+    return auroc
+
+
 class _CentralEvaluation:
     """The server's own test set (``central-eval``), in the run's mode, for evaluating the global model."""
 
@@ -198,7 +245,12 @@ class _CentralEvaluation:
         self.settings = settings
 
     def __call__(self, arrays: ArrayRecord) -> Evaluation:
-        model = build_model(self.settings.model, len(self.data.classes), self.data.channels)
+        model = build_model(
+            self.settings.model,
+            len(self.data.classes),
+            self.data.channels,
+            image_size=int(self.data.test_images.shape[-1]),
+        )
         model.load_state_dict(arrays.to_torch_state_dict())
         return evaluate(
             model,
@@ -240,9 +292,18 @@ def _start(run: RunFolder, settings: RunSettings, strategy: Any, initial: ArrayR
 
 
 def _log_round(
-    server_round: int, total: int, metrics: MetricRecord | None, balanced_accuracy: float | None, seconds: float
+    server_round: int,
+    total: int,
+    metrics: MetricRecord | None,
+    balanced_accuracy: float | None,
+    auroc: float | None,
+    seconds: float,
 ) -> None:
-    """Log a round's federated evaluation; ``balanced_accuracy`` is the pooled one of :func:`_record_confusion`."""
+    """Log a round's federated evaluation.
+
+    ``balanced_accuracy`` is the pooled one of :func:`_record_confusion`, ``auroc`` the sites'
+    example-weighted mean of :func:`_record_auroc`; ``–`` where there is none.
+    """
     if metrics is None:
         log(
             INFO,
@@ -254,14 +315,16 @@ def _log_round(
         return
     log(
         INFO,
-        "Round %d/%d: accuracy %.3f  balanced accuracy %s  precision %.3f  recall %.3f  F1 %.3f  loss %.4f  (%.1f s)",
+        "Round %d/%d: accuracy %.3f  balanced accuracy %s  macro-F1 %.3f  AUROC %s  "
+        "macro precision %.3f  macro recall %.3f  loss %.4f  (%.1f s)",
         server_round,
         total,
         metrics["accuracy"],
         "–" if balanced_accuracy is None else f"{balanced_accuracy:.3f}",
+        metrics["f1"],
+        "–" if auroc is None else f"{auroc:.3f}",
         metrics["precision"],
         metrics["recall"],
-        metrics["f1"],
         metrics["loss"],
         seconds,
     )
@@ -295,6 +358,7 @@ def _final_metrics(run: RunFolder) -> FinalMetrics:
         precision=figures.get("precision"),
         recall=figures.get("recall"),
         f1=figures.get("f1"),
+        auroc=figures.get(AUROC),
         loss=figures.get("loss"),
         sites={scope: metrics for scope, metrics in evaluation.items() if scope != GLOBAL},
         central=None if central is None else CentralMetrics(figures=central, one_class=one_class["central"]),
@@ -404,12 +468,12 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         # The run's seed fixes the initial weights, so a run can be repeated exactly.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            model = build_model(settings.model, len(classes), channels, weights=weights)
+            model = build_model(settings.model, len(classes), channels, weights=weights, image_size=size)
         start, arrays = _start(run, settings, strategy, ArrayRecord(model.state_dict()))
         if not settings.resume:
             run.set_info(classes=classes)
         # The diagnosis service builds the model for this input.
-        run.set_info(status="running", input={"channels": channels, "image-size": size})
+        run.set_info(status="running", input=ModelInput(channels=channels, image_size=size).to_json())
         central = _CentralEvaluation(settings, site_defaults, classes) if settings.central_eval else None
         for server_round in range(start, settings.num_server_rounds + 1):
             began = time.perf_counter()
@@ -429,7 +493,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
                     timeout=settings.round_timeout,
                 )
             )
-            evaluate_metrics = strategy.aggregate_evaluate(server_round, evaluate_replies)
+            evaluate_metrics = strategy.aggregate_evaluate(server_round, _aggregable(evaluate_replies))
             central_metrics = central(arrays) if central else None
             seconds = time.perf_counter() - began
             run.save_checkpoint(
@@ -445,12 +509,13 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             run.record(server_round, "train", GLOBAL, _scalars(train_metrics))
             run.record(server_round, "evaluate", GLOBAL, _scalars(evaluate_metrics))
             balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
+            auroc = _record_auroc(run, server_round, evaluate_replies)
             if central_metrics:
                 run.record(server_round, "central", GLOBAL, central_metrics.scalars())
                 run.record_confusion(server_round, "central", GLOBAL, central_metrics.confusion)
             run.record(server_round, "timing", GLOBAL, {"seconds": seconds})
             run.write_summary(final=None)
-            _log_round(server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, seconds)
+            _log_round(server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, auroc, seconds)
         final = _final_metrics(run)
         _warn_if_one_class(final, classes)
         run.set_info(status="finished", finished=datetime.now(UTC).isoformat())

@@ -63,15 +63,31 @@ def runs_folder() -> Path:
     return fesf_home() / "runs"
 
 
+def run_exists(name: str) -> bool:
+    """Whether ``$FESF_HOME/runs/<name>`` holds a run (its store): the one test of a taken name."""
+    return (runs_folder() / name / "store.sqlite").exists()
+
+
+def _refused_before_it_began(name: str) -> bool:
+    """Whether run ``name`` is one whose settings were refused: failed, with no checkpoint to lose."""
+    run = StoredRun(runs_folder() / name)
+    try:
+        return run.info().get("status") == "failed" and run.latest_checkpoint_path() is None
+    finally:
+        run.close()
+
+
 def check_new_run_name(name: str) -> None:
     """Refuse ``run-name`` ``name`` when a run of that name is in the runs folder already.
+
+    A run refused for its settings before it began may be run again under its name, corrected.
 
     Raises
     ------
     ConfigError
         Telling the user to choose another name or to resume that run.
     """
-    if (runs_folder() / name / "store.sqlite").exists():
+    if run_exists(name) and not _refused_before_it_began(name):
         raise ConfigError(
             f"run config run-name: a run {name!r} exists already in {runs_folder()}; "
             f"choose another run-name, or continue that run with resume='{name}'"
@@ -198,7 +214,7 @@ class RunFolder(_Store):
 
     def __init__(self, name: str, must_exist: bool = False, must_be_new: bool = False) -> None:
         self.directory = runs_folder() / name
-        if must_exist and not (self.directory / "store.sqlite").exists():
+        if must_exist and not run_exists(name):
             raise ConfigError(
                 f"run config resume: no run {name!r} in {runs_folder()}; give the id of a run folder there"
             )

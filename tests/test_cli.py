@@ -108,3 +108,21 @@ def test_data_check_counts_classes_and_lists_bad_files(fesf_main, tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert "6 usable images" in result.stdout and "benign" in result.stdout and "malignant" in result.stdout
     assert "broken.png" in result.stdout
+    assert "no near-duplicates" in result.stdout
+
+
+def test_data_check_reports_near_duplicate_groups(fesf_main, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for name in ("benign", "malignant"):
+        (tmp_path / name).mkdir()
+        for index in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8)).save(tmp_path / name / f"{index}.png")
+    copy = np.asarray(Image.open(tmp_path / "benign" / "0.png"))
+    Image.fromarray(copy).save(tmp_path / "benign" / "0-again.png")
+    Image.fromarray(copy[:, ::-1]).save(tmp_path / "malignant" / "0-mirrored.png")
+    result = fesf_main("data", "check", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "1 group(s) of 2+ images hold 3 of 8 images" in result.stdout
+    assert "benign: 2, malignant: 1" in result.stdout and "benign/0-again.png" in result.stdout
+    bad = fesf_main("data", "check", str(tmp_path), "--duplicate-distance", "99")
+    assert bad.returncode == 2 and "duplicate_distance" in bad.stderr and "Traceback" not in bad.stderr

@@ -134,3 +134,19 @@ def test_an_error_names_the_layer_that_set_the_field(tmp_path: Path) -> None:
     path.write_text("iqem: {steps: 0}\n")
     with pytest.raises(ConfigError, match=r"site\.yaml: iqem\.steps: Input should be greater than or equal to 1"):
         load_config(path, run_config={"iqem.lr": 0.1})
+
+
+def test_an_empty_section_sets_nothing_and_a_dotted_key_in_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("data: {}\n")
+    assert load_config(path, run_config={"data.image_size": 32}).data.image_size == 32
+    path.write_text("data.image_size: 32\n")
+    with pytest.raises(ConfigError, match=r"site\.yaml: data\.image_size: nest the field"):
+        load_config(path)
+
+
+def test_a_missing_field_is_blamed_on_the_file_not_on_a_layer_that_set_something_else(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("data: {source: folder}\nhosts: {source: phantom}\n")
+    with pytest.raises(ConfigError, match=r"^\S*site\.yaml: data: data\.path is required"):
+        load_config(path, command_line={"data.image_size": 32})

@@ -155,10 +155,12 @@ def test_the_runs_list_gives_the_pooled_balanced_accuracy_and_whether_the_model_
     expected = classification_figures(np.asarray(pooled))["balanced_accuracy"]
     assert surrogate["balanced_accuracy"] == pytest.approx(expected)
     assert surrogate["one_class"] is (one_class_answer(pooled) is not None)
-    # A run without a confusion matrix (as stored before this was recorded) has neither figure.
-    assert (listed[PLAIN_RUN]["balanced_accuracy"], listed[PLAIN_RUN]["one_class"]) == (None, False)
+    assert surrogate["auroc"] == runs.summary()["final"]["auroc"]  # the sites' AUROCs averaged by their images
+    # A run without a confusion matrix or AUROC (as stored before these were recorded) has none of the figures.
+    plain = listed[PLAIN_RUN]
+    assert (plain["balanced_accuracy"], plain["auroc"], plain["one_class"]) == (None, None, False)
     exported = client.get(f"/api/runs/{runs.surrogate}/metrics.csv").get_data(as_text=True)
-    assert ",evaluate,global,balanced-accuracy," in exported
+    assert ",evaluate,global,balanced-accuracy," in exported and ",evaluate,global,auroc," in exported
 
 
 def _components(component) -> Iterator:
@@ -362,19 +364,22 @@ def test_the_browser_shows_a_finished_runs_curves_sites_quality_and_diagnosis(ru
     page = browser.page
     with dashboard(runs.folder) as served:
         page.goto(served.url + "/")
+        assert "AUROC (last round)" in page.inner_text("#runs-table")
         page.get_by_role("link", name=runs.surrogate).click()
         page.wait_for_selector("#global-figure .scatterlayer .trace")
         assert "x_su_prime · smallcnn · fedavg" in page.inner_text("#run-headline")
         assert "round 2/2" in page.inner_text("#run-headline")
-        # Five scores, the evaluation loss and the training loss: one plotted line each.
-        assert page.locator("#global-figure .scatterlayer .trace").count() == 7
-        assert page.locator("#sites-figure .scatterlayer .trace").count() == 3 * 7
+        # Six scores (AUROC among them), the evaluation loss and the training loss: one plotted line each.
+        assert page.locator("#global-figure .scatterlayer .trace").count() == 8
+        assert page.locator("#sites-figure .scatterlayer .trace").count() == 3 * 8
+        assert "AUROC" in page.inner_text("#run-headline") and "AUROC" in page.inner_text("#sites-table thead")
         summary = runs.summary()
         site = summary["sites"]["site-2"]
         quality_row = page.locator("#quality-table tr", has_text="site-2").inner_text()
         assert f"{site['ssim-x_pl-x_su_prime']:.4f}" in quality_row and f"{site['psnr-host-x_sy']:.2f}" in quality_row
         final = summary["history"][-1]["evaluate"]
-        assert f"{final['site-3']['accuracy']:.3f}" in page.locator("#sites-table tr", has_text="site-3").inner_text()
+        site_row = page.locator("#sites-table tr", has_text="site-3").inner_text()
+        assert f"{final['site-3']['accuracy']:.3f}" in site_row and f"{final['site-3']['auroc']:.3f}" in site_row
         assert page.locator("#participation-table tbody tr").count() == 2
         assert page.locator("#participation-table tbody tr").first.inner_text().count("✓") == 3
         counts = np.asarray(summary["final"]["confusion"]["evaluate"])
@@ -394,7 +399,7 @@ def test_the_browser_shows_a_finished_runs_curves_sites_quality_and_diagnosis(ru
         page.wait_for_selector("#compare-figure .scatterlayer .trace")
         table = page.inner_text("#compare-table")
         ratio = summary["final"]["accuracy"] / 0.9
-        assert "plaintext" in table and "x_su_prime" in table and f"{ratio:.3f}" in table
+        assert "plaintext" in table and "x_su_prime" in table and f"{ratio:.3f}" in table and "AUROC" in table
 
 
 def _headline_round(page) -> int | None:

@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.exception import InconsistentMessageReplies
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore.task_identity import TaskIdentity
 
 from fesf_fed.deployment.processes import flower_env
 from fesf_fed.errors import ConfigError, FesfError
@@ -61,7 +65,9 @@ def test_simulated_sites_learn_and_the_run_folder_has_everything():
     assert final["accuracy"] >= 0.8, final
     assert set(final["sites"]) == {"site-1", "site-2", "site-3"}
     for metrics in final["sites"].values():
-        assert {"accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss", "num-examples"} <= set(metrics)
+        figures = {"accuracy", "balanced-accuracy", "precision", "recall", "f1", "auroc", "loss", "num-examples"}
+        assert figures <= set(metrics)  # each site's evaluate reply carried them, AUROC included
+    assert final["auroc"] >= 0.8, final
     assert summary["config"]["mode"] == "plaintext"
     assert set(summary["sites"]) == {"site-1", "site-2", "site-3"}
     assert [path.name for path in sorted((run / "checkpoints").iterdir())] == ["round-0003.pt", "round-0004.pt"]
@@ -96,6 +102,31 @@ def test_the_global_balanced_accuracy_is_the_pooled_one_and_the_summary_says_if_
     final = summary["final"]
     assert final["balanced-accuracy"] == summary["history"][-1]["evaluate"][GLOBAL]["balanced-accuracy"]
     assert final["one_class"] is (one_class_answer(final["confusion"]["evaluate"]) is not None)
+    # The global AUROC: the sites' averaged by their test images, over the sites that have one.
+    weighted = [(site["num-examples"], site["auroc"]) for site in final["sites"].values() if "auroc" in site]
+    expected = sum(n * auroc for n, auroc in weighted) / sum(n for n, _ in weighted)
+    assert final["auroc"] == summary["history"][-1]["evaluate"][GLOBAL]["auroc"] == pytest.approx(expected)
+
+
+def test_a_site_without_an_auroc_is_left_out_of_the_federations_instead_of_failing_the_round(monkeypatch):
+    for name, value in (("_run_id", 1), ("_node_id", 0), ("_task_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)  # Flower's messages need a run, as inside Flower
+
+    def reply(examples: int, **auroc: float) -> Message:
+        metrics = MetricRecord({"num-examples": examples, "accuracy": 0.5, **auroc})
+        return Message(RecordDict({"metrics": metrics, "site": ConfigRecord({"name": f"s{examples}"})}), 0, "evaluate")
+
+    replies = [reply(10, auroc=0.9), reply(30, auroc=0.5), reply(20)]  # s20's test split held one class
+    with pytest.raises(InconsistentMessageReplies):
+        FedAvg().aggregate_evaluate(1, replies)  # Flower alone refuses keys that differ
+    aggregated = FedAvg().aggregate_evaluate(1, federation._aggregable(replies))
+    assert aggregated is not None and set(aggregated) == {"accuracy"}
+    run = RunFolder("auroc")
+    assert federation._record_auroc(run, 1, replies) == pytest.approx((10 * 0.9 + 30 * 0.5) / 40)
+    assert run.rounds()[0].figures("evaluate")["auroc"] == pytest.approx(0.6)
+    assert federation._record_auroc(run, 2, [reply(20)]) is None and len(run.rounds()) == 1
+    run.close()
+    assert replies[0].content["metrics"]["auroc"] == 0.9  # the sites' own records keep theirs
 
 
 def test_a_summary_reads_back_as_written_and_a_malformed_one_is_refused_in_one_line(finished_run, tmp_path):
@@ -108,6 +139,19 @@ def test_a_summary_reads_back_as_written_and_a_malformed_one_is_refused_in_one_l
     assert (
         summary.final is not None and summary.final.figure("balanced-accuracy") == written["final"]["balanced-accuracy"]
     )
+    assert summary.final.figure("auroc") == written["final"]["auroc"]
+    # A summary written before AUROC was reported reads, without one, and writes back as it was.
+    old = json.loads(json.dumps(written))
+    del old["final"]["auroc"]
+    reread = RunSummary.from_json(old)
+    assert reread.final is not None and reread.final.figure("auroc") is None and reread.to_json() == old
+    # So does one from before balanced accuracy and the one-class flag; and any JSON value in the config.
+    for key in ("balanced-accuracy", "one_class"):
+        del old["final"][key]
+    old["config"] |= {"site.pipeline.outputs": ["x_su_prime"], "site.data.max_per_class": None}
+    reread = RunSummary.from_json(old)
+    assert reread.final is not None and reread.final.one_class is None and reread.final.balanced_accuracy is None
+    assert reread.config["site.pipeline.outputs"] == ["x_su_prime"]
     assert [entry.round for entry in summary.history] == [1, 2]
     assert set(summary.sites) == {"site-1", "site-2", "site-3"}
     broken = tmp_path / "summary.json"
@@ -122,7 +166,7 @@ def test_a_summary_reads_back_as_written_and_a_malformed_one_is_refused_in_one_l
             lambda data: data.update(status="paused"),
             "status: Input should be 'preparing', 'running', 'finished', 'stopped' or 'failed'",
         ),
-        (lambda data: data["final"].pop("one_class"), "final.one_class: Field required"),
+        (lambda data: data["final"].update(one_class="no"), "final.one_class: Input should be a valid boolean"),
         (lambda data: data.update(extra=1), "extra: Extra inputs are not permitted"),
     ]:
         data = json.loads(json.dumps(written))

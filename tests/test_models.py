@@ -13,11 +13,33 @@ from fesf_fed.models import MODEL_NAMES, build_model, min_image_size
 @pytest.mark.parametrize("name", MODEL_NAMES)
 @pytest.mark.parametrize("in_channels,num_classes", [(1, 2), (3, 5)])
 def test_every_model_classifies_images_of_its_smallest_size(name: str, in_channels: int, num_classes: int) -> None:
-    model = build_model(name, num_classes, in_channels).eval()
     size = min_image_size(name)
+    model = build_model(name, num_classes, in_channels, image_size=size).eval()
     with torch.no_grad():
         logits = model(torch.rand(2, in_channels, size, size))
     assert logits.shape == (2, num_classes)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+@pytest.mark.parametrize("size,stem_kernel", [(28, 3), (64, 7)])
+def test_resnet18_has_medmnists_stem_for_small_images_and_torchvisions_for_larger(
+    in_channels: int, size: int, stem_kernel: int
+) -> None:
+    model = build_model("resnet18", 7, in_channels, image_size=size).eval()
+    assert model.get_submodule("conv1").kernel_size == (stem_kernel, stem_kernel)
+    assert isinstance(model.get_submodule("maxpool"), torch.nn.Identity) == (size < 64)
+    with torch.no_grad():
+        assert model(torch.rand(3, in_channels, size, size)).shape == (3, 7)
+
+
+def test_resnet18_at_28_pixels_takes_the_backbone_of_local_weights_and_a_new_stem(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, tmp_path / "resnet18.pth")
+    model = build_model("resnet18", 2, 1, weights=tmp_path / "resnet18.pth", image_size=28)
+    loaded = model.state_dict()
+    assert torch.equal(loaded["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    assert loaded["conv1.weight"].shape == (64, 1, 3, 3) and loaded["fc.weight"].shape == (2, 512)
 
 
 def test_the_small_cnn_takes_any_size_from_8_pixels() -> None:
@@ -29,7 +51,8 @@ def test_the_small_cnn_takes_any_size_from_8_pixels() -> None:
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"name": "resnet50", "num_classes": 2}, "unknown model 'resnet50'; choose one of smallcnn, vgg16, resnet34"),
+        ({"name": "resnet50", "num_classes": 2}, "unknown model 'resnet50'; choose one of smallcnn, resnet18, vgg16"),
+        ({"name": "resnet34", "num_classes": 2, "image_size": 28}, "resnet34 needs images of at least 32 px, got 28"),
         ({"name": "resnet34", "num_classes": 1}, "num_classes must be at least 2"),
         ({"name": "resnet34", "num_classes": 2, "in_channels": 2}, "in_channels must be 1 or 3"),
         ({"name": "smallcnn", "num_classes": 2, "weights": Path("x.pth")}, "smallcnn has no pretrained weights"),

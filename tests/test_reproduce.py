@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import yaml
 import server.reproduce.experiment as experiment_module
 import server.reproduce.report as report_module
 from fesf_fed.config import load_config
+from fesf_fed.recipe import Recipe
 from fesf_fed.task import classification_figures
 from server.reproduce.cli import load_suite, main
 from tests.conftest import TINY_BUILD
@@ -74,6 +76,8 @@ def test_both_modes_are_trained_federated_and_central_and_tabulated(reproduction
         figures = classification_figures(confusion)
         assert federated["accuracy"] == pytest.approx(figures["accuracy"])
         assert federated["balanced_accuracy"] == pytest.approx(figures["balanced_accuracy"])
+        # AUROC does not pool: federated, the sites' averaged by their test images (summary.json's final).
+        assert federated.get("auroc") == summary["final"].get("auroc")
         central = cells[f"central/{mode}/0"]
         assert central["examples"] == federated["examples"] == confusion.sum()  # the same pooled test images
     quality = cells["federated/x_su_prime/0"]["quality"]
@@ -87,7 +91,10 @@ def test_both_modes_are_trained_federated_and_central_and_tabulated(reproduction
     plaintext_row = next(line for line in markdown.splitlines() if line.startswith("| x_pl (plaintext)"))
     assert f"{cells['central/plaintext/0']['accuracy']:.3f}" in plaintext_row
     assert f"{cells['federated/plaintext/0']['balanced_accuracy']:.3f}" in plaintext_row
-    assert "| federated accuracy | federated balanced accuracy |" in markdown
+    header = (
+        "| federated accuracy | federated balanced accuracy | federated macro-F1 | federated AUROC | central accuracy"
+    )
+    assert header in markdown
     assert "| x_pl vs x_su' |" in markdown and "changed hyper-parameters" not in markdown
     assert f"/compare?runs={cells['federated/plaintext/0']['run']},{cells['federated/x_su_prime/0']['run']}" in markdown
 
@@ -161,7 +168,7 @@ def test_a_suite_writes_the_results_page_from_its_reproductions(reproduction, tm
     ratio = (
         results["cells"]["federated/x_su_prime/0"]["accuracy"] / results["cells"]["federated/plaintext/0"]["accuracy"]
     )
-    assert columns[6] == f"{ratio:.3f}"  # x_su' / plaintext accuracy, federated
+    assert columns[10] == f"{ratio:.3f}"  # x_su' / plaintext accuracy, federated
     assert f"datasets (Phantoms): x_su' keeps {ratio:.3f} of plaintext accuracy federated" in page  # the headline
     assert markdown.strip() in page  # the reproduction's own section
     assert page.rstrip().endswith("Where surrogates lose accuracy.")
@@ -223,6 +230,9 @@ def test_tables_give_balanced_accuracy_and_flag_models_that_answer_one_class():
     rows = {columns[0].strip(): [column.strip() for column in columns] for columns in table}
     assert rows["x_pl (plaintext)"][1:3] == ["0.812", f"{(7 / 8 + 6 / 8) / 2:.3f}"]
     assert rows["x_su'"][1:3] == ["0.500 (one class only)", "0.500"]
+    # Cells without an AUROC (written before it was reported) show none. The share of plaintext's figures kept:
+    # accuracy and balanced accuracy 0.5 / 0.8125, macro-F1 (1/3) / 0.8118.
+    assert rows["x_pl (plaintext)"][4] == "–" and rows["x_su' / x_pl"][1:4] == ["0.615", "0.615", "0.411"]
     assert "every x_su' model answered one class only" in markdown
 
 
@@ -288,3 +298,20 @@ def test_results_from_before_site_configs_were_kept_still_make_a_page(reproducti
     assert _main("suite", str(suite), "--report-only")[0] == 2
     assert "no reproduction has finished cells" in capsys.readouterr().err
     assert (tmp_path / "page.md").read_text() == page
+
+
+def test_cells_trained_with_another_recipe_are_not_continued(reproduction, tmp_path, monkeypatch, capsys):
+    home, results, _ = reproduction
+    assert results["recipe"] == asdict(Recipe())
+    folder = tmp_path / "home" / "reproductions" / "tiny"
+    shutil.copytree(home / "reproductions" / "tiny", folder)
+    monkeypatch.setenv("FESF_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(experiment_module, "simulate", lambda config: pytest.fail("a cell ran"))
+    # From before recipes: none kept, the cells trained with Adam at a constant rate on plain cross-entropy.
+    # (Read from the file: another test changes the fixture's dict.)
+    stored = json.loads((folder / "results.json").read_text())
+    (folder / "results.json").write_text(json.dumps({key: value for key, value in stored.items() if key != "recipe"}))
+    code, _ = _main("run", *PLAN_FLAGS)
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and "--name" in error
+    assert "trained with another recipe (class-weighting 'none', not 'balanced'; augment 'none'" in error

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from fesf_fed.data.phantom import phantom_dataset
 from fesf_fed.models import build_model
-from fesf_fed.task import classification_figures, evaluate, one_class_answer, train
+from fesf_fed.task import classification_figures, evaluate, macro_auroc, one_class_answer, train
 
 CPU = torch.device("cpu")
 
@@ -69,8 +70,46 @@ def test_training_fits_phantoms_and_evaluation_counts_every_image() -> None:
     after = evaluate(model, data.images, data.labels, num_classes=2, batch_size=16, device=CPU)
     assert after.accuracy >= 0.95 and after.loss < before.loss and last_loss < 0.3
     assert np.sum(after.confusion) == after.examples == 48
-    assert set(after.scalars()) == {"loss", "accuracy", "balanced-accuracy", "precision", "recall", "f1", "examples"}
+    figures = {"loss", "accuracy", "balanced-accuracy", "precision", "recall", "f1", "auroc", "examples"}
+    assert set(after.scalars()) == figures and after.auroc is not None and after.auroc > 0.95
     assert after.scalars()["balanced-accuracy"] == after.balanced_accuracy
+    # A test split of one class has no AUROC, and sends none, rather than an error.
+    alone = evaluate(
+        model, data.images[data.labels == 1], data.labels[data.labels == 1], num_classes=2, batch_size=16, device=CPU
+    )
+    assert alone.auroc is None and set(alone.scalars()) == figures - {"auroc"}
+
+
+def _one_hot(labels: list[int], k: int, right: float) -> np.ndarray:
+    """Probabilities that give the true class ``right`` and share the rest among the others."""
+    probabilities = np.full((len(labels), k), (1 - right) / (k - 1))
+    probabilities[np.arange(len(labels)), labels] = right
+    return probabilities
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_auroc_is_one_for_a_perfect_scorer_zero_for_an_inverted_one_and_half_for_a_random_one(k) -> None:
+    labels = list(range(k)) * 2
+    assert macro_auroc(np.array(labels), _one_hot(labels, k, 0.9)) == pytest.approx(1.0)
+    assert macro_auroc(np.array(labels), _one_hot(labels, k, 0.0)) == pytest.approx(0.0)
+    assert macro_auroc(np.array(labels), np.full((len(labels), k), 1 / k)) == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    guessed, scores = rng.integers(0, k, 2000), rng.dirichlet(np.ones(k), 2000)
+    assert macro_auroc(guessed, scores) == pytest.approx(0.5, abs=0.03)
+    assert macro_auroc(guessed, scores) == pytest.approx(
+        roc_auc_score(guessed, scores[:, 1]) if k == 2 else roc_auc_score(guessed, scores, multi_class="ovr")
+    )
+
+
+def test_auroc_ranks_like_scikit_learn_and_leaves_out_classes_that_do_not_occur() -> None:
+    # Binary: positives score 0.4 and 0.9, negatives 0.1 and 0.6: 3 of the 4 pairs ranked right.
+    binary = np.array([[0.9, 0.1], [0.4, 0.6], [0.6, 0.4], [0.1, 0.9]])
+    assert macro_auroc(np.array([0, 0, 1, 1]), binary) == pytest.approx(0.75)
+    # Three classes, class 1 absent from the test split: classes 0 and 2, one vs the rest, are ranked perfectly.
+    probabilities = np.array([[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.1, 0.7]])
+    assert macro_auroc(np.array([0, 0, 2, 2]), probabilities) == pytest.approx(1.0)
+    # Fewer than two classes: no AUROC, not an error.
+    assert macro_auroc(np.array([2, 2, 2, 2]), probabilities) is None
 
 
 def test_training_is_reproducible_for_a_seed() -> None:

@@ -3,7 +3,7 @@
 from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, image_from_pixels, read_image, to_channels
 from fesf_fed.data.imageset import ImageSet, SkippedFile
 from fesf_fed.data.sources import data_location, load_dataset, source_fingerprint
-from fesf_fed.data.split import stratified_split
+from fesf_fed.data.split import official_split, site_split, split_key, stratified_split
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -13,8 +13,11 @@ __all__ = [
     "data_location",
     "image_from_pixels",
     "load_dataset",
+    "official_split",
     "read_image",
+    "site_split",
     "source_fingerprint",
+    "split_key",
     "stratified_split",
     "to_channels",
 ]

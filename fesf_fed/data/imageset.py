@@ -31,6 +31,10 @@ class ImageSet:
         Class names, in label order.
     skipped : list of SkippedFile
         Inputs left out, with the reason.
+    groups : np.ndarray or None
+        ``(N,)`` int64 group of each image (near-duplicates, one patient's images):
+        images with the same value stay on one side of a split and in one site's
+        share. None: every image is its own group.
     """
 
     images: np.ndarray
@@ -38,12 +42,15 @@ class ImageSet:
     ids: list[str]
     classes: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
             raise ValueError(f"images must be (N, C, H, W) uint8, got {self.images.dtype} {self.images.shape}")
         if not (len(self.images) == len(self.labels) == len(self.ids)):
             raise ValueError("images, labels and ids must have the same length")
+        if self.groups is not None and self.groups.shape != (len(self.ids),):
+            raise ValueError(f"groups must be ({len(self.ids)},), got {self.groups.shape}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,6 +63,7 @@ class ImageSet:
             ids=[self.ids[i] for i in indices],
             classes=self.classes,
             skipped=self.skipped,
+            groups=None if self.groups is None else self.groups[indices],
         )
 
     def class_counts(self) -> dict[str, int]:

@@ -5,12 +5,17 @@ sites. The Dirichlet scheme is the usual label-skew benchmark (Hsu et al., 2019,
 "Measuring the Effects of Non-Identical Data Distribution"): each class is shared
 out in proportions drawn from Dirichlet(alpha), so a small alpha gives sites with
 very different class mixes.
+
+Groups of images that belong together (near-duplicates, one patient's images:
+``ImageSet.groups``) go to one site whole, so a copy of a site's test image cannot sit
+in another site's training share either.
 """
 
 from typing import Literal
 
 import numpy as np
 
+from fesf_fed.data.split import group_units
 from fesf_fed.errors import DataError
 
 PartitionScheme = Literal["iid", "dirichlet"]
@@ -23,6 +28,7 @@ def partition_indices(
     alpha: float = 0.5,
     seed: int = 0,
     min_per_class: int = 2,
+    groups: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """Share image indices out among ``count`` sites.
 
@@ -30,6 +36,12 @@ def partition_indices(
     still split its share into a training and a test part; the rest of each class is
     shared out evenly (``"iid"``) or in Dirichlet(``alpha``) proportions drawn per
     class (``"dirichlet"``).
+
+    With ``groups``, a group is shared out whole, as one unit of its majority class
+    (like :func:`~fesf_fed.data.split.stratified_split`): the minimum is
+    ``min_per_class`` groups, and the proportions cut the class's images at the group
+    boundary nearest below. Without groups (or with none of two or more images) the
+    result is the per-image one.
 
     Parameters
     ----------
@@ -44,7 +56,9 @@ def partition_indices(
     seed : int
         Non-negative seed; the same inputs give the same partition.
     min_per_class : int
-        Images of each class every site is guaranteed.
+        Images (groups) of each class every site is guaranteed.
+    groups : np.ndarray, optional
+        ``(N,)`` group of each image; images with equal values go to one site.
 
     Returns
     -------
@@ -67,24 +81,31 @@ def partition_indices(
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if seed < 0 or min_per_class < 0:
         raise ValueError(f"seed and min_per_class must be non-negative, got {seed} and {min_per_class}")
+    members, majority = group_units(labels, groups)
+    sizes = np.array([len(indices) for indices in members], dtype=np.int64)
+    what = "image(s)" if groups is None else "group(s) of images"
     rng = np.random.default_rng(seed)
-    shares: list[list[np.ndarray]] = [[] for _ in range(count)]
+    shares: list[list[np.ndarray]] = [[np.empty(0, np.int64)] for _ in range(count)]
     for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
+        units = rng.permutation(np.flatnonzero(majority == label))
         guaranteed = count * min_per_class
-        if len(members) < guaranteed:
+        if len(units) < guaranteed:
             raise DataError(
-                f"class {int(label)} has {len(members)} image(s), too few to give each of {count} sites "
+                f"class {int(label)} has {len(units)} {what}, too few to give each of {count} sites "
                 f"{min_per_class}: use fewer sites or more images"
             )
         for site in range(count):
-            shares[site].append(members[site * min_per_class : (site + 1) * min_per_class])
-        rest = members[guaranteed:]
+            shares[site].extend(members[unit] for unit in units[site * min_per_class : (site + 1) * min_per_class])
+        rest = units[guaranteed:]
         if scheme == "iid":
             proportions = np.full(count, 1.0 / count)
         else:
             proportions = rng.dirichlet(np.full(count, alpha))
-        cuts = np.round(np.cumsum(proportions)[:-1] * len(rest)).astype(int)
+        # Cut after the last unit that keeps each site within its rounded image count
+        # (with one-image units: exactly that count).
+        filled = np.cumsum(sizes[rest])
+        targets = np.round(np.cumsum(proportions)[:-1] * int(sizes[rest].sum()))
+        cuts = np.searchsorted(filled, targets, side="right")
         for site, part in enumerate(np.split(rest, cuts)):
-            shares[site].append(part)
+            shares[site].extend(members[unit] for unit in part)
     return [np.sort(np.concatenate(parts)).astype(np.int64) for parts in shares]

@@ -4,14 +4,18 @@ Four sources (``data.source``):
 
 - ``folder``: one sub-folder per class; class names are the sorted sub-folder names.
 - ``medmnist``: an official MedMNIST ``.npz``; its train, val and test splits are
-  pooled, because every site re-splits its images itself.
-- ``csv``: a manifest with at least the columns ``path`` and ``label``.
+  pooled, because every site re-splits its images itself (ids ``"<split>/<index>"``
+  keep each image's official split for ``data.split: official``).
+- ``csv``: a manifest with at least the columns ``path`` and ``label``; an optional
+  ``group`` column names each image's group (a patient id), kept whole by the split.
 - ``phantom``: the built-in generated dataset.
 - ``demo``: the built-in real demo set, a PneumoniaMNIST subset shipped with FESF-Fed
   (``fesf_fed/data/demo/``, CC BY 4.0; see the README there).
 
 Files that cannot be used are listed in ``ImageSet.skipped`` with the reason instead
 of stopping the load; a class left without any usable image is an error.
+:func:`load_dataset` also finds the groups the split keeps whole (``ImageSet.groups``):
+near-duplicate images, the manifest's ``group`` column and ``data.group_pattern``.
 :func:`source_fingerprint` identifies the same input without decoding it.
 """
 
@@ -20,7 +24,9 @@ import binascii
 import csv
 import hashlib
 import json
+import logging
 import os
+import re
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +44,7 @@ from fesf_fed.data.decode import (
     read_image,
     to_channels,
 )
+from fesf_fed.data.duplicates import group_labels, named_group_pairs, near_duplicate_pairs
 from fesf_fed.data.imageset import ImageSet, SkippedFile
 from fesf_fed.data.partition import partition_indices
 from fesf_fed.data.phantom import phantom_dataset
@@ -48,15 +55,21 @@ _MEDMNIST_SPLITS = ("train", "val", "test")
 #: The built-in demo set. JSON, because Flower ships only an app's text files to its SuperNodes.
 DEMO_FILE = Path(__file__).parent / "demo" / "pneumoniamnist-demo.json"
 _MANIFEST_COLUMNS = ("path", "label")
+#: The optional manifest column that names each image's group (a patient id).
+_GROUP_COLUMN = "group"
+#: A group holding more than this share of a dataset gets a warning: it bends the split.
+_LARGE_GROUP_SHARE = 0.1
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class _Entry:
-    """One candidate image file: its stable id, where it is, and its label index."""
+    """One candidate image file: its stable id, where it is, its label index and its named group."""
 
     id: str
     path: Path
     label: int
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,12 +127,15 @@ def _list_manifest(manifest: Path) -> _Listing:
                     f"{manifest}: missing column(s) {', '.join(missing)}; "
                     f"the first line must be a header naming at least {','.join(_MANIFEST_COLUMNS)}"
                 )
-            rows = [(reader.line_num, row["path"] or "", row["label"] or "") for row in reader]
+            rows = [
+                (reader.line_num, row["path"] or "", row["label"] or "", (row.get(_GROUP_COLUMN) or "").strip())
+                for row in reader
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{manifest}: cannot read the CSV manifest ({exc}); save it as UTF-8 CSV") from None
     skipped = []
-    listed: dict[str, tuple[Path, str]] = {}
-    for line, raw_path, raw_label in rows:
+    listed: dict[str, tuple[Path, str, str]] = {}
+    for line, raw_path, raw_label, group in rows:
         written, label = raw_path.strip(), raw_label.strip()
         image_id = Path(written).as_posix()
         if not written or not label:
@@ -129,14 +145,15 @@ def _list_manifest(manifest: Path) -> _Listing:
             skipped.append(SkippedFile(image_id, f"listed again on line {line}; remove the duplicate row"))
         else:
             # An absolute path stays as it is; a relative one starts at the CSV's folder.
-            listed[image_id] = (manifest.parent / image_id, label)
+            listed[image_id] = (manifest.parent / image_id, label, group)
     if not listed:
         raise DataError(f"{manifest}: no image rows; add one line per image with its path and label")
-    classes = sorted({label for _, label in listed.values()})
+    classes = sorted({label for _, label, _ in listed.values()})
     entries = []
-    for image_id, (path, label) in listed.items():
+    for image_id, (path, label, group) in listed.items():
         if path.is_file():
-            entries.append(_Entry(image_id, path, classes.index(label)))
+            # An empty group cell: the image is a group of its own.
+            entries.append(_Entry(image_id, path, classes.index(label), group or None))
         else:
             reason = "file not found; fix the path (relative paths start at the CSV's folder)"
             skipped.append(SkippedFile(image_id, reason))
@@ -214,7 +231,7 @@ def _decode_sample(
 def _load_files(listing: _Listing, config: DataConfig, source: Path, progress: bool) -> ImageSet:
     decoded, unreadable = _decode_sample(listing, config, progress)
     kept = sorted(decoded)
-    return _assemble(
+    data = _assemble(
         [decoded[index] for index in kept],
         labels=np.array([listing.entries[index].label for index in kept], dtype=np.int64),
         ids=[listing.entries[index].id for index in kept],
@@ -223,6 +240,10 @@ def _load_files(listing: _Listing, config: DataConfig, source: Path, progress: b
         config=config,
         source=source,
     )
+    named = named_group_pairs([listing.entries[index].group for index in kept])
+    if len(named):
+        data.groups = group_labels(len(data), named)
+    return data
 
 
 def _read_medmnist(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -390,7 +411,10 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
         ``config.channels`` ("auto": 1 if every image is grey, else 3). With
         ``max_per_class``, a seeded random sample of each class, in source order.
         With ``partition.count`` > 1, only this site's share of it
-        (:func:`~fesf_fed.data.partition.partition_indices`).
+        (:func:`~fesf_fed.data.partition.partition_indices`). ``groups``: the
+        near-duplicates (``group_duplicates``), the manifest's ``group`` column and
+        ``group_pattern`` matches, joined; found in the whole source before it is
+        shared out, so a group never straddles two sites; None when there are none.
 
     Raises
     ------
@@ -398,15 +422,45 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
         If the path is missing, the source is malformed, or a class (or the whole
         set) has no usable image. Single unreadable files are listed in ``skipped``.
     """
-    data = _load_source(config, progress)
+    data = _with_groups(_load_source(config, progress), config)
     share = config.partition
     if share.count == 1:
         return data
     try:
-        parts = partition_indices(data.labels, share.count, share.scheme, share.alpha, share.seed)
+        parts = partition_indices(data.labels, share.count, share.scheme, share.alpha, share.seed, groups=data.groups)
     except DataError as exc:
         raise DataError(f"{data_location(config)}: {exc}") from None
     return data.subset(parts[share.index])
+
+
+def _pattern_name(pattern: re.Pattern[str], image_id: str) -> str | None:
+    """The group ``pattern`` names in ``image_id``: its first group if it has one, else the match; None if none."""
+    match = pattern.search(image_id)
+    if match is None:
+        return None
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def _with_groups(data: ImageSet, config: DataConfig) -> ImageSet:
+    """``data`` with its named groups joined to the configured pattern's and to its near-duplicates."""
+    links = [] if data.groups is None else [np.stack([data.groups, np.arange(len(data))], axis=1)]
+    if config.group_pattern is not None:
+        pattern = re.compile(config.group_pattern)
+        links.append(named_group_pairs([_pattern_name(pattern, image_id) for image_id in data.ids]))
+    if config.group_duplicates:
+        links.append(near_duplicate_pairs(data.images, config.duplicate_distance))
+    groups = group_labels(len(data), *links)
+    data.groups = groups if np.any(groups != np.arange(len(data))) else None
+    largest = int(np.bincount(groups).max(initial=0))
+    if largest >= 10 and largest > _LARGE_GROUP_SHARE * len(data):
+        logger.warning(
+            "%s: one group holds %d of %d images; the split keeps it on one side, so the class mix of "
+            "train and test drifts. See `fesf data check`; lower data.duplicate_distance if they are not copies",
+            data_location(config),
+            largest,
+            len(data),
+        )
+    return data
 
 
 def _load_source(config: DataConfig, progress: bool) -> ImageSet:
@@ -439,7 +493,7 @@ def source_fingerprint(config: DataConfig) -> str:
     -------
     str
         SHA-256 hex digest of the settings that shape the loaded images (all but
-        ``path`` and ``test_fraction``) and of every candidate file's id and bytes.
+        ``path``, ``test_fraction`` and ``split``) and of every candidate file's id and bytes.
         Editing, adding or removing a file changes it; the same input gives the same
         digest wherever it lives.
 
@@ -448,8 +502,9 @@ def source_fingerprint(config: DataConfig) -> str:
     DataError
         If the path is missing or the folder or manifest is malformed.
     """
-    # test_fraction only moves images between the splits; the caller keys the split itself.
-    ignored = {"path", "test_fraction"} | ({"phantom_per_class"} if config.source != "phantom" else set())
+    # test_fraction and split only move images between the splits; the caller keys the split itself
+    # (fesf_fed.data.split.split_key). The grouping settings stay: groups shape a site's share.
+    ignored = {"path", "test_fraction", "split"} | ({"phantom_per_class"} if config.source != "phantom" else set())
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json", exclude=ignored), sort_keys=True).encode())
     if config.source == "phantom":
         return digest.hexdigest()

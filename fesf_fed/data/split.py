@@ -1,15 +1,88 @@
-"""The per-site train/test split, stratified by class."""
+"""The per-site train/test split: stratified by class, groups kept whole, or MedMNIST's own.
+
+A group is a set of images that must not straddle the split: near-duplicates of one
+scan, or one patient's images (:mod:`fesf_fed.data.duplicates`, ``ImageSet.groups``).
+A group goes wholly to the side of its majority class's draw; its images of other
+classes (a mixed-label group) go with it, so their class's share can drift a little.
+"""
+
+import logging
+from typing import Any
 
 import numpy as np
 
+from fesf_fed.config import DataConfig
+from fesf_fed.data.imageset import ImageSet
+from fesf_fed.errors import DataError
 
-def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split image indices into a training and a test part, class by class.
+#: Bumped when a split (or the grouping it keeps whole) changes for the same settings, to key caches anew.
+SPLIT_VERSION = 2
+
+logger = logging.getLogger(__name__)
+
+
+def group_units(labels: np.ndarray, groups: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+    """The images of each group, ordered by its first image, and each group's majority label.
+
+    ``groups`` None makes every image its own group. A tie between labels goes to the smallest.
+    """
+    labels = np.asarray(labels)
+    if groups is None:
+        return [np.array([index], np.int64) for index in range(len(labels))], labels.astype(np.int64)
+    groups = np.asarray(groups)
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups must have the shape of labels {labels.shape}, got {groups.shape}")
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    # Renumber the groups by their first image, so units come in image order.
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    unit_of = rank[inverse.reshape(-1)]
+    by_unit = np.argsort(unit_of, kind="stable")
+    members = np.split(by_unit.astype(np.int64), np.cumsum(np.bincount(unit_of, minlength=len(order)))[:-1])
+    majority = np.array([np.bincount(labels[indices]).argmax() for indices in members], dtype=np.int64)
+    return members, majority
+
+
+def _test_units(sizes: np.ndarray, test_fraction: float) -> list[int]:
+    """Which of a class's shuffled units (by position) go to the test part: as close to its share as sizes allow.
+
+    Going through the units in order, each one is taken if that brings the image count
+    closer to the target (``test_fraction`` of the class's images, rounded half up), and
+    skipped if it would overshoot by more, until the target is reached; at least one
+    unit (the smallest, if all overshoot) and never all. With single-image units this is
+    exactly the first ``target`` of them, the target clipped to 1 .. n-1.
+    """
+    total = int(sizes.sum())
+    target = min(max(int(np.floor(total * test_fraction + 0.5)), 1), total - 1)
+    chosen: list[int] = []
+    count = 0
+    for position, size in enumerate(sizes.tolist()):
+        if count >= target or len(chosen) == len(sizes) - 1:
+            break
+        if count + size - target <= target - count:
+            chosen.append(position)
+            count += size
+    if not chosen and len(sizes) > 1:
+        chosen = [int(np.argmin(sizes))]
+    return chosen
+
+
+def stratified_split(
+    labels: np.ndarray, test_fraction: float, seed: int, groups: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split image indices into a training and a test part, class by class, groups kept whole.
 
     Each class with ``n`` images puts ``n * test_fraction`` of them (rounded half
     up) in the test part, but never all of them or none: a class with two or more
     images has at least one in each part. A class with a single image keeps it for
     training.
+
+    With ``groups``, each group is one unit of its majority class: a class's units are
+    shuffled, and each is taken for the test part if that brings the part closer to the
+    class's share, until it is reached; at least one unit and never all (a class of one
+    unit trains). Images of other classes in a group follow it. Without groups (or with
+    none of two or more images) the split is the plain per-image one above.
 
     Parameters
     ----------
@@ -18,7 +91,9 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     test_fraction : float
         Share of each class that goes to the test part, strictly between 0 and 1.
     seed : int
-        Non-negative seed; the same labels, fraction and seed give the same split.
+        Non-negative seed; the same labels, groups, fraction and seed give the same split.
+    groups : np.ndarray, optional
+        ``(N,)`` group of each image; images with equal values stay on one side.
 
     Returns
     -------
@@ -32,14 +107,72 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
         raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    members, majority = group_units(labels, groups)
+    sizes = np.array([len(indices) for indices in members], dtype=np.int64)
     rng = np.random.default_rng(seed)
-    test_parts = []
+    test_parts = [np.empty(0, np.int64)]
     for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        rounded = int(np.floor(len(members) * test_fraction + 0.5))
-        # At least one image on each side; a lone image (count - 1 == 0) stays in training.
-        n_test = min(max(rounded, 1), len(members) - 1)
-        test_parts.append(members[:n_test])
-    test = np.sort(np.concatenate(test_parts or [np.empty(0, np.int64)])).astype(np.int64)
+        units = np.flatnonzero(majority == label)
+        if len(units) == 0:  # its images all sit in groups where another class is the majority
+            continue
+        # The same draw as a per-image split when every unit is one image.
+        order = rng.permutation(units)
+        test_parts.extend(members[order[position]] for position in _test_units(sizes[order], test_fraction))
+    test = np.sort(np.concatenate(test_parts)).astype(np.int64)
     train = np.setdiff1d(np.arange(len(labels), dtype=np.int64), test)
     return train, test
+
+
+def official_split(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """A MedMNIST file's own split, from ids ``"<split>/<index>"``: ``test/`` tests, ``train/`` and ``val/`` train.
+
+    Raises
+    ------
+    DataError
+        If an id is not a MedMNIST one, or a part ends up empty.
+    """
+    parts = [image_id.partition("/")[0] for image_id in ids]
+    unknown = sorted(set(parts) - {"train", "val", "test"})
+    if unknown:
+        raise DataError(f"data.split 'official' needs MedMNIST ids (train/, val/, test/), got {unknown[0]!r}/...")
+    test = np.array([index for index, part in enumerate(parts) if part == "test"], dtype=np.int64)
+    train = np.setdiff1d(np.arange(len(ids), dtype=np.int64), test)
+    if len(test) == 0 or len(train) == 0:
+        empty = "test" if len(test) == 0 else "training"
+        raise DataError(
+            f"data.split 'official': no image of the file's {empty} split is left "
+            "(data.max_per_class or the site's share took none); use data.split 'random'"
+        )
+    return train, test
+
+
+def site_split(data: ImageSet, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A site's training and test indices into ``data``, as ``config`` asks (the one place both are decided).
+
+    ``data.split`` ``"official"``: the MedMNIST file's own split (:func:`official_split`);
+    ``"random"``: :func:`stratified_split` with ``data.groups`` kept whole.
+    """
+    if config.split == "official":
+        train, test = official_split(data.ids)
+    else:
+        train, test = stratified_split(data.labels, config.test_fraction, config.seed, data.groups)
+    untested = sorted(set(data.labels[train].tolist()) - set(data.labels[test].tolist()))
+    if untested:
+        names = ", ".join(repr(data.classes[label]) for label in untested)
+        logger.warning(
+            "class(es) %s have no test image: all their images are one group (copies of each other or "
+            "one patient), or the official split has none; test figures leave them out",
+            names,
+        )
+    return train, test
+
+
+def split_key(config: DataConfig) -> dict[str, Any]:
+    """The settings a site's split depends on (beside the data itself), for cache keys."""
+    return {
+        "version": SPLIT_VERSION,
+        **config.model_dump(
+            mode="json",
+            include={"split", "test_fraction", "seed", "group_duplicates", "duplicate_distance", "group_pattern"},
+        ),
+    }

@@ -28,6 +28,7 @@ from fesf_fed.config import SURROGATE_KINDS, SiteConfig
 from fesf_fed.data import IMAGE_SUFFIXES, SkippedFile, UnreadableImage, to_channels
 from fesf_fed.data.sources import decode_files, image_files
 from fesf_fed.errors import ConfigError, DataError, FesfError
+from fesf_fed.federation.run_summary import ModelInput
 from fesf_fed.hosts import assign_hosts
 from fesf_fed.pixels import tensor_to_uint8, to_unit_float
 
@@ -137,9 +138,13 @@ def fetch_run(session: requests.Session, server: str, run: str) -> RemoteRun:
         raise FesfError(f"run {run} has no global model yet; wait for its first round to finish")
     if mode not in SURROGATE_KINDS:
         raise FesfError(f"run {run} has training mode {mode!r}; fesf predict knows {', '.join(SURROGATE_KINDS)}")
-    return RemoteRun(
-        run, mode, list(details["classes"]), int(details["input"]["channels"]), int(details["input"]["image-size"])
-    )
+    try:
+        model_input = ModelInput.from_json(details["input"])
+    except ValueError:
+        raise FesfError(
+            f"{server}: run {run}'s model input is not channels and image-size; update fesf-dashboard"
+        ) from None
+    return RemoteRun(run, mode, list(details["classes"]), model_input.channels, model_input.image_size)
 
 
 def convert_folder(

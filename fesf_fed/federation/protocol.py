@@ -13,8 +13,8 @@ The messages, and what each carries (record name: content):
   ``arrays``, ``metrics`` (``num-examples``, ``train-loss``).
 - ``evaluate`` (``arrays``, ``config`` with ``server-round``; ``site-index`` for a simulated
   site). Reply ``site``, ``metrics`` (``num-examples`` and the figures of
-  :meth:`fesf_fed.task.Evaluation.scalars`), ``confusion``: the test split's confusion
-  counts (:func:`confusion_record`).
+  :meth:`fesf_fed.task.Evaluation.scalars`: ``auroc`` only where the test split holds two
+  classes or more), ``confusion``: the test split's confusion counts (:func:`confusion_record`).
 
 ``arrays`` is an ArrayRecord, ``metrics`` a MetricRecord, every other record a
 ConfigRecord. Flower's records and a message's content (a RecordDict) are Mappings, so
@@ -60,6 +60,12 @@ PROXIMAL_MU = "proximal-mu"
 #: ``metrics`` keys that Flower's strategies weigh by, and the training loss.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
+#: ``metrics`` keys of a prepare reply: the site's training and test image counts.
+TRAIN_EXAMPLES = "train-examples"
+TEST_EXAMPLES = "test-examples"
+#: The evaluate reply's macro AUROC: the one figure a site may leave out (its test split holds one class),
+#: so the one key in which the sites' metric records may differ.
+AUROC = "auroc"
 
 #: What a ConfigRecord entry may hold: Flower's ``flwr.app.typing.ConfigRecordValues``,
 #: spelled out here so that a dict of them is what ``ConfigRecord(...)`` takes.

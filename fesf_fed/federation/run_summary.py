@@ -14,13 +14,14 @@ This module does not import Flower: scripts read summaries without it.
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     PlainSerializer,
     PlainValidator,
     SerializerFunctionWrapHandler,
@@ -42,11 +43,13 @@ GLOBAL = "global"
 #: What a round's metrics are stored under: training, federated evaluation, central evaluation, round time.
 PHASES: tuple[str, ...] = ("train", "evaluate", "central", "timing")
 #: The phases whose confusion matrices the final metrics keep: the sites' summed one and the central one.
-CONFUSION_PHASES: tuple[str, ...] = ("evaluate", "central")
+ConfusionPhase = Literal["evaluate", "central"]
+CONFUSION_PHASES: tuple[str, ...] = get_args(ConfusionPhase)
 #: What a run can be doing; ``failed`` comes with an ``error``.
-RUN_STATUSES: tuple[str, ...] = ("preparing", "running", "finished", "stopped", "failed")
+RunStatus = Literal["preparing", "running", "finished", "stopped", "failed"]
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 #: The federation's figures that the final metrics give on their own, by JSON key.
-FINAL_FIGURES: tuple[str, ...] = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss")
+FINAL_FIGURES: tuple[str, ...] = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "auroc", "loss")
 
 
 def _number(value: Any) -> int | float:
@@ -81,8 +84,6 @@ Number = Annotated[int | float, PlainValidator(_number)]
 Metrics = Mapping[str, Number]
 #: A confusion matrix: rows are true classes, columns predicted ones.
 Matrix = Annotated[tuple[tuple[StrictInt, ...], ...], AfterValidator(_square)]
-#: A run-config value, as Flower carries it.
-ConfigValue = str | int | float | bool
 #: A site's preparation record; :class:`SiteProgress` checks and writes its own JSON.
 Progress = Annotated[SiteProgress, PlainValidator(_progress), PlainSerializer(SiteProgress.to_json)]
 
@@ -155,13 +156,15 @@ class CentralMetrics(_FiguresBeside):
     Attributes
     ----------
     figures : Mapping
-        Its figures by metric name (accuracy, balanced-accuracy, precision, recall, f1, loss, examples).
+        Its figures by metric name (accuracy, balanced-accuracy, precision, recall, f1, auroc, loss,
+        examples); ``auroc`` is that of the set's images pooled, absent when they hold one class.
     one_class : bool
         Whether the model answered one class for every image of the set.
     """
 
     figures: Metrics
-    one_class: StrictBool
+    # None only in summaries written before the one-class flag existed.
+    one_class: StrictBool | None = Field(None, exclude_if=_none)
 
 
 class FinalMetrics(_Part):
@@ -171,10 +174,14 @@ class FinalMetrics(_Part):
     ----------
     round : int or None
         The round they are from; None when the run stored no round.
-    accuracy, balanced_accuracy, precision, recall, f1, loss : float or None
+    accuracy, balanced_accuracy, precision, recall, f1, auroc, loss : float or None
         The federated evaluation's global figures (JSON keys :data:`FINAL_FIGURES`); precision,
         recall and F1 are the sites' macro figures averaged by their example counts, balanced
-        accuracy is that of the sites' summed confusion matrix. None when the round has none.
+        accuracy is that of the sites' summed confusion matrix. ``auroc`` (macro one-vs-rest)
+        is the sites' AUROCs averaged by their example counts, over the sites that have one (a
+        test split of one class has none); it does not pool. None when the round has none;
+        ``auroc`` is then left out of the JSON, and a summary written before AUROC was
+        reported reads with None.
     sites : Mapping
         Each site's own evaluation figures, by site name.
     central : CentralMetrics or None
@@ -189,16 +196,18 @@ class FinalMetrics(_Part):
 
     round: StrictInt | None
     accuracy: Number | None
-    balanced_accuracy: Number | None = Field(alias="balanced-accuracy")
+    # None in summaries written before balanced accuracy was reported, as for a run without evaluation.
+    balanced_accuracy: Number | None = Field(None, alias="balanced-accuracy")
     precision: Number | None
     recall: Number | None
     f1: Number | None
+    auroc: Number | None = Field(None, exclude_if=_none)
     loss: Number | None
     sites: Mapping[str, Metrics]
     central: CentralMetrics | None = Field(None, exclude_if=_none)
-    # The keys are CONFUSION_PHASES; pydantic reads a Literal of that tuple, mypy cannot.
-    confusion: Mapping[Literal[CONFUSION_PHASES], Matrix] = Field(default_factory=dict, exclude_if=_empty)  # type: ignore[valid-type]
-    one_class: StrictBool
+    confusion: Mapping[ConfusionPhase, Matrix] = Field(default_factory=dict, exclude_if=_empty)
+    # None only in summaries written before the one-class flag existed.
+    one_class: StrictBool | None = Field(None, exclude_if=_none)
 
     def figure(self, key: str) -> float | None:
         """A global figure by its JSON key, e.g. ``figure("balanced-accuracy")``."""
@@ -280,8 +289,8 @@ class RunSummary(_Part):
     """
 
     name: str = Field(alias="run")
-    status: Literal[RUN_STATUSES]  # type: ignore[valid-type]  # a Literal of a runtime tuple: pydantic reads it, mypy cannot
-    config: Mapping[str, ConfigValue]
+    status: RunStatus
+    config: Mapping[str, JsonValue]
     error: str | None = None
     sites: Mapping[str, SiteDetails]
     history: tuple[RoundMetrics, ...]

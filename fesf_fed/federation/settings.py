@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fesf_fed.config import SiteConfig, load_config, read_yaml, resolve_path
 from fesf_fed.errors import ConfigError
 from fesf_fed.models import MODEL_NAMES
+from fesf_fed.recipe import Augmentation, ClassWeighting, LrSchedule, Optimiser, Recipe
 from fesf_fed.training_data import TRAINING_MODES
 
 #: The aggregation strategies a run can use (Flower's, by lower-case name).
@@ -64,6 +65,14 @@ class RunSettings(BaseModel):
     learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     seed: int = Field(0, ge=0)
+    # The training recipe (fesf_fed.recipe.Recipe, whose defaults these are).
+    class_weighting: ClassWeighting = "balanced"
+    augment: Augmentation = "light"
+    optimiser: Optimiser = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_schedule: LrSchedule = "cosine"
+    warmup_fraction: float = Field(0.05, ge=0, lt=1)
+    clip_grad_norm: float = Field(5.0, ge=0)
     site_config: str = ""
     sites_file: str = ""
     num_sites: int = Field(3, ge=1)
@@ -80,12 +89,34 @@ class RunSettings(BaseModel):
     #: (``fesf-server run`` sets it); empty accepts any site name.
     site_nodes: str = Field("", pattern=r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*=\d+(\s+|$))*$")
 
-    @field_validator("run_name")
+    @field_validator("run_name", "resume")
     @classmethod
     def _run_name(cls, value: str) -> str:
         if value and not RUN_NAME.fullmatch(value):
             raise ValueError("use up to 128 letters, digits, '.', '_' and '-', beginning with a letter or digit")
         return value
+
+    def recipe(self) -> Recipe:
+        """How sites (and ``fesf-reproduce``'s central reference) train: the recipe keys as a :class:`Recipe`."""
+        return Recipe(
+            class_weighting=self.class_weighting,
+            augment=self.augment,
+            optimiser=self.optimiser,
+            weight_decay=self.weight_decay,
+            lr_schedule=self.lr_schedule,
+            warmup_fraction=self.warmup_fraction,
+            clip_grad_norm=self.clip_grad_norm,
+        )
+
+    def epoch_position(self, server_round: int) -> tuple[int, int]:
+        """Where round ``server_round``'s local epochs lie in the whole run: ``(first_epoch, total_epochs)``.
+
+        Round ``r`` (from 1) of ``num-server-rounds`` rounds of ``local-epochs`` epochs starts at
+        ``(r - 1) * local-epochs``; the learning-rate schedule spans all the rounds' epochs. A
+        round beyond ``num-server-rounds`` (none should come) lengthens the run to it.
+        """
+        rounds = max(server_round, self.num_server_rounds)
+        return max(server_round - 1, 0) * self.local_epochs, rounds * self.local_epochs
 
     def registered_sites(self) -> dict[str, int]:
         """``site-nodes`` as ``{site: node id}``."""
@@ -178,7 +209,7 @@ def simulated_site_configs(settings: RunSettings, site_defaults: dict[str, Any])
         if not isinstance(sites, dict) or not sites:
             raise ConfigError(f"{path}: expected a 'sites' mapping of site name to site config file")
         return [
-            _site_config(str((path.parent / str(file)).resolve()), site_defaults, str(name))
+            _site_config(str(resolve_path(str(file), path.parent, f"{path}: sites.{name}")), site_defaults, str(name))
             for name, file in sites.items()
         ]
     configs = []

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from fesf_fed.federation.run_summary import ModelInput
 from fesf_fed.models import build_model
 from fesf_fed.pixels import to_unit_float
 
@@ -137,8 +138,9 @@ class DiagnosisService:
                 raise DiagnosisError(409, f"run {name} has no global model yet; wait for its first round")
         finally:
             run.close()
-        classes, channels, size = info["classes"], info["input"]["channels"], info["input"]["image-size"]
-        model = build_model(info["config"]["model"], len(classes), channels)
+        model_input = ModelInput.from_json(info["input"])
+        classes, channels, size = info["classes"], model_input.channels, model_input.image_size
+        model = build_model(info["config"]["model"], len(classes), channels, image_size=size)
         model.load_state_dict(state["arrays"])
         loaded = GlobalModel(model.to(self.device).eval(), classes, channels, size, int(state["round"]))
         with self._lock:

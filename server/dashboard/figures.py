@@ -12,7 +12,7 @@ from .runs import METRICS, RunDetails, metric_label, series
 #: Plotly's default qualitative colours, so a site or run keeps its colour across panels.
 _COLOURS = plotly.colors.qualitative.Plotly
 _LAYOUT = {"template": "plotly_white", "margin": {"l": 50, "r": 20, "t": 50, "b": 40}, "hovermode": "x unified"}
-#: Per-site panels: the five evaluation scores, the evaluation loss, and the training loss.
+#: Per-site panels: the six evaluation scores, the evaluation loss, and the training loss.
 _SITE_PANELS = (*((metric, "evaluate") for metric in METRICS), ("train-loss", "train"))
 _SITE_COLUMNS = 4
 
@@ -87,8 +87,8 @@ def confusion_figure(confusion: dict[str, Any]) -> go.Figure:
 
 
 def compare_figure(runs: list[RunDetails]) -> go.Figure:
-    """Federated accuracy, balanced accuracy and F1 per round of several runs, one colour per run."""
-    compared = ("accuracy", "balanced-accuracy", "f1")
+    """Federated accuracy, balanced accuracy, macro-F1 and AUROC per round of several runs, one colour per run."""
+    compared = ("accuracy", "balanced-accuracy", "f1", "auroc")
     figure = make_subplots(rows=1, cols=len(compared), subplot_titles=[metric_label(metric) for metric in compared])
     for number, details in enumerate(runs):
         for col, metric in enumerate(compared, start=1):

@@ -7,11 +7,12 @@ from urllib.parse import quote
 
 from dash import dcc, html
 
+from fesf_fed.federation import protocol
 from fesf_fed.quality import QUALITY_PAIRS
 
 from ..run_store import GLOBAL
 from .figures import compare_figure, confusion_figure, global_figure, sites_figure
-from .runs import METRICS, RunDetails, RunSummary, final_metrics, metric_label, participation
+from .runs import METRICS, RunDetails, RunRow, final_metrics, metric_label, participation
 
 _GRAPH_CONFIG: "dcc.Graph.Config" = {"displaylogo": False, "responsive": True}
 #: Quality figures as the sites report them (``ssim-x_pl-x_su_prime``), labelled as in Tables 2 and 3.
@@ -48,7 +49,7 @@ def _status(status: str) -> html.Span:
     return html.Span(status, className=f"status status-{status.split(' ')[0]}")
 
 
-def _one_class_badge(summary: RunSummary) -> list[html.Span]:
+def _one_class_badge(summary: RunRow) -> list[html.Span]:
     """A badge when the run's latest global model answered one class for every test image; none otherwise."""
     if not summary.one_class:
         return []
@@ -59,12 +60,12 @@ def _one_class_badge(summary: RunSummary) -> list[html.Span]:
     return [html.Span("one class", className="one-class", title=explanation)]
 
 
-def _rounds(summary: RunSummary) -> str:
+def _rounds(summary: RunRow) -> str:
     return f"{summary.rounds_done}/{summary.rounds_total}"
 
 
-def runs_page(summaries: list[RunSummary], folder: str) -> list[Any]:
-    """Every run with its status, settings and best F1; pick runs to compare."""
+def runs_page(summaries: list[RunRow], folder: str) -> list[Any]:
+    """Every run with its status, settings, balanced accuracy, AUROC and best macro-F1; pick runs to compare."""
     if not summaries:
         return [html.H1("Runs"), html.P(f"No runs in {folder} yet. Start one with `flwr run .` (make federate).")]
     rows = [
@@ -77,6 +78,7 @@ def runs_page(summaries: list[RunSummary], folder: str) -> list[Any]:
             ", ".join(summary.sites),
             _rounds(summary),
             [_number(summary.balanced_accuracy), *_one_class_badge(summary)],
+            _number(summary.auroc),
             _number(summary.best_f1),
             summary.started[:19].replace("T", " "),
         ]
@@ -96,7 +98,8 @@ def runs_page(summaries: list[RunSummary], folder: str) -> list[Any]:
                 "sites",
                 "rounds",
                 "balanced accuracy (last round)",
-                "best F1",
+                "AUROC (last round)",
+                "best macro-F1",
                 "started (UTC)",
             ],
             rows,
@@ -129,8 +132,8 @@ def _site_rows(details: RunDetails) -> list[list[Any]]:
             [
                 site,
                 *(_number(metrics.get(metric)) for metric in METRICS),
-                _number(details.sites[site].get("train-examples")),
-                _number(details.sites[site].get("test-examples")),
+                _number(details.sites[site].get(protocol.TRAIN_EXAMPLES)),
+                _number(details.sites[site].get(protocol.TEST_EXAMPLES)),
             ]
         )
     return rows
@@ -240,7 +243,7 @@ def run_page(details: RunDetails) -> list[Any]:
     final = final_metrics(details)
     headline = (
         f"accuracy {_number(final.get('accuracy'))}, balanced accuracy {_number(final.get('balanced-accuracy'))}, "
-        f"F1 {_number(final.get('f1'))} after round {summary.rounds_done}"
+        f"macro-F1 {_number(final.get('f1'))}, AUROC {_number(final.get('auroc'))} after round {summary.rounds_done}"
         if final
         else "no round finished yet"
     )
@@ -301,7 +304,7 @@ def _mean_over_sites(details: RunDetails, key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _run_link(summary: RunSummary) -> list[Any]:
+def _run_link(summary: RunRow) -> list[Any]:
     return [dcc.Link(summary.name, href=f"/runs/{summary.name}"), *_one_class_badge(summary)]
 
 
@@ -324,7 +327,7 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
         ["sites", *(len(details.summary.sites) for details in runs)],
         ["rounds", *(_rounds(details.summary) for details in runs)],
         *([metric_label(metric), *(_number(final.get(metric)) for final in finals)] for metric in METRICS),
-        ["best F1", *(_number(details.summary.best_f1) for details in runs)],
+        ["best macro-F1", *(_number(details.summary.best_f1) for details in runs)],
         [f"accuracy / {runs[0].summary.name}'s", *(relative(final) for final in finals)],
         *(
             [f"{label} (mean of sites)", *(_number(_mean_over_sites(details, key), 4) for details in runs)]
@@ -336,7 +339,8 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
         html.H1("Compare runs"),
         html.P(
             "Final federated evaluation of each run's global model, as in the paper's Table 1; the accuracy ratio is "
-            "against the first run (put the plaintext run first).",
+            "against the first run (put the plaintext run first). Balanced accuracy pools the sites' test images; "
+            "AUROC is the sites' AUROCs averaged by their test images.",
             className="note",
         ),
         table(["", *(_run_link(details.summary) for details in runs)], rows, "compare-table"),

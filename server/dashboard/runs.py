@@ -14,13 +14,21 @@ from fesf_fed.task import classification_figures, one_class_answer
 
 from ..run_store import GLOBAL, RUN_NAME, StoredRun, stored_runs
 
-#: The classification figures of every evaluation, in the order pages show them.
-METRICS: tuple[str, ...] = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "loss")
-_LABELS = {"balanced-accuracy": "balanced accuracy", "f1": "F1", "train-loss": "training loss"}
+#: The classification figures of every evaluation, in the order pages show them. ``auroc`` is absent
+#: where a test set holds one class; the federation's is the sites' AUROCs averaged by their test images.
+METRICS: tuple[str, ...] = ("accuracy", "balanced-accuracy", "f1", "auroc", "precision", "recall", "loss")
+_LABELS = {
+    "balanced-accuracy": "balanced accuracy",
+    "f1": "macro-F1",
+    "auroc": "AUROC",
+    "precision": "macro precision",
+    "recall": "macro recall",
+    "train-loss": "training loss",
+}
 
 
 def metric_label(metric: str) -> str:
-    """How pages name a stored metric: ``balanced accuracy`` for ``balanced-accuracy``."""
+    """How pages name a stored metric: ``balanced accuracy`` for ``balanced-accuracy``, ``macro-F1`` for ``f1``."""
     return _LABELS.get(metric, metric)
 
 
@@ -29,7 +37,7 @@ class UnknownRun(LookupError):
 
 
 @dataclass(frozen=True)
-class RunSummary:
+class RunRow:
     """One row of the runs list."""
 
     name: str
@@ -43,6 +51,9 @@ class RunSummary:
     best_f1: float | None
     #: Of the latest round's federated evaluation, pooled over the sites (their summed confusion matrix).
     balanced_accuracy: float | None
+    #: Of the latest round's federated evaluation: the sites' AUROCs averaged by their test images (AUROC does
+    #: not pool); None where no site's test images held two classes, or the run was stored before AUROC was.
+    auroc: float | None
     #: Whether that evaluation found the global model answering one class for every test image.
     one_class: bool
     started: str
@@ -52,7 +63,7 @@ class RunSummary:
 class RunDetails:
     """Everything a run page shows, read in one go so a page never mixes two rounds."""
 
-    summary: RunSummary
+    summary: RunRow
     config: dict[str, Any]
     classes: list[str]
     input: dict[str, int]
@@ -86,14 +97,15 @@ def _summary(
     sites: dict[str, Any],
     history: list[dict[str, Any]],
     pooled: tuple[int, list[list[int]]] | None,
-) -> RunSummary:
+) -> RunRow:
     """A run's list row; ``pooled`` is its latest summed federated confusion matrix (``latest_confusion``)."""
     config = info.get("config", {})
     # From the matrix rather than the stored metric, so that runs stored before the federation
     # recorded balanced accuracy show it too.
     counts = None if pooled is None else np.asarray(pooled[1])
     f1s = [entry["evaluate"][GLOBAL]["f1"] for entry in history if "f1" in entry.get("evaluate", {}).get(GLOBAL, {})]
-    return RunSummary(
+    latest = history[-1].get("evaluate", {}).get(GLOBAL, {}) if history else {}
+    return RunRow(
         name=run.name,
         status=info.get("status", "starting"),
         strategy=config.get("strategy", ""),
@@ -104,12 +116,13 @@ def _summary(
         rounds_total=int(info.get("rounds", config.get("num-server-rounds", 0))),
         best_f1=max(f1s) if f1s else None,
         balanced_accuracy=None if counts is None else classification_figures(counts)["balanced_accuracy"],
+        auroc=latest.get("auroc"),
         one_class=counts is not None and one_class_answer(counts) is not None,
         started=info.get("started", ""),
     )
 
 
-def list_runs(folder: Path) -> list[RunSummary]:
+def list_runs(folder: Path) -> list[RunRow]:
     """Every readable run under ``folder``, newest first; a store that cannot be read is listed as such."""
     summaries = []
     for path in stored_runs(folder):
@@ -121,7 +134,9 @@ def list_runs(folder: Path) -> list[RunSummary]:
             finally:
                 run.close()
         except (sqlite3.Error, OSError, ValueError) as exc:
-            summaries.append(RunSummary(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, None, False, ""))
+            summaries.append(
+                RunRow(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, None, None, False, "")
+            )
     return sorted(summaries, key=lambda summary: (summary.started, summary.name), reverse=True)
 
 

@@ -135,10 +135,12 @@ def _preamble(command: str) -> str:
                 f"Made by `{command}` (page written {datetime.now(UTC):%Y-%m-%d}; each section says where its "
                 "cells were trained). Each reproduction trains every mode on the same three sites, "
                 "split from the dataset with a seeded Dirichlet split, in a Flower simulation (federated) and on "
-                "the sites' images pooled (central). Accuracy, balanced accuracy and F1 are pooled over every site's "
-                "test split; balanced accuracy is the mean recall over the classes, F1 the macro average. A model "
-                "flagged 'one class only' answered one class for every test image. Spread: mean ± sample standard "
-                "deviation over seeds."
+                "the sites' images pooled (central). Accuracy, balanced accuracy and macro-F1 are pooled over every "
+                "site's test split; balanced accuracy is the mean recall over the classes, macro-F1 the mean F1. "
+                "AUROC is the macro one-vs-rest AUROC: central, of the pooled test images; federated, the sites' "
+                "AUROCs averaged by their test images (it does not pool; a site whose test split holds one class has "
+                "none); '–' for cells trained before AUROC was reported. A model flagged 'one class only' answered "
+                "one class for every test image. Spread: mean ± sample standard deviation over seeds."
             ),
         ]
     )

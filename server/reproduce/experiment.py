@@ -15,6 +15,7 @@ surrogates once, and every mode and seed reuses them).
 import json
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.federation.run_summary import SUMMARY_FILE
 from fesf_fed.federation.settings import RunSettings, parse_run_settings, simulated_site_configs
 from fesf_fed.home import fesf_home
+from fesf_fed.recipe import Recipe
 from fesf_fed.task import classification_figures
 from fesf_fed.training_data import TRAINING_MODES
 
@@ -71,8 +73,7 @@ class Plan(BaseModel):
     ``fesf-reproduce run``'s options; the defaults are the command's.
     """
 
-    # validate_by_name: code builds a plan with ``overrides=``; a suite file names it ``run_config``.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
     #: The dataset's site config (absolute path); "" for the built-in phantoms.
@@ -84,7 +85,8 @@ class Plan(BaseModel):
     local_epochs: int = Field(2, ge=1)
     modes: tuple[str, ...] = TRAINING_MODES
     central: bool = True
-    #: Further run-config keys, as ``flwr run --run-config`` takes them (``site.`` ones included).
+    #: Further run-config keys, as ``flwr run --run-config`` takes them (``site.`` ones included); a suite
+    #: file calls them ``run_config``, ``results.json`` (and code) ``overrides``.
     overrides: dict[str, Any] = Field(default_factory=dict, validation_alias=AliasChoices("run_config", "overrides"))
 
     def run_config(self, mode: str, seed: int, dataset_file: Path) -> dict[str, Any]:
@@ -178,14 +180,40 @@ def plan_sites(plan: Plan, dataset_file: Path) -> tuple[RunSettings, list[SiteCo
     return settings, simulated_site_configs(settings, site_defaults)
 
 
+def plan_recipe(plan: Plan) -> dict[str, Any]:
+    """The training recipe of every cell of ``plan`` (its run config's recipe keys), as ``results.json`` keeps it."""
+    settings, _ = parse_run_settings(plan.run_config(plan.modes[0], plan.seeds[0], Path("/dataset.yaml")))
+    return asdict(settings.recipe())
+
+
+def _check_recipe(path: Path, results: dict[str, Any], recipe: dict[str, Any]) -> None:
+    """Refuse to add cells trained with ``recipe`` to results whose cells were trained with another.
+
+    Results without a recipe predate recipes: their cells were trained the legacy way.
+    """
+    made_with = results.get("recipe", asdict(Recipe.legacy()))
+    changed = [
+        f"{key.replace('_', '-')} {made_with.get(key)!r}, not {value!r}"
+        for key, value in recipe.items()
+        if made_with.get(key) != value
+    ]
+    if changed and results["cells"]:
+        raise ConfigError(
+            f"{path}: its cells were trained with another recipe ({'; '.join(changed)}); "
+            "choose another --name or delete the folder"
+        )
+
+
 def pipeline_variant(sites: list[SiteConfig]) -> dict[str, float]:
     """The IHM strengths that differ from the paper's, e.g. ``{"refine_beta": 0.2}``; empty for the paper's."""
     pipeline = sites[0].pipeline
     return {key: getattr(pipeline, key) for key, value in PAPER_PIPELINE.items() if getattr(pipeline, key) != value}
 
 
-def _figures(confusion: np.ndarray) -> dict[str, Any]:
-    return {**classification_figures(confusion), "examples": int(confusion.sum()), "confusion": confusion.tolist()}
+def _figures(confusion: np.ndarray, auroc: float | None) -> dict[str, Any]:
+    """A cell's figures: those of its confusion matrix, and its AUROC where it has one (a cell without has none)."""
+    figures = {**classification_figures(confusion), "examples": int(confusion.sum()), "confusion": confusion.tolist()}
+    return figures if auroc is None else {**figures, "auroc": auroc}
 
 
 def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dict[str, Any]:
@@ -202,8 +230,9 @@ def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dic
     return {
         "run": outcome.run_id,
         "seconds": seconds,
-        # Pooled over every site's test split: the sites' confusion matrices summed.
-        **_figures(np.asarray(confusion)),
+        # Pooled over every site's test split: the sites' confusion matrices summed. AUROC does not pool
+        # from them: it is the sites' AUROCs averaged by their test images.
+        **_figures(np.asarray(confusion), final.auroc),
         "sites": {site: {"accuracy": values["accuracy"], "f1": values["f1"]} for site, values in final.sites.items()},
         "quality": {site: details.to_json() for site, details in outcome.summary.sites.items()},
     }
@@ -221,8 +250,11 @@ def _central_cell(plan: Plan, mode: str, seed: int, sites: list[SiteConfig], set
         seed=seed,
         device=select_device(sites[0].device),
         weights=Path(settings.pretrained_weights) if settings.pretrained_weights else None,
+        # The federated cells' recipe (their run config's, --set included), so the two stay comparable.
+        recipe=settings.recipe(),
     )
-    return {"seconds": time.perf_counter() - began, **_figures(np.asarray(evaluation.confusion))}
+    # The AUROC of every site's test images pooled, as the federated cell's cannot be.
+    return {"seconds": time.perf_counter() - began, **_figures(np.asarray(evaluation.confusion), evaluation.auroc)}
 
 
 def _load_results(folder: Path) -> dict[str, Any]:
@@ -304,8 +336,10 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
     dataset = check_plan(plan)
     folder = reproductions_folder() / plan.name
     path = folder / "results.json"
+    recipe = plan_recipe(plan)
     if path.exists():
         results = load_plan_results(plan)
+        _check_recipe(path, results, recipe)
     else:
         results = {
             "plan": plan.to_json(),
@@ -321,6 +355,7 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
         stream.write(yaml.safe_dump(explicit, sort_keys=False).encode("utf-8"))
     settings, sites = plan_sites(plan, dataset_file)
     results["site"] = sites[0].model_dump(mode="json")  # the first site's config as used
+    results["recipe"] = recipe  # how every cell, federated and central, trains
     results["variant"] = pipeline_variant(sites)
     cells = plan.cells()
     for number, (setting, mode, seed) in enumerate(cells, start=1):
@@ -334,9 +369,11 @@ def reproduce(plan: Plan, report: Callable[[str], None] = print) -> dict[str, An
             cell = _central_cell(plan, mode, seed, sites, settings)
         results["cells"][key] = cell
         write_json(path, results)
+        auroc = f"{cell['auroc']:.3f}" if "auroc" in cell else "–"
         report(
             f"[{number}/{len(cells)}] {setting} {mode}, seed {seed}: accuracy {cell['accuracy']:.3f}, "
-            f"balanced accuracy {cell['balanced_accuracy']:.3f}, F1 {cell['f1']:.3f} ({cell['seconds']:.0f} s)"
+            f"balanced accuracy {cell['balanced_accuracy']:.3f}, macro-F1 {cell['f1']:.3f}, AUROC {auroc} "
+            f"({cell['seconds']:.0f} s)"
         )
     write_json(path, results)
     return results

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from fesf_fed.federation.protocol import TEST_EXAMPLES
 from fesf_fed.quality import QUALITY_PAIRS
 from fesf_fed.task import classification_figures, one_class_answer
 
@@ -14,6 +15,10 @@ from .paper import PAPER_MEAN_RATIO, paper_quality
 
 #: How the table names each training mode (the paper's symbols).
 MODE_LABELS = {"plaintext": "x_pl (plaintext)", "x_sy": "x_sy", "x_su": "x_su", "x_su_prime": "x_su'"}
+#: The figures the tables give, by their key in a cell, with their column names.
+FIGURES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1": "macro-F1", "auroc": "AUROC"}
+#: The figures whose share of plaintext's (same seed) the tables give. Not AUROC: chance is 0.5, not 0.
+RETAINED = ("accuracy", "balanced_accuracy", "f1")
 
 
 def _spread(values: Sequence[float], digits: int = 3) -> str:
@@ -32,22 +37,37 @@ def _cells(results: dict[str, Any], setting: str, mode: str) -> list[dict[str, A
     return [cells[key] for key in keys if key in cells]
 
 
+def _figure(cell: dict[str, Any], name: str) -> float | None:
+    """A cell's figure ``name`` (a key of :data:`FIGURES`); None for an AUROC the cell does not have.
+
+    Cells written before a figure was reported (balanced accuracy) still hold the confusion matrix
+    it comes from. AUROC does not come from one: a cell written before it was reported, or whose
+    test images held one class, has none.
+    """
+    if name in cell:
+        value: float = cell[name]
+        return value
+    if name == "auroc":
+        return None
+    return classification_figures(np.asarray(cell["confusion"]))[name]
+
+
 def _values(results: dict[str, Any], setting: str, mode: str, name: str) -> list[float]:
-    # Cells written before a figure was reported (balanced accuracy) still hold the confusion matrix it comes from.
-    return [
-        cell[name] if name in cell else classification_figures(np.asarray(cell["confusion"]))[name]
-        for cell in _cells(results, setting, mode)
-    ]
+    """The figure ``name`` of each finished seed of a setting and mode that has it."""
+    return [value for cell in _cells(results, setting, mode) if (value := _figure(cell, name)) is not None]
 
 
 def ratios(results: dict[str, Any], setting: str, mode: str, metric: str = "accuracy") -> list[float]:
-    """Per seed: the mode's ``metric`` over plaintext's with the same seed."""
+    """Per seed: the mode's ``metric`` (a key of :data:`FIGURES`) over plaintext's with the same seed."""
     cells = results["cells"]
     found = []
     for seed in results["plan"]["seeds"]:
         mine, plain = cells.get(cell_key(setting, mode, seed)), cells.get(cell_key(setting, "plaintext", seed))
-        if mine and plain and plain[metric] > 0:
-            found.append(mine[metric] / plain[metric])
+        if not (mine and plain):
+            continue
+        ours, theirs = _figure(mine, metric), _figure(plain, metric)
+        if ours is not None and theirs is not None and theirs > 0:
+            found.append(ours / theirs)
     return found
 
 
@@ -61,7 +81,7 @@ def surrogate_quality(results: dict[str, Any]) -> dict[str, float]:
     for cell in results["cells"].values():
         sites = [values for values in cell.get("quality", {}).values() if "ssim-x_pl-x_su_prime" in values]
         if sites:
-            weights = [min(site["test-examples"], limit or site["test-examples"]) for site in sites]
+            weights = [min(site[TEST_EXAMPLES], limit or site[TEST_EXAMPLES]) for site in sites]
             return {
                 key: sum(weight * site[key] for weight, site in zip(weights, sites)) / sum(weights)
                 for key in sites[0]
@@ -98,13 +118,11 @@ def _all_one_class(cells: list[dict[str, Any]]) -> bool:
     return bool(cells) and all(one_class_answer(cell["confusion"]) is not None for cell in cells)
 
 
-def _accuracies(results: dict[str, Any], setting: str, mode: str) -> list[str]:
-    """Table cells: accuracy, flagged when every seed's model answered one class only, and balanced accuracy."""
+def _scores(results: dict[str, Any], setting: str, mode: str) -> list[str]:
+    """Table cells, one per :data:`FIGURES`; accuracy is flagged when every seed's model answered one class only."""
     flag = " (one class only)" if _all_one_class(_cells(results, setting, mode)) else ""
-    return [
-        _spread(_values(results, setting, mode, "accuracy")) + flag,
-        _spread(_values(results, setting, mode, "balanced_accuracy")),
-    ]
+    spreads = [_spread(_values(results, setting, mode, name)) for name in FIGURES]
+    return [spreads[0] + flag, *spreads[1:]]
 
 
 def headline(results: dict[str, Any]) -> str:
@@ -129,7 +147,7 @@ def headline(results: dict[str, Any]) -> str:
 
 
 def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
-    """One reproduction's section: its settings, Table 1 (accuracy), Tables 2-3 (quality), time."""
+    """One reproduction's section: its settings, Table 1 (figures and plaintext's share kept), Tables 2-3, time."""
     plan = results["plan"]
     pipeline = results["site"]["pipeline"]
     planned = len(plan["seeds"]) * len(plan["modes"]) * (2 if plan["central"] else 1)
@@ -150,33 +168,30 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
         f"**{headline(results)}**",
         "",
     ]
-    rows = []
-    for mode in plan["modes"]:
-        rows.append(
-            [
-                MODE_LABELS[mode],
-                *_accuracies(results, "federated", mode),
-                _spread(_values(results, "federated", mode, "f1")),
-                _spread(ratios(results, "federated", mode)),
-                *_accuracies(results, "central", mode),
-                _spread(_values(results, "central", mode, "f1")),
-                _spread(ratios(results, "central", mode)),
-            ]
-        )
-    lines += _table(
+    settings = ("federated", "central")
+    rows = [
+        [MODE_LABELS[mode], *(cell for setting in settings for cell in _scores(results, setting, mode))]
+        for mode in plan["modes"]
+    ]
+    lines += _table(["trained on", *(f"{setting} {label}" for setting in settings for label in FIGURES.values())], rows)
+    retained = [
         [
-            "trained on",
-            "federated accuracy",
-            "federated balanced accuracy",
-            "federated F1",
-            "federated accuracy / plaintext",
-            "central accuracy",
-            "central balanced accuracy",
-            "central F1",
-            "central accuracy / plaintext",
-        ],
-        rows,
-    )
+            f"{MODE_LABELS[mode]} / x_pl",
+            *(_spread(ratios(results, setting, mode, name)) for setting in settings for name in RETAINED),
+        ]
+        for mode in plan["modes"]
+        if mode != "plaintext"
+    ]
+    if retained:
+        lines += [
+            "",
+            "Share of plaintext's figure kept, seed by seed (the mode's over plaintext's with the same seed):",
+            "",
+        ]
+        lines += _table(
+            ["trained on / plaintext", *(f"{setting} {FIGURES[name]}" for setting in settings for name in RETAINED)],
+            retained,
+        )
     quality = surrogate_quality(results)
     if quality:
         lines += [
@@ -253,10 +268,11 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
                 dataset,
                 f"{plan['model']}, {results['dataset']['data']['image_size']} px"
                 + (f" ({_variant_text(results['variant'])})" if results.get("variant") else ""),
-                *_accuracies(results, "federated", "plaintext"),
-                *_accuracies(results, "federated", "x_su_prime"),
+                *_scores(results, "federated", "plaintext"),
+                *_scores(results, "federated", "x_su_prime"),
                 _spread(ratios(results, "federated", "x_su_prime")),
                 _spread(ratios(results, "central", "x_su_prime")),
+                _spread(ratios(results, "federated", "x_su_prime", "balanced_accuracy")),
                 _spread(ratios(results, "federated", "x_su_prime", "f1")),
                 f"{quality['ssim-x_pl-x_su_prime']:.4f}" if quality else "–",
             ]
@@ -265,13 +281,12 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
         [
             "dataset",
             "model",
-            "plaintext accuracy (federated)",
-            "plaintext balanced accuracy (federated)",
-            "x_su' accuracy (federated)",
-            "x_su' balanced accuracy (federated)",
-            "x_su' / plaintext, federated",
-            "x_su' / plaintext, central",
-            "F1: x_su' / plaintext, federated",
+            *(f"plaintext {label} (federated)" for label in FIGURES.values()),
+            *(f"x_su' {label} (federated)" for label in FIGURES.values()),
+            "accuracy: x_su' / plaintext, federated",
+            "accuracy: x_su' / plaintext, central",
+            "balanced accuracy: x_su' / plaintext, federated",
+            "macro-F1: x_su' / plaintext, federated",
             "SSIM(x_pl, x_su')",
         ],
         rows,
