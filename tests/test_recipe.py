@@ -90,6 +90,16 @@ def test_light_augmentation_keeps_shape_dtype_and_range_and_none_is_the_identity
     torch.testing.assert_close(augment_batch(flat, "light", torch.Generator().manual_seed(1)), flat)
 
 
+def test_flip_augmentation_mirrors_some_images_exactly_and_changes_no_pixel_value() -> None:
+    # Exact: no resampling, so no frequency of a surrogate's hidden amplitude is blurred.
+    images = torch.rand(32, 1, 8, 8)
+    flipped = augment_batch(images, "flip", torch.Generator().manual_seed(0))
+    mirrored = [bool(torch.equal(out, image.flip(-1))) for out, image in zip(flipped, images)]
+    kept = [bool(torch.equal(out, image)) for out, image in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 0 < sum(mirrored) < len(images)
+    torch.testing.assert_close(flipped, augment_batch(images, "flip", torch.Generator().manual_seed(0)))
+
+
 def test_the_run_settings_build_the_recipe_and_refuse_bad_values_in_one_line() -> None:
     assert parse_run_settings(run_config())[0].recipe() == Recipe()
     legacy = {
@@ -104,7 +114,7 @@ def test_the_run_settings_build_the_recipe_and_refuse_bad_values_in_one_line() -
     assert parse_run_settings(run_config(**legacy))[0].recipe() == Recipe.legacy()
     for key, value, message in [
         ("class-weighting", "inverse", "class-weighting: Input should be 'balanced' or 'none'"),
-        ("augment", "heavy", "augment: Input should be 'light' or 'none'"),
+        ("augment", "heavy", "augment: Input should be 'flip', 'light' or 'none'"),
         ("optimiser", "sgd", "optimiser: Input should be 'adamw' or 'adam'"),
         ("lr-schedule", "step", "lr-schedule: Input should be 'cosine' or 'constant'"),
         ("weight-decay", -0.1, "weight-decay: Input should be greater than or equal to 0"),
@@ -114,5 +124,5 @@ def test_the_run_settings_build_the_recipe_and_refuse_bad_values_in_one_line() -
         with pytest.raises(ConfigError, match=message) as raised:
             parse_run_settings(run_config(**{key: value}))
         assert "\n" not in str(raised.value)
-    with pytest.raises(ValueError, match="recipe augment: choose one of light, none"):
+    with pytest.raises(ValueError, match="recipe augment: choose one of flip, light, none"):
         Recipe(augment="heavy")  # type: ignore[arg-type]

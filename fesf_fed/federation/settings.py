@@ -67,7 +67,7 @@ class RunSettings(BaseModel):
     seed: int = Field(0, ge=0)
     # The training recipe (fesf_fed.recipe.Recipe, whose defaults these are).
     class_weighting: ClassWeighting = "balanced"
-    augment: Augmentation = "light"
+    augment: Augmentation = "flip"
     optimiser: Optimiser = "adamw"
     weight_decay: float = Field(1e-4, ge=0)
     lr_schedule: LrSchedule = "cosine"
