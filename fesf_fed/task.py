@@ -217,6 +217,8 @@ def macro_auroc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 2 or probabilities.shape[0] != len(labels) or probabilities.shape[1] < 2:
         raise ValueError(f"probabilities must be ({len(labels)}, k >= 2), got {probabilities.shape}")
+    if not np.isfinite(probabilities).all():  # a diverged model: it scores badly elsewhere, and has no ranking
+        return None
     present = np.unique(labels)
     if len(present) < 2:
         return None

@@ -55,6 +55,18 @@ _FIXED_ON_RESUME = (
     "partition",
     "dirichlet-alpha",
     "partition-seed",
+    # The training recipe: a resumed run trains on as it began. (Added rounds stretch a cosine
+    # schedule over the new total, so the rate rises again: docs/federation.md says so.)
+    "learning-rate",
+    "batch-size",
+    "local-epochs",
+    "class-weighting",
+    "augment",
+    "optimiser",
+    "weight-decay",
+    "lr-schedule",
+    "warmup-fraction",
+    "clip-grad-norm",
 )
 
 

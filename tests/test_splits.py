@@ -12,7 +12,7 @@ from fesf_fed.config import DataConfig, parse_config
 from fesf_fed.data import ImageSet, load_dataset, site_split, stratified_split
 from fesf_fed.data.duplicates import near_duplicate_pairs
 from fesf_fed.data.partition import partition_indices
-from fesf_fed.errors import ConfigError
+from fesf_fed.errors import ConfigError, DataError
 
 SEEDS = range(30)
 
@@ -201,3 +201,12 @@ def test_near_duplicate_search_ignores_flat_and_tiny_inputs() -> None:
     assert near_duplicate_pairs(flat, 8).shape == (0, 2)  # two flat images are not copies of each other
     data = ImageSet(np.zeros((2, 1, 8, 8), np.uint8), np.array([0, 1]), ["x", "y"], ["a", "b"])
     assert data.groups is None and data.subset(np.array([1])).groups is None
+
+
+def test_a_dataset_of_one_group_per_class_is_a_one_line_error_not_an_empty_test_part() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    data = ImageSet(
+        np.zeros((6, 1, 8, 8), np.uint8), labels, [f"i{n}" for n in range(6)], ["x", "y"], groups=labels.copy()
+    )
+    with pytest.raises(DataError, match="no group is left for the test part; add images"):
+        site_split(data, DataConfig(source="phantom", test_fraction=0.4))

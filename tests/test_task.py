@@ -149,3 +149,8 @@ def test_fedprox_term_keeps_a_sites_update_near_the_global_model() -> None:
 def test_bad_sets_are_refused(images: np.ndarray, labels: np.ndarray, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         train(build_model("smallcnn", 2, 1), images, labels, epochs=1, lr=1e-3, batch_size=2, device=CPU)
+
+
+def test_a_diverged_model_has_no_auroc_rather_than_an_error() -> None:
+    labels = np.array([0, 1, 0, 1])
+    assert macro_auroc(labels, np.full((4, 2), np.nan)) is None

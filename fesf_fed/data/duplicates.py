@@ -21,6 +21,7 @@ images have no reliable mean, and use plain correlation. Images with identical p
 are always duplicates.
 """
 
+import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -165,10 +166,12 @@ def near_duplicate_pairs(images: np.ndarray, max_distance: int) -> np.ndarray:
 
 def exact_duplicate_pairs(images: np.ndarray) -> np.ndarray:
     """Pairs ``(first, other)`` of images with identical pixels: each copy linked to the first one."""
+    # Keyed by a digest, not the pixels: a second copy of a large dataset would not fit in memory.
     digests: dict[bytes, int] = {}
     pairs = []
     for index, image in enumerate(np.asarray(images)):
-        first = digests.setdefault(np.ascontiguousarray(image).tobytes(), index)
+        digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        first = digests.setdefault(digest, index)
         if first != index:
             pairs.append((first, index))
     return np.array(pairs, np.int64).reshape(-1, 2)

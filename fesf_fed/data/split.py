@@ -156,6 +156,12 @@ def site_split(data: ImageSet, config: DataConfig) -> tuple[np.ndarray, np.ndarr
         train, test = official_split(data.ids)
     else:
         train, test = stratified_split(data.labels, config.test_fraction, config.seed, data.groups)
+        if len(test) == 0 or len(train) == 0:
+            raise DataError(
+                f"{len(data)} images in {len(np.unique(data.groups)) if data.groups is not None else len(data)} "
+                f"group(s) of copies: no group is left for the {'test' if len(test) == 0 else 'training'} part; "
+                "add images, or set data.group_duplicates false (or lower data.duplicate_distance) if they are not copies"
+            )
     untested = sorted(set(data.labels[train].tolist()) - set(data.labels[test].tolist()))
     if untested:
         names = ", ".join(repr(data.classes[label]) for label in untested)
