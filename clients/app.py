@@ -9,7 +9,8 @@ surrogate, never do. Message types:
   site meanwhile leaves its progress in ``$FESF_HOME/progress/<run-id>/<site>.json``
   for the ServerApp (:mod:`fesf_fed.progress`);
 - ``train`` / ``evaluate``: local training and evaluation of the global model; an
-  evaluation also returns its confusion matrix (counts only, as the dashboard shows it).
+  evaluation also returns its confusion matrices of the test and the validation images
+  (counts only: the server picks the best round's model by the latter).
 """
 
 import zlib
@@ -76,6 +77,7 @@ def prepare(message: Message, context: Context) -> Message:
     description = DataDescription(tuple(data.classes), data.channels, int(data.train_images.shape[-1]))
     counts = {
         protocol.TRAIN_EXAMPLES: len(data.train_labels),
+        protocol.VAL_EXAMPLES: len(data.val_labels),
         protocol.TEST_EXAMPLES: len(data.test_labels),
     }
     metrics = MetricRecord({**counts, **data.quality})
@@ -114,16 +116,17 @@ def train_round(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_round(message: Message, context: Context) -> Message:
-    """Evaluate the global model on the site's test images."""
+    """Evaluate the global model on the site's test images, and count its answers on the validation images."""
     settings, config, data = _site(message, context)
     model = _global_model(message, settings, data)
+    device = select_device(config.device)
     result = evaluate(
         model,
         data.test_images,
         data.test_labels,
         num_classes=len(data.classes),
         batch_size=settings.batch_size,
-        device=select_device(config.device),
+        device=device,
     )
     scalars = result.scalars()
     metrics = MetricRecord({protocol.NUM_EXAMPLES: scalars.pop("examples"), **scalars})
@@ -131,4 +134,14 @@ def evaluate_round(message: Message, context: Context) -> Message:
         protocol.METRICS: metrics,
         protocol.CONFUSION: ConfigRecord(protocol.confusion_record(result.confusion)),
     }
+    if len(data.val_labels):
+        validation = evaluate(
+            model,
+            data.val_images,
+            data.val_labels,
+            num_classes=len(data.classes),
+            batch_size=settings.batch_size,
+            device=device,
+        )
+        records[protocol.VAL_CONFUSION] = ConfigRecord(protocol.confusion_record(validation.confusion))
     return _site_reply(message, config.site, **records)

@@ -178,7 +178,7 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
             f"{data_location(config.data)}: class {name!r} has {count} usable image(s); every class needs "
             "at least 2 (one to train on, one to test on): add images or raise data.max_per_class"
         )
-    train, test = site_split(data, config.data)
+    split = site_split(data, config.data)
     device = select_device(config.device)
     bank, spectra = _hosts(config, site_key, data.images.shape[1], device)
     return _Inputs(
@@ -186,7 +186,7 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
         bank=bank,
         spectra=spectra,
         host_index=assign_hosts(data.ids, len(bank.ids), site_key),
-        splits={"train": train, "test": test},
+        splits=split.parts(),
         device=device,
     )
 

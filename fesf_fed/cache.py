@@ -105,7 +105,7 @@ class SurrogateCache:
         Parameters
         ----------
         split : str
-            ``"train"`` or ``"test"``.
+            ``"train"``, ``"val"`` or ``"test"``.
         kind : str
             A stage the build kept: ``"x_sy"``, ``"x_su"`` or ``"x_su_prime"``.
 

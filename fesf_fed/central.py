@@ -6,6 +6,7 @@ cost of the surrogates (``fesf-reproduce`` reports both).
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from fesf_fed.training_data import SiteData, load_site_data
 
 
 def pooled_site_data(configs: Sequence[SiteConfig], mode: str, progress: bool = False) -> SiteData:
-    """Every site's training and test images in ``mode``, concatenated in site order.
+    """Every site's training, validation and test images in ``mode``, concatenated in site order.
 
     Parameters
     ----------
@@ -46,13 +47,55 @@ def pooled_site_data(configs: Sequence[SiteConfig], mode: str, progress: bool = 
                 f"site {config.site}: classes {part.classes} and images {part.train_images.shape[1:]} differ from "
                 f"site {configs[0].site}'s ({first.classes}, {first.train_images.shape[1:]}); sites must match to pool"
             )
+
+    def joined(field: str) -> np.ndarray:
+        return np.concatenate([getattr(part, field) for part in parts])
+
     return SiteData(
-        np.concatenate([part.train_images for part in parts]),
-        np.concatenate([part.train_labels for part in parts]),
-        np.concatenate([part.test_images for part in parts]),
-        np.concatenate([part.test_labels for part in parts]),
+        joined("train_images"),
+        joined("train_labels"),
+        joined("val_images"),
+        joined("val_labels"),
+        joined("test_images"),
+        joined("test_labels"),
         first.classes,
     )
+
+
+@dataclass(frozen=True)
+class CentralResult:
+    """A central model's test figures, and which epoch's model they are of.
+
+    ``epoch`` is the epoch (from 1) with the best validation macro-F1, the earliest on a tie,
+    and ``validation_f1`` that figure; without validation images, the last epoch and None.
+    """
+
+    test: Evaluation
+    epoch: int
+    validation_f1: float | None
+
+
+class _BestEpoch:
+    """After each epoch, the model's validation macro-F1; keeps a copy of the best model's weights."""
+
+    def __init__(self, model: torch.nn.Module, data: SiteData, batch_size: int, device: torch.device) -> None:
+        self.model, self.data, self.batch_size, self.device = model, data, batch_size, device
+        self.epoch = 0
+        self.f1: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, epoch: int) -> None:
+        f1 = evaluate(
+            self.model,
+            self.data.val_images,
+            self.data.val_labels,
+            num_classes=len(self.data.classes),
+            batch_size=self.batch_size,
+            device=self.device,
+        ).f1
+        if self.f1 is None or f1 > self.f1:
+            self.epoch, self.f1 = epoch, f1
+            self.state = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
 
 
 def train_central(
@@ -66,8 +109,12 @@ def train_central(
     device: torch.device,
     weights: Path | None = None,
     recipe: Recipe = DEFAULT_RECIPE,
-) -> Evaluation:
-    """Train a new model on ``data``'s training images and evaluate it on its test images.
+) -> CentralResult:
+    """Train a new model on ``data``'s training images; evaluate the best epoch's on its test images.
+
+    After every epoch the model is evaluated on ``data``'s validation images, and the one
+    with the best macro-F1 there is the result (as a federation keeps its best round's);
+    without validation images, the last epoch's.
 
     Parameters
     ----------
@@ -92,6 +139,7 @@ def train_central(
         model = build_model(
             model_name, len(data.classes), data.channels, weights=weights, image_size=int(data.train_images.shape[-1])
         )
+    best = _BestEpoch(model, data, batch_size, device) if len(data.val_labels) else None
     train(
         model,
         data.train_images,
@@ -102,8 +150,11 @@ def train_central(
         device=device,
         seed=seed,
         recipe=recipe,
+        after_epoch=best,
     )
-    return evaluate(
+    if best is not None and best.state is not None:
+        model.load_state_dict(best.state)
+    test = evaluate(
         model,
         data.test_images,
         data.test_labels,
@@ -111,3 +162,4 @@ def train_central(
         batch_size=batch_size,
         device=device,
     )
+    return CentralResult(test, best.epoch if best else epochs, best.f1 if best else None)

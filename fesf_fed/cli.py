@@ -88,7 +88,7 @@ def print_build(build: SiteBuild) -> None:
     """Print a build's counts per class, skipped files, quality table and timing."""
     manifest = build.manifest
     counts = Table(title=f"Site {manifest['site']}: surrogates", title_justify="left")
-    splits = [split for split in ("train", "test") if split in manifest["splits"]]
+    splits = [split for split in ("train", "val", "test") if split in manifest["splits"]]
     counts.add_column("class")
     for split in splits:
         counts.add_column(split, justify="right")

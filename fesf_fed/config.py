@@ -65,12 +65,16 @@ class DataConfig(_Section):
     image_size: int = Field(64, ge=8, le=4096)
     channels: Literal["auto", 1, 3] = "auto"
     test_fraction: float = Field(0.4, gt=0, lt=1)
+    #: Share of the training part held out for validation: the federation keeps the global model
+    #: of the round with the best validation macro-F1. 0: no validation (the last round's model).
+    #: The ``official`` split validates on the file's own val part instead.
+    val_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, ge=0)
     max_per_class: int | None = Field(None, ge=1)
     phantom_per_class: int = Field(60, ge=2)
     partition: PartitionConfig = PartitionConfig()
     #: ``random``: a seeded split, stratified by class, that keeps groups whole;
-    #: ``official``: a MedMNIST file's own split (its val part trains).
+    #: ``official``: a MedMNIST file's own train, val and test parts.
     split: Literal["random", "official"] = "random"
     #: Keep near-duplicate images (perceptual hash, mirrored copies included) on one side of the split.
     group_duplicates: bool = True

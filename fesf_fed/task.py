@@ -7,7 +7,7 @@ uint8 ``(N, C, H, W)``, and move to the device one batch at a time.
 """
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -77,6 +77,7 @@ def train(
     first_epoch: int = 0,
     total_epochs: int | None = None,
     lr_trace: list[float] | None = None,
+    after_epoch: Callable[[int], None] | None = None,
 ) -> float:
     """Train ``model`` in place as ``recipe`` says; return the mean loss of the last epoch.
 
@@ -105,6 +106,9 @@ def train(
         ``(r - 1) * E`` of ``R * E``. By default the run is this call: 0 of ``epochs``.
     lr_trace : list of float, optional
         When given, the learning rate of every step is appended to it.
+    after_epoch : callable, optional
+        Called after each epoch with the number of epochs done in the whole run (from 1), e.g.
+        to validate the model; training goes on in training mode afterwards.
     """
     _check_set(images, labels)
     total_epochs = epochs if total_epochs is None else total_epochs
@@ -160,6 +164,9 @@ def train(
             optimiser.step()
             total += loss.item() * len(batch)
         epoch_loss = total / len(order)
+        if after_epoch is not None:
+            after_epoch(epoch + 1)
+            model.train()
     return epoch_loss
 
 

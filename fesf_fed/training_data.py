@@ -23,15 +23,18 @@ TRAINING_MODES: tuple[str, ...] = ("plaintext", *SURROGATE_KINDS)
 
 @dataclass
 class SiteData:
-    """A site's training and test images in one mode, with its class names and surrogate quality.
+    """A site's training, validation and test images in one mode, with its class names and surrogate quality.
 
-    Images are uint8 ``(N, C, H, W)``; labels int64 ``(N,)``. ``quality`` holds
+    Images are uint8 ``(N, C, H, W)``; labels int64 ``(N,)``. The validation part picks the
+    model (it may be empty: ``data.val_fraction`` 0); the test part reports it. ``quality`` holds
     scalar image-quality figures of the surrogates (SSIM and PSNR of each pair of
     the paper's Tables 2 and 3); it is empty in plaintext mode, which builds none.
     """
 
     train_images: np.ndarray
     train_labels: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
     test_images: np.ndarray
     test_labels: np.ndarray
     classes: list[str]
@@ -82,11 +85,13 @@ def load_site_data(
         meter = ProgressMeter(report, config.site)
         meter.stage(Stage.LOADING)
         data = load_dataset(config.data, progress=progress)
-        train, test = site_split(data, config.data)
+        train, val, test = site_split(data, config.data)
         meter.stage(Stage.READY)
         return SiteData(
             data.images[train],
             data.labels[train],
+            data.images[val],
+            data.labels[val],
             data.images[test],
             data.labels[test],
             data.classes,
@@ -97,10 +102,13 @@ def load_site_data(
         )
     build = build_surrogates(config, progress=progress, report=report)
     train_images, train_labels = build.cache.load("train", mode)
+    val_images, val_labels = build.cache.load("val", mode)
     test_images, test_labels = build.cache.load("test", mode)
     return SiteData(
         train_images,
         train_labels,
+        val_images,
+        val_labels,
         test_images,
         test_labels,
         build.manifest["classes"],

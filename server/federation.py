@@ -32,8 +32,24 @@ from fesf_fed.config import load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.federation import protocol
-from fesf_fed.federation.protocol import AUROC, METRICS, NUM_EXAMPLES, confusion_of, data_of, metrics_of, site_of
-from fesf_fed.federation.run_summary import SUMMARY_FILE, CentralMetrics, FinalMetrics, ModelInput, RunSummary
+from fesf_fed.federation.protocol import (
+    AUROC,
+    METRICS,
+    NUM_EXAMPLES,
+    VAL_CONFUSION,
+    confusion_of,
+    data_of,
+    metrics_of,
+    site_of,
+)
+from fesf_fed.federation.run_summary import (
+    SUMMARY_FILE,
+    CentralMetrics,
+    FinalMetrics,
+    ModelInput,
+    RunSummary,
+    selected_round,
+)
 from fesf_fed.federation.settings import RunSettings
 from fesf_fed.models import build_model
 from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progress
@@ -245,6 +261,39 @@ def _record_auroc(run: RunFolder, server_round: int, replies: list[Message]) -> 
     return auroc
 
 
+def _validation(replies: list[Message], num_classes: int) -> dict[str, np.ndarray]:
+    """Each site's confusion matrix on its validation images, by site name (a site without any sends none)."""
+    matrices = {}
+    for reply in replies:
+        if not reply.has_error() and (matrix := confusion_of(reply.content, num_classes, VAL_CONFUSION)) is not None:
+            matrices[site_of(reply.content)] = matrix
+    return matrices
+
+
+def _validation_figures(matrix: np.ndarray) -> dict[str, float]:
+    figures = classification_figures(matrix)
+    return {
+        "accuracy": figures["accuracy"],
+        "balanced-accuracy": figures["balanced_accuracy"],
+        "f1": figures["f1"],
+        "examples": int(matrix.sum()),
+    }
+
+
+def _pooled_validation_f1(matrices: dict[str, np.ndarray]) -> float | None:
+    """The macro-F1 of the sites' validation matrices summed, which picks the run's model; None without any."""
+    return classification_figures(np.sum(list(matrices.values()), axis=0))["f1"] if matrices else None
+
+
+def _record_validation(run: RunFolder, server_round: int, matrices: dict[str, np.ndarray]) -> None:
+    """Store each site's validation figures and matrix, and those of their sum (as ``GLOBAL``)."""
+    if not matrices:
+        return
+    for scope, matrix in {**matrices, GLOBAL: np.sum(list(matrices.values()), axis=0)}.items():
+        run.record(server_round, "validation", scope, _validation_figures(matrix))
+        run.record_confusion(server_round, "validation", scope, matrix.tolist())
+
+
 class _CentralEvaluation:
     """The server's own test set (``central-eval``), in the run's mode, for evaluating the global model."""
 
@@ -299,6 +348,12 @@ def _start(run: RunFolder, settings: RunSettings, strategy: Any, initial: ArrayR
         return 1, initial
     restore_strategy_state(strategy, checkpoint["strategy"])
     run.drop_rounds_after(checkpoint["round"])
+    rounds = run.rounds()
+    if rounds and "f1" in rounds[-1].figures("validation") and selected_round(rounds) == checkpoint["round"]:
+        # Interrupted after the round's metrics, before best.pt was written: the checkpoint's arrays are the best.
+        best = run.best_checkpoint()
+        if best is None or best["round"] != checkpoint["round"]:
+            run.save_best(checkpoint["round"], checkpoint["arrays"])
     log(INFO, "Resuming run %s after round %d", run.name, checkpoint["round"])
     return checkpoint["round"] + 1, ArrayRecord(checkpoint["arrays"])
 
@@ -347,24 +402,26 @@ _TEST_SETS = {"evaluate": "site", "central": "central"}
 
 
 def _final_metrics(run: RunFolder) -> FinalMetrics:
-    """The last round's federated evaluation: global figures, per site, and central ones if any.
+    """The evaluation of the run's resulting model, :func:`selected_round`'s: global, per site, central if any.
 
     ``one_class`` (of the final metrics for the sites' pooled confusion matrix, of their ``central``
     part for the central one) tells whether the global model answered one class for every image.
     """
     rounds = run.rounds()
-    last = rounds[-1] if rounds else None
-    evaluation = last.evaluate if last else {}
+    chosen = selected_round(rounds)
+    entry = next((entry for entry in rounds if entry.round == chosen), None)
+    evaluation = entry.evaluate if entry else {}
     figures = evaluation.get(GLOBAL, {})
     confusion = {
         phase: tuple(tuple(row) for row in found[1])
         for phase in _TEST_SETS
-        if (found := run.latest_confusion(phase)) is not None
+        if chosen is not None and (found := run.confusion(phase, chosen)) is not None
     }
     one_class = {phase: phase in confusion and one_class_answer(confusion[phase]) is not None for phase in _TEST_SETS}
-    central = last.central.get(GLOBAL) if last else None
+    central = entry.central.get(GLOBAL) if entry else None
     return FinalMetrics(
-        round=last.round if last else None,
+        round=chosen,
+        validation_f1=entry.figures("validation").get("f1") if entry else None,
         accuracy=figures.get("accuracy"),
         balanced_accuracy=figures.get("balanced-accuracy"),
         precision=figures.get("precision"),
@@ -379,14 +436,33 @@ def _final_metrics(run: RunFolder) -> FinalMetrics:
     )
 
 
+def _log_result(run: RunFolder, final: FinalMetrics) -> None:
+    """Say which round's model is the run's result, its test figures, and where model and summary are."""
+    if final.validation_f1 is not None:
+        chosen = f"round {final.round}'s (best validation macro-F1 {final.validation_f1:.3f})"
+    else:
+        chosen = f"the last round's ({final.round}; no site holds validation images)"
+    figures = "  ".join(
+        f"{name} {'–' if (value := final.figure(key)) is None else f'{value:.3f}'}"
+        for name, key in (
+            ("accuracy", "accuracy"),
+            ("balanced accuracy", "balanced-accuracy"),
+            ("macro-F1", "f1"),
+            ("AUROC", "auroc"),
+        )
+    )
+    log(INFO, "Run %s finished: the model is %s: test %s", run.name, chosen, figures)
+    log(INFO, "Model: %s; summary: %s", run.model_checkpoint_path(), run.directory / SUMMARY_FILE)
+
+
 def _warn_if_one_class(final: FinalMetrics, classes: list[str]) -> None:
-    """Log a warning for each test set on which the final model answered one class only: accuracy hides it."""
+    """Log a warning for each test set on which the run's model answered one class only: accuracy hides it."""
     for phase, counts in final.confusion.items():
         answer = one_class_answer(counts)
         if answer is not None:
             log(
                 WARNING,
-                "Warning: the final global model answers one class (%s) for every %s test image: "
+                "Warning: the run's global model answers one class (%s) for every %s test image: "
                 "it has not learned; see balanced accuracy",
                 classes[answer],
                 _TEST_SETS[phase],
@@ -522,17 +598,33 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             run.record(server_round, "evaluate", GLOBAL, _scalars(evaluate_metrics))
             balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
             auroc = _record_auroc(run, server_round, evaluate_replies)
+            validation = _validation(evaluate_replies, len(classes))
+            _record_validation(run, server_round, validation)
             if central_metrics:
                 run.record(server_round, "central", GLOBAL, central_metrics.scalars())
                 run.record_confusion(server_round, "central", GLOBAL, central_metrics.confusion)
             run.record(server_round, "timing", GLOBAL, {"seconds": seconds})
+            # After the round's metrics, so that best.pt never holds a round the store lacks
+            # (an interruption in between is mended on resume, by _start).
+            best = selected_round(run.rounds())
+            if validation and best == server_round:
+                run.save_best(server_round, arrays.to_torch_state_dict())
             run.write_summary(final=None)
             _log_round(server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, auroc, seconds)
+            if validation:
+                log(
+                    INFO,
+                    "Round %d/%d: validation macro-F1 %.3f (best: round %s)",
+                    server_round,
+                    settings.num_server_rounds,
+                    _pooled_validation_f1(validation),
+                    best,
+                )
         final = _final_metrics(run)
         _warn_if_one_class(final, classes)
         run.set_info(status="finished", finished=datetime.now(UTC).isoformat())
         summary = run.write_summary(final)
-        log(INFO, "Run %s finished: %s", run.name, run.directory / SUMMARY_FILE)
+        _log_result(run, final)
         return RunOutcome(run.directory, summary)
     except FesfError as exc:
         # Flower adds a traceback after this line; the line says what to fix.

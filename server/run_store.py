@@ -5,6 +5,8 @@
     store.sqlite            the run store: settings, sites (and how far their preparation got), every metric
                             and confusion matrix of every round
     checkpoints/round-NNNN.pt   global model and strategy state after round NNNN (last few kept)
+    checkpoints/best.pt     the global model of the round with the best validation macro-F1: the run's
+                            result, which evaluation, ``fesf predict`` and the results tables use
     summary.json            config, per-round history and final metrics, rewritten each round
 
 The folder is named by the run's ``run-name``, else by Flower's run id. The federation
@@ -54,6 +56,8 @@ CREATE TABLE IF NOT EXISTS confusion (
 """
 #: The info key of the sites' latest preparation records.
 _PREPARATION = "preparation"
+#: The file name of the best round's model in a run's ``checkpoints`` folder.
+BEST_CHECKPOINT = "best.pt"
 # GLOBAL (the scope of the federation's own metrics) and RUN_NAME (what a run folder may be
 # called), imported above, live beside the summary and the run settings: fesf_fed reads them too.
 
@@ -133,11 +137,17 @@ class _Store:
         """Every stored round's metrics, in round order."""
         return [RoundMetrics.from_json(entry) for entry in self.history()]
 
-    def latest_confusion(self, phase: str, scope: str = GLOBAL) -> tuple[int, list[list[int]]] | None:
-        """The newest round's confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None."""
+    def confusion(
+        self, phase: str, server_round: int | None = None, scope: str = GLOBAL
+    ) -> tuple[int, list[list[int]]] | None:
+        """A round's confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None.
+
+        ``server_round`` None: the newest round that has one.
+        """
         row = self.store.execute(
-            "SELECT round, counts FROM confusion WHERE phase = ? AND scope = ? ORDER BY round DESC LIMIT 1",
-            (phase, scope),
+            "SELECT round, counts FROM confusion WHERE phase = ? AND scope = ? AND (? IS NULL OR round = ?) "
+            "ORDER BY round DESC LIMIT 1",
+            (phase, scope, server_round, server_round),
         ).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
@@ -151,6 +161,24 @@ class _Store:
     def latest_checkpoint(self) -> dict[str, Any] | None:
         """The newest checkpoint (``round`` and what was saved with it), or None."""
         path = self.latest_checkpoint_path()
+        return torch.load(path, map_location="cpu", weights_only=True) if path else None
+
+    @property
+    def best_checkpoint_path(self) -> Path:
+        return self.directory / "checkpoints" / BEST_CHECKPOINT
+
+    def best_checkpoint(self) -> dict[str, Any] | None:
+        """The best round's model (``round`` and ``arrays``), or None (no site validates, or no round yet)."""
+        path = self.best_checkpoint_path
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+    def model_checkpoint_path(self) -> Path | None:
+        """The run's resulting model: ``best.pt``, else (no site validates) the newest round's checkpoint."""
+        return self.best_checkpoint_path if self.best_checkpoint_path.is_file() else self.latest_checkpoint_path()
+
+    def model_checkpoint(self) -> dict[str, Any] | None:
+        """The run's resulting model (``round`` and ``arrays``; see :meth:`model_checkpoint_path`), or None."""
+        path = self.model_checkpoint_path()
         return torch.load(path, map_location="cpu", weights_only=True) if path else None
 
 
@@ -275,6 +303,12 @@ class RunFolder(_Store):
         for old in self._checkpoints()[:-keep]:
             old.unlink()
         return path
+
+    def save_best(self, server_round: int, arrays: dict[str, torch.Tensor]) -> Path:
+        """Write ``server_round``'s global model as the run's best (``checkpoints/best.pt``), atomically."""
+        with atomic_writer(self.best_checkpoint_path) as stream:
+            torch.save({"round": server_round, "arrays": arrays}, stream)
+        return self.best_checkpoint_path
 
     def summary(self, final: FinalMetrics | None = None) -> RunSummary:
         """The run as the store holds it now, with ``final`` once the run has its final metrics."""

@@ -44,8 +44,14 @@ def test_build_keeps_every_stage_with_labels_counts_and_quality(fesf_home: Path)
     manifest = build.manifest
     assert not build.reused and build.cache.complete
     assert manifest["classes"] == ["normal", "lesion"]
-    assert {split: len(part["labels"]) for split, part in manifest["splits"].items()} == {"train": 10, "test": 6}
+    # 16 images: 6 test, then a tenth of the other 10 per class (at least one) for validation.
+    assert {split: len(part["labels"]) for split, part in manifest["splits"].items()} == {
+        "train": 8,
+        "val": 2,
+        "test": 6,
+    }
     assert manifest["splits"]["test"]["counts"] == {"normal": 3, "lesion": 3}
+    assert manifest["splits"]["val"]["counts"] == {"normal": 1, "lesion": 1}
     for kind in ("x_sy", "x_su", "x_su_prime"):
         images, labels = build.cache.load("test", kind)
         assert images.shape == (6, 1, 16, 16) and images.dtype == np.uint8
@@ -174,14 +180,14 @@ def test_an_interrupted_build_resumes_from_its_last_shard(
     written.clear()
     interrupt_after["shards"] = -1
     resumed = build_surrogates(tiny_config(), progress=False)
-    assert resumed.cache.complete and written == ["train-2", "test-0", "test-1"]
+    assert resumed.cache.complete and written == ["val-0", "test-0", "test-1"]
 
     # The resumed build holds exactly what an uninterrupted one does.
     monkeypatch.setenv("FESF_HOME", str(tmp_path / "other-home"))
     (tmp_path / "other-home" / "secrets").mkdir(parents=True)
     (tmp_path / "other-home" / "secrets" / "A.key").write_bytes((fesf_home / "secrets" / "A.key").read_bytes())
     clean = build_surrogates(tiny_config(), progress=False)
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         np.testing.assert_array_equal(
             resumed.cache.load(split, "x_su_prime")[0], clean.cache.load(split, "x_su_prime")[0]
         )
@@ -189,7 +195,7 @@ def test_an_interrupted_build_resumes_from_its_last_shard(
 
 def test_only_the_selected_stages_are_kept(fesf_home: Path) -> None:
     build = build_surrogates(tiny_config(**{"pipeline.outputs": ["x_su_prime"]}), progress=False)
-    assert build.cache.load("train", "x_su_prime")[0].shape[0] == 10
+    assert build.cache.load("train", "x_su_prime")[0].shape[0] == 8
     with pytest.raises(DataError, match="stage 'x_sy' was not kept .* add it to pipeline.outputs"):
         build.cache.load("train", "x_sy")
 
@@ -214,6 +220,7 @@ def test_real_br35h_images_build_with_the_shipped_config(shared_data: Path) -> N
     manifest = build.manifest
     assert manifest["classes"] == ["no_tumor", "tumor"] and manifest["image_shape"] == [1, 16, 16]
     assert manifest["skipped"] == [] and manifest["hosts"]["count"] == TINY_BUILD["hosts.phantom_count"]
-    assert manifest["splits"]["train"]["counts"] == {"no_tumor": 4, "tumor": 4}
+    assert manifest["splits"]["train"]["counts"] == {"no_tumor": 3, "tumor": 3}
+    assert manifest["splits"]["val"]["counts"] == {"no_tumor": 1, "tumor": 1}
     images, labels = build.cache.load("test", "x_su_prime")
     assert images.shape == (4, 1, 16, 16) and sorted(labels.tolist()) == [0, 0, 1, 1]

@@ -23,14 +23,17 @@ import torch
 from PIL import Image
 
 from fesf_fed.deployment.processes import FlowerProcess, flower_env
+from fesf_fed.federation import protocol
 from fesf_fed.models import build_model
 from fesf_fed.progress import SiteProgress, Stage
 from fesf_fed.task import classification_figures, one_class_answer
 from server.dashboard.access import COOKIE, check_token
 from server.dashboard.app import create_app
 from server.dashboard.cli import main as dashboard_main
+from server.dashboard.diagnosis import DiagnosisService
+from server.dashboard.figures import global_figure
 from server.dashboard.pages import compare_page, run_page, runs_page
-from server.dashboard.runs import RunDetails, list_runs, run_details
+from server.dashboard.runs import RunDetails, final_metrics, list_runs, run_details
 from server.run_store import RunFolder, StoredRun, runs_folder
 from tests.browser import CHROMIUM, Browser, chromium, dashboard
 from tests.conftest import TINY_BUILD, FinishedRun
@@ -97,11 +100,11 @@ def _surrogate_png(runs: Runs) -> bytes:
 # --- the API -------------------------------------------------------------------------------
 
 
-def test_the_runs_list_gives_each_runs_status_settings_and_best_f1(client, runs):
+def test_the_runs_list_gives_each_runs_status_settings_and_its_models_round(client, runs):
     listed = {run["name"]: run for run in client.get("/api/runs").get_json()}
     assert set(listed) == {runs.surrogate, PLAIN_RUN}
     run = listed[runs.surrogate]
-    history = runs.summary()["history"]
+    final = runs.summary()["final"]
     assert (run["status"], run["mode"], run["model"], run["strategy"]) == (
         "finished",
         "x_su_prime",
@@ -110,7 +113,73 @@ def test_the_runs_list_gives_each_runs_status_settings_and_best_f1(client, runs)
     )
     assert run["sites"] == ["site-1", "site-2", "site-3"]
     assert (run["rounds_done"], run["rounds_total"]) == (2, 2)
-    assert run["best_f1"] == max(entry["evaluate"]["global"]["f1"] for entry in history)
+    # The run's model is the one the federation chose (best validation macro-F1), as its summary says.
+    assert (run["model_round"], run["f1"]) == (final["round"], final["f1"])
+    assert "best_f1" not in run
+
+
+def _validated_run(name: str) -> RunDetails:
+    """A finished 4-round run whose best validation round (3) is neither its last nor its best test round (2)."""
+    run = RunFolder(name)
+    run.set_info(
+        config={"mode": "x_su_prime", "model": "smallcnn", "strategy": "fedavg"},
+        classes=["no-tumour", "tumour"],
+        status="finished",
+        rounds=4,
+    )
+    run.set_site("site-1", {protocol.TRAIN_EXAMPLES: 20, protocol.VAL_EXAMPLES: 5, protocol.TEST_EXAMPLES: 8})
+    test_f1s, val_f1s = [0.4, 0.9, 0.5, 0.6], [0.3, 0.5, 0.8, 0.7]
+    pooled = [[[2, 2], [2, 2]], [[4, 0], [0, 4]], [[3, 1], [0, 4]], [[4, 0], [4, 0]]]
+    for server_round, (test_f1, val_f1, counts) in enumerate(zip(test_f1s, val_f1s, pooled), start=1):
+        figures = {"accuracy": test_f1, "f1": test_f1, "auroc": test_f1 + 0.05}
+        run.record(server_round, "evaluate", "global", figures)
+        run.record(server_round, "evaluate", "site-1", figures)
+        run.record(server_round, "validation", "global", {"f1": val_f1, "examples": 5})
+        run.record_confusion(server_round, "evaluate", "global", counts)
+    run.record_confusion(4, "central", "global", [[1, 0], [0, 1]])  # the last round's, not the model's
+    run.close()
+    stored = StoredRun(runs_folder() / name)
+    details = run_details(stored)
+    stored.close()
+    return details
+
+
+def test_every_page_shows_the_best_validation_rounds_model_not_the_last_or_best_test_round():
+    details = _validated_run("validated")
+    (row,) = list_runs(runs_folder())
+    assert row == details.summary
+    assert (row.model_round, row.validation_f1, row.f1) == (3, 0.8, 0.5)
+    assert row.auroc == pytest.approx(0.55)
+    assert (row.balanced_accuracy, row.one_class) == ((3 / 4 + 1) / 2, False)
+    assert final_metrics(details) == {
+        "accuracy": 0.5,
+        "f1": 0.5,
+        "auroc": pytest.approx(0.55),
+        "balanced-accuracy": 0.875,
+    }
+    assert details.confusion is not None and details.confusion["round"] == 3  # not round 4's central matrix
+    assert (details.confusion["source"], details.confusion["counts"]) == (
+        "federated evaluation, summed over sites",
+        [[3, 1], [0, 4]],
+    )
+    (listed,) = create_app(runs_folder()).server.test_client().get("/api/runs").get_json()
+    assert (listed["model_round"], listed["f1"]) == (3, 0.5) and "best_f1" not in listed
+
+    page = run_page(details)
+    headline = next(c for c in _components(page) if getattr(c, "id", None) == "run-headline")
+    assert "macro-F1 0.500, AUROC 0.550 of round 3's model (best validation macro-F1 0.800)" in headline.children
+    (sites,) = [c for c in _components(page) if getattr(c, "id", None) == "sites-table"]
+    cells = [cell.children for cell in _components(sites) if type(cell).__name__ in ("Th", "Td")]
+    assert cells[cells.index("site-1") + 1] == "0.500"  # round 3's accuracy
+    assert cells[-3:] == ["20", "5", "8"] and "validation images" in cells
+    (validation,) = [trace for trace in global_figure(details).data if trace.name == "validation macro-F1"]
+    assert (list(validation.x), list(validation.y)) == ([1, 2, 3, 4], [0.3, 0.5, 0.8, 0.7])
+    (runs_table,) = [c for c in _components(runs_page([row], "runs")) if getattr(c, "id", None) == "runs-table"]
+    cells = [cell.children for cell in _components(runs_table) if type(cell).__name__ in ("Th", "Td")]
+    assert cells[cells.index("model round") + 12] == "3" and cells[cells.index("macro-F1") + 12] == "0.500"
+    (compare,) = [c for c in _components(compare_page([details, details])) if getattr(c, "id", None) == "compare-table"]
+    cells = [cell.children for cell in _components(compare) if type(cell).__name__ == "Td"]
+    assert cells[cells.index("model round") + 1 :][:2] == ["3", "3"] and "best macro-F1" not in cells
 
 
 def test_a_runs_details_hold_every_round_each_sites_figures_and_the_confusion_matrix(client, runs):
@@ -122,10 +191,11 @@ def test_a_runs_details_hold_every_round_each_sites_figures_and_the_confusion_ma
     quality = details["sites"]["site-1"]
     assert 0 <= quality["ssim-x_pl-x_su_prime"] <= 1 and quality["psnr-host-x_su_prime"] > 0
     confusion = details["confusion"]
-    assert (confusion["round"], confusion["source"]) == (2, "federated evaluation, summed over sites")
+    chosen = runs.summary()["final"]["round"]  # the run's model: its best validation round
+    assert (confusion["round"], confusion["source"]) == (chosen, "federated evaluation, summed over sites")
     tested = sum(site["test-examples"] for site in details["sites"].values())
     assert np.asarray(confusion["counts"]).sum() == tested  # every site's test image, once
-    final = details["history"][-1]["evaluate"]["global"]
+    final = details["history"][chosen - 1]["evaluate"]["global"]
     assert np.trace(confusion["counts"]) / tested == pytest.approx(final["accuracy"])
 
 
@@ -202,6 +272,7 @@ def test_a_run_whose_model_answers_one_class_is_badged_on_every_page_and_old_run
     assert _badges([runs_page([learned.summary], "runs"), run_page(learned), compare_page([learned, learned])]) == []
     headline = next(c for c in _components(run_page(one_class)) if getattr(c, "id", None) == "run-headline")
     assert "accuracy 0.800, balanced accuracy 0.500" in headline.children
+    assert "of round 1's model (last round; no site validates)" in headline.children
 
 
 def test_a_preparing_run_shows_its_settings_and_each_sites_stage():
@@ -262,15 +333,39 @@ def test_the_diagnosis_service_gives_the_global_models_class_and_probabilities(c
     summary = runs.summary()
     assert list(result["probabilities"]) == summary["classes"]
     assert sum(result["probabilities"].values()) == pytest.approx(1.0)
-    # The same figures as the last round's checkpoint gives when run by hand.
-    checkpoint = torch.load(runs.folder / runs.surrogate / "checkpoints" / "round-0002.pt", weights_only=True)
+    # The same figures as the run's model (its best validation round's checkpoint) gives when run by hand.
+    checkpoint = torch.load(runs.folder / runs.surrogate / "checkpoints" / "best.pt", weights_only=True)
     model = build_model("smallcnn", len(summary["classes"]), 1)
     model.load_state_dict(checkpoint["arrays"])
     pixels = torch.from_numpy(np.asarray(Image.open(io.BytesIO(png)), dtype=np.float32) / 255)[None, None]
     expected = torch.softmax(model.eval()(pixels), dim=1)[0].tolist()
     assert list(result["probabilities"].values()) == pytest.approx(expected, abs=1e-6)
     assert result["class"] == summary["classes"][int(np.argmax(expected))]
-    assert result["round"] == 2
+    assert result["round"] == checkpoint["round"] == summary["final"]["round"]
+
+
+def test_the_diagnosis_service_serves_the_best_validation_rounds_model_not_the_newest():
+    size = 16
+    run = RunFolder("validated-model")
+    run.set_info(
+        config={"mode": "x_su_prime", "model": "smallcnn"},
+        classes=["no-tumour", "tumour"],
+        input={"channels": 1, "image-size": size},
+        status="finished",
+        rounds=2,
+    )
+    best, newest = (build_model("smallcnn", 2, 1, image_size=size).state_dict() for _ in range(2))
+    run.save_checkpoint(2, {"arrays": newest, "strategy": {}}, keep=2)
+    run.save_best(1, best)
+    run.close()
+    loaded = DiagnosisService(runs_folder(), resize=False, device=torch.device("cpu")).global_model("validated-model")
+    served = loaded.model.state_dict()
+    assert loaded.round == 1
+    assert all(torch.equal(served[key], best[key]) for key in best)
+    assert not all(torch.equal(served[key], newest[key]) for key in newest)
+    png = _png(np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8))
+    client = create_app(runs_folder()).server.test_client()
+    assert _diagnose(client, "validated-model", png)[1]["round"] == 1
 
 
 def _diagnose(client, run: str, data: bytes, content_type: str = "image/png"):
@@ -364,20 +459,21 @@ def test_the_browser_shows_a_finished_runs_curves_sites_quality_and_diagnosis(ru
     page = browser.page
     with dashboard(runs.folder) as served:
         page.goto(served.url + "/")
-        assert "AUROC (last round)" in page.inner_text("#runs-table")
+        assert "model round" in page.inner_text("#runs-table") and "AUROC" in page.inner_text("#runs-table")
         page.get_by_role("link", name=runs.surrogate).click()
         page.wait_for_selector("#global-figure .scatterlayer .trace")
         assert "x_su_prime · smallcnn · fedavg" in page.inner_text("#run-headline")
         assert "round 2/2" in page.inner_text("#run-headline")
-        # Six scores (AUROC among them), the evaluation loss and the training loss: one plotted line each.
-        assert page.locator("#global-figure .scatterlayer .trace").count() == 8
+        # Six scores (AUROC among them), the validation macro-F1, the evaluation loss and the training loss:
+        # one plotted line each.
+        assert page.locator("#global-figure .scatterlayer .trace").count() == 9
         assert page.locator("#sites-figure .scatterlayer .trace").count() == 3 * 8
         assert "AUROC" in page.inner_text("#run-headline") and "AUROC" in page.inner_text("#sites-table thead")
         summary = runs.summary()
         site = summary["sites"]["site-2"]
         quality_row = page.locator("#quality-table tr", has_text="site-2").inner_text()
         assert f"{site['ssim-x_pl-x_su_prime']:.4f}" in quality_row and f"{site['psnr-host-x_sy']:.2f}" in quality_row
-        final = summary["history"][-1]["evaluate"]
+        final = summary["history"][summary["final"]["round"] - 1]["evaluate"]  # the run's model's round
         site_row = page.locator("#sites-table tr", has_text="site-3").inner_text()
         assert f"{final['site-3']['accuracy']:.3f}" in site_row and f"{final['site-3']['auroc']:.3f}" in site_row
         assert page.locator("#participation-table tbody tr").count() == 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -70,7 +70,9 @@ def test_simulated_sites_learn_and_the_run_folder_has_everything():
     assert final["auroc"] >= 0.8, final
     assert summary["config"]["mode"] == "plaintext"
     assert set(summary["sites"]) == {"site-1", "site-2", "site-3"}
-    assert [path.name for path in sorted((run / "checkpoints").iterdir())] == ["round-0003.pt", "round-0004.pt"]
+    # The last keep-checkpoints (2) rounds' checkpoints, and the best validation round's model.
+    checkpoints = ["best.pt", "round-0003.pt", "round-0004.pt"]
+    assert [path.name for path in sorted((run / "checkpoints").iterdir())] == checkpoints
     with sqlite3.connect(run / "store.sqlite") as store:
         rows = store.execute("SELECT COUNT(*) FROM metrics WHERE phase = 'evaluate' AND scope = 'site-2'").fetchone()
     assert rows[0] > 0
@@ -180,6 +182,74 @@ def test_a_summary_reads_back_as_written_and_a_malformed_one_is_refused_in_one_l
     broken.write_text("{")
     with pytest.raises(FesfError, match="not JSON"):
         RunSummary.read(broken)
+
+
+def test_the_run_keeps_the_model_of_its_best_validation_round(finished_run):
+    summary = _summary(finished_run.folder)
+    pooled = {entry["round"]: entry["validation"][GLOBAL] for entry in summary["history"]}
+    # Every site that holds validation images (a tiny site may hold none) validated every round,
+    # and the global figures are those of their matrices summed.
+    validating = {site for site, details in summary["sites"].items() if details["val-examples"] > 0}
+    assert validating and all(set(entry["validation"]) == {GLOBAL, *validating} for entry in summary["history"])
+    for entry in summary["history"]:
+        sites = sum(entry["validation"][site]["examples"] for site in validating)
+        assert (
+            entry["validation"][GLOBAL]["examples"]
+            == sites
+            == sum(summary["sites"][site]["val-examples"] for site in validating)
+        )
+    best = max(pooled, key=lambda r: (pooled[r]["f1"], -r))
+    final = summary["final"]
+    assert final["round"] == best and final["validation-f1"] == pooled[best]["f1"]
+    chosen = next(entry for entry in summary["history"] if entry["round"] == best)
+    assert final["accuracy"] == chosen["evaluate"][GLOBAL]["accuracy"]
+    # best.pt holds that round's global model: the one its round checkpoint saved.
+    stored = torch.load(finished_run.folder / "checkpoints" / "best.pt", weights_only=True)
+    checkpoint = torch.load(finished_run.folder / "checkpoints" / f"round-{best:04d}.pt", weights_only=True)
+    assert stored["round"] == best
+    assert all(torch.equal(stored["arrays"][name], checkpoint["arrays"][name]) for name in checkpoint["arrays"])
+
+
+def test_the_final_figures_are_the_best_validation_rounds_not_the_last_or_the_best_tested():
+    run = RunFolder("selection")
+    # Round 2 validates best; round 3 tests best and is the last: neither may be picked for its test figures.
+    for server_round, validation_f1, test_f1 in ((1, 0.5, 0.5), (2, 0.8, 0.6), (3, 0.8, 0.9)):
+        run.record(server_round, "evaluate", GLOBAL, {"accuracy": test_f1, "f1": test_f1})
+        run.record_confusion(server_round, "evaluate", GLOBAL, [[server_round, 1], [1, 2]])
+        run.record(server_round, "validation", GLOBAL, {"f1": validation_f1, "examples": 4})
+    final = _final_metrics(run)
+    run.close()
+    assert (final.round, final.validation_f1, final.f1) == (2, 0.8, 0.6)  # the earliest of the tied best
+    assert final.confusion["evaluate"] == ((2, 1), (1, 2))
+    # Without validation figures the last round's model is the result.
+    plain = RunFolder("no-validation")
+    for server_round in (1, 2):
+        plain.record(server_round, "evaluate", GLOBAL, {"accuracy": 0.1 * server_round})
+    final = _final_metrics(plain)
+    plain.close()
+    assert (final.round, final.validation_f1, final.accuracy) == (2, None, 0.2)
+
+
+def test_a_resumed_run_mends_a_best_model_that_an_interruption_left_unwritten():
+    from server.strategies import build_strategy, strategy_state
+
+    settings, _ = parse_run_settings(run_config(resume="interrupted"))
+    strategy = build_strategy(settings)
+    run = RunFolder("interrupted")
+    arrays = {str(r): {"weight": torch.full((2,), float(r))} for r in (1, 2)}
+    for server_round, validation_f1 in ((1, 0.4), (2, 0.7)):
+        run.save_checkpoint(
+            server_round, {"arrays": arrays[str(server_round)], "strategy": strategy_state(strategy)}, 2
+        )
+        run.record(server_round, "validation", GLOBAL, {"f1": validation_f1})
+        if server_round == 1:
+            run.save_best(1, arrays["1"])
+    # Stopped after round 2's metrics, before its best.pt: round 2 is the best, best.pt still holds round 1.
+    start, _ = federation._start(run, settings, strategy, ArrayRecord())
+    best = run.best_checkpoint()
+    run.close()
+    assert start == 3 and best is not None and best["round"] == 2
+    assert torch.equal(best["arrays"]["weight"], arrays["2"]["weight"])
 
 
 def test_a_final_model_that_answers_one_class_is_flagged_and_warned_about(caplog):

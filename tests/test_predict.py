@@ -184,7 +184,9 @@ def test_predict_diagnoses_every_scan_and_sends_only_surrogates(
     output = tmp_path / "results" / "predictions.csv"
     assert predict(site, "--output", str(output)) == 0
     stdout = capsys.readouterr().out
-    assert "6 scans diagnosed from their x_su_prime surrogates by the global model of round 2" in stdout
+    # The run's model: that of its best validation round (best.pt), which the summary names.
+    chosen = json.loads((site.runs / site.run / "summary.json").read_text())["final"]["round"]
+    assert f"6 scans diagnosed from their x_su_prime surrogates by the global model of round {chosen}" in stdout
     for image_id in site.plaintext:
         assert image_id.rsplit("/", 1)[1] in stdout
 

@@ -59,7 +59,12 @@ RECORDS: dict[str, dict[str, type]] = {
     "query.describe": {"node": ConfigRecord},
     "query.prepare": {"data": ConfigRecord, "metrics": MetricRecord, "site": ConfigRecord},
     "train": {"arrays": ArrayRecord, "metrics": MetricRecord, "site": ConfigRecord},
-    "evaluate": {"metrics": MetricRecord, "site": ConfigRecord, "confusion": ConfigRecord},
+    "evaluate": {
+        "metrics": MetricRecord,
+        "site": ConfigRecord,
+        "confusion": ConfigRecord,
+        "val-confusion": ConfigRecord,
+    },
 }
 _QUALITY = {f"{measure}-{reference}-{stage}" for _, reference, stage in QUALITY_PAIRS for measure in ("ssim", "psnr")}
 #: Per (message type, record name), the keys that record may hold. Also exact: 576 scalar
@@ -67,7 +72,7 @@ _QUALITY = {f"{measure}-{reference}-{stage}" for _, reference, stage in QUALITY_
 KEYS: dict[tuple[str, str], set[str]] = {
     ("query.describe", "node"): {"partition-id", "num-partitions"},
     ("query.prepare", "data"): {"classes", "channels", "image-size"},
-    ("query.prepare", "metrics"): {"train-examples", "test-examples", *_QUALITY},
+    ("query.prepare", "metrics"): {"train-examples", "val-examples", "test-examples", *_QUALITY},
     ("train", "metrics"): {"num-examples", "train-loss"},
     ("evaluate", "metrics"): {
         "num-examples",
@@ -80,6 +85,7 @@ KEYS: dict[tuple[str, str], set[str]] = {
         "auroc",
     },
     ("evaluate", "confusion"): {"counts"},
+    ("evaluate", "val-confusion"): {"counts"},
     **{(kind, "site"): {"name"} for kind in ("query.prepare", "train", "evaluate")},
 }
 #: Keys of KEYS a record may leave out: a site whose test split holds one class has no AUROC to send.
@@ -160,6 +166,8 @@ class Expected:
     state: dict[str, tuple[tuple[int, ...], str]]
     classes: list[str]
     image_size: int
+    #: How many validation images each site holds, by site name.
+    validation: dict[str, int]
 
 
 def probes(secrets: Secrets) -> list[tuple[str, bytes]]:
@@ -232,14 +240,12 @@ def _check_config(where: str, config: ConfigRecord, expected: Expected, secrets:
                 problems.append(f"{where}[{key!r}]: a {type(item).__name__} value")
 
 
-def _check_confusion(where: str, reply: Message, expected: Expected, problems: list[str]) -> None:
-    """A confusion matrix is counts: one per (true, predicted) class pair, adding up to the test images."""
-    confusion, metrics = reply.content["confusion"], reply.content["metrics"]
+def _check_confusion(where: str, confusion: Any, expected: Expected, tested: Any, problems: list[str]) -> None:
+    """A confusion matrix is counts: one per (true, predicted) class pair, adding up to the images ``tested``."""
     # A record of the wrong type is reported by audit; here it holds no counts, no number tested.
     sent = confusion.get("counts", []) if isinstance(confusion, ConfigRecord) else []
     cells = sent if isinstance(sent, list) else [sent]
     counts = [count for count in cells if type(count) is int and count >= 0]
-    tested = metrics.get("num-examples") if isinstance(metrics, MetricRecord) else None
     if len(counts) != len(cells) or len(counts) != len(expected.classes) ** 2:
         problems.append(f"{where}: not {len(expected.classes)}x{len(expected.classes)} non-negative counts")
     elif sum(counts) != tested:
@@ -278,7 +284,13 @@ def audit(recorded: dict[str, Any], expected: Expected, secrets: Secrets) -> lis
         else:
             _check_config(where, content, expected, secrets, problems)
     if kind == "evaluate" and {"confusion", "metrics"} <= set(reply.content):
-        _check_confusion(f"{kind}/confusion", reply, expected, problems)
+        metrics = reply.content["metrics"]
+        tested = metrics.get("num-examples") if isinstance(metrics, MetricRecord) else None
+        _check_confusion(f"{kind}/confusion", reply.content["confusion"], expected, tested, problems)
+    if kind == "evaluate" and "val-confusion" in reply.content:
+        site = reply.content["site"].get("name") if isinstance(reply.content.get("site"), ConfigRecord) else None
+        validated = expected.validation.get(site) if isinstance(site, str) else None
+        _check_confusion(f"{kind}/val-confusion", reply.content["val-confusion"], expected, validated, problems)
     # The bytes that travel, and each array's buffer whole (the wire may split it into chunks).
     blobs = [b"".join(recorded["objects"].values())]
     blobs += [
@@ -354,10 +366,12 @@ def audited_run(tmp_path_factory: pytest.TempPathFactory) -> AuditedRun:
         key_files = [home / "secrets" / f"{site.site}.key" for site in sites]
         assert all(path.is_file() for path in key_files), "the simulated sites did not use this test's FESF_HOME"
         images = []
+        validation = {}
         for site in sites:
             for mode in ("plaintext", *SURROGATE_KINDS):
                 site_data = load_site_data(site, mode)
-                images += [*site_data.train_images, *site_data.test_images]
+                images += [*site_data.train_images, *site_data.val_images, *site_data.test_images]
+            validation[site.site] = len(site_data.val_labels)
         classes = site_data.classes
         channels = site_data.channels
 
@@ -374,7 +388,7 @@ def audited_run(tmp_path_factory: pytest.TempPathFactory) -> AuditedRun:
         keys=[path.read_bytes() for path in key_files],
     )
     replies = [pickle.loads(path.read_bytes()) for path in sorted(replies_folder.glob("*.pkl"))]
-    return AuditedRun(replies, Expected(state, list(classes), IMAGE_SIZE), secrets)
+    return AuditedRun(replies, Expected(state, list(classes), IMAGE_SIZE, validation), secrets)
 
 
 def test_every_reply_of_a_real_run_holds_only_model_arrays_and_scalars(audited_run):
@@ -472,7 +486,10 @@ SMUGGLING = [
     pytest.param("train", _key_in_parameter, "the bytes of site key 0", id="site-key-in-parameter"),
     pytest.param("train", _flattened_image_as_parameter, "(576,) float32, expected", id="flat-image-as-parameter"),
     pytest.param(
-        "evaluate", _arrays_in_evaluate, "records ['arrays', 'confusion', 'metrics', 'site']", id="arrays-in-evaluate"
+        "evaluate",
+        _arrays_in_evaluate,
+        "records ['arrays', 'confusion', 'metrics', 'site', 'val-confusion']",
+        id="arrays-in-evaluate",
     ),
     pytest.param("evaluate", _pixels_as_metric_list, "not a scalar (list)", id="pixels-as-metric-list"),
     pytest.param("evaluate", _pixels_as_confusion_counts, "not 2x2 non-negative counts", id="pixels-as-confusion"),

@@ -16,7 +16,7 @@ import server.reproduce.report as report_module
 from fesf_fed.config import load_config
 from fesf_fed.recipe import Recipe
 from fesf_fed.task import classification_figures
-from server.reproduce.cli import load_suite, main
+from server.reproduce.cli import Published, load_suite, main
 from tests.conftest import TINY_BUILD
 
 #: Two modes (plaintext is the reference), one seed, one round: two real simulations.
@@ -202,10 +202,14 @@ def test_the_shipped_suite_names_valid_site_configs():
     suite = load_suite(path)
     paper_strengths = []
     for entry in suite.reproductions:
+        if entry.published:
+            # A plaintext baseline: MedMNIST's official split, held against the published figures.
+            assert entry.modes == ("plaintext",) and entry.overrides == {"site.data.split": "official"}
+            continue
         pipeline = load_config(path.parent / entry.site_config).pipeline
         if (pipeline.alpha, pipeline.beta, pipeline.refine_alpha, pipeline.refine_beta) == (0.5, 0.5, 0.5, 0.1):
             paper_strengths.append(entry.dataset)
-    # Each shared dataset once with the paper's IHM strengths; other entries are analysis rows.
+    # Each shared dataset once with the paper's IHM strengths; other entries are baselines or analysis rows.
     assert sorted(paper_strengths) == ["Br35H", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
 
 
@@ -315,3 +319,170 @@ def test_cells_trained_with_another_recipe_are_not_continued(reproduction, tmp_p
     error = capsys.readouterr().err
     assert code == 2 and error.count("\n") == 1 and "--name" in error
     assert "trained with another recipe (class-weighting 'none', not 'balanced'; augment 'none'" in error
+
+
+def _hand_cell(correct: int, **figures: float) -> dict:
+    """A cell whose model got ``correct`` of 100 test images right (50 of each class); ``figures`` override its own.
+
+    50 right answers: every image was called the first class, a one-class model.
+    """
+    confusion = [[50, 0], [100 - correct, correct - 50]]
+    return {**classification_figures(np.asarray(confusion)), "confusion": confusion, "seconds": 600.0} | figures
+
+
+def _hand_results(cells: dict[str, dict], modes: list[str], split: str = "random", **extra: object) -> dict:
+    """Results as results.json holds them, of three seeds, 10 rounds x 4 local epochs, with ``cells``."""
+    return {
+        "plan": {"name": "hand", "model": "smallcnn", "seeds": [0, 1, 2], "modes": modes, "central": True}
+        | {"rounds": 10, "local_epochs": 4},
+        "site": {"pipeline": {"alpha": 0.5, "beta": 0.5, "refine_alpha": 0.5, "refine_beta": 0.1}}
+        | {"quality": {"max_images": 4}},
+        "dataset": {"data": {"image_size": 28, "split": split}},
+        "cells": cells,
+        **extra,
+    }
+
+
+def _baseline(central: list[int], federated: list[int], aurocs: list[float]) -> dict:
+    cells = {
+        f"central/plaintext/{seed}": _hand_cell(correct, auroc=auroc)
+        for seed, (correct, auroc) in enumerate(zip(central, aurocs, strict=True))
+    }
+    cells |= {f"federated/plaintext/{seed}": _hand_cell(correct) for seed, correct in enumerate(federated)}
+    return _hand_results(cells, ["plaintext"], split="official")
+
+
+def _surrogates(plain_f1: float, surrogate_f1: list[float]) -> dict:
+    """Plaintext and x_su' cells, federated and central; x_su' keeps ``surrogate_f1[seed] / plain_f1`` of macro-F1."""
+    cells = {}
+    for seed, f1 in enumerate(surrogate_f1):
+        for setting in ("federated", "central"):
+            cells[f"{setting}/plaintext/{seed}"] = _hand_cell(90, f1=plain_f1)
+            cells[f"{setting}/x_su_prime/{seed}"] = _hand_cell(80, f1=f1)
+    return _hand_results(cells, ["plaintext", "x_su_prime"])
+
+
+def _rows(markdown: str, heading: str) -> dict[str, list[str]]:
+    """The table rows under ``heading`` (up to the next heading), by their first column."""
+    section = markdown.split(heading + "\n", 1)[1].split("\n#", 1)[0]
+    table = (line.strip("|").split("|") for line in section.splitlines() if line.startswith("| "))
+    return {columns[0].strip(): [column.strip() for column in columns] for columns in table}
+
+
+def test_the_baseline_table_holds_plaintext_to_the_published_figures_and_federated_to_central():
+    published = Published(source="MedMNIST v2, ResNet-18 (28)", accuracy=0.863, auroc=0.901)
+    # Central accuracy 0.82 (0.043 short of 0.863), AUROC 0.92 (met); federated 0.05 below central (0.02 short).
+    short = _baseline([80, 82, 84], [75, 77, 79], [0.90, 0.92, 0.94])
+    # Central 0.90 (met), AUROC 0.89 (0.011 short); federated 0.967, above central.
+    met = _baseline([90, 90, 90], [94, 100, 96], [0.89, 0.89, 0.89])
+    flagged = _baseline([90, 90, 90], [89, 88, 50], [0.95, 0.95, 0.95])
+    sections = [
+        report_module.Section("Short", short, published),
+        report_module.Section("Met", met, published),
+        report_module.Section("Flagged", flagged, published),
+        report_module.Section("Other", _surrogates(0.8, [0.8, 0.8, 0.8])),
+    ]
+    page = report_module.results_markdown(sections, "# Results", "")
+    assert page.index("## Plaintext baselines against published figures") < page.index("## Summary")
+    assert "published test figures of MedMNIST v2, ResNet-18 (28)." in page
+    rows = _rows(page, "## Plaintext baselines against published figures")
+    assert rows["Short"][1:7] == [
+        "smallcnn, 28 px, official split",
+        "0.820 ± 0.020 (short by 0.043)",
+        "0.863",
+        "0.920 ± 0.020 (met)",
+        "0.901",
+        "0.820 ± 0.020",  # balanced accuracy: both classes have 50 images
+    ]
+    assert rows["Short"][8:] == ["0.770 ± 0.020", "-0.050 (short by 0.020)", "10.0 min / 10.0 min"]
+    assert rows["Met"][2] == "0.900 ± 0.000 (met)" and rows["Met"][4] == "0.890 ± 0.000 (short by 0.011)"
+    assert rows["Met"][9] == "+0.067 (met: above central)"
+    # One seed of three answered one class: flagged; the mean gap (0.89 + 0.88 + 0.50) / 3 - 0.90 is 0.143 below.
+    assert rows["Flagged"][8] == "0.757 ± 0.222 (one class: 1 of 3 seeds)"
+    assert rows["Flagged"][9] == "-0.143 (short by 0.113)"
+    # Within the target: federated 0.02 below central.
+    within = _baseline([90, 90, 90], [88, 88, 88], [0.95, 0.95, 0.95])
+    page = report_module.results_markdown([report_module.Section("Within", within, published)], "# Results", "")
+    assert _rows(page, "## Plaintext baselines against published figures")["Within"][9] == "-0.020 (within 0.03)"
+    # Without a baseline, no such section.
+    page = report_module.results_markdown(sections[3:], "# Results", "")
+    assert "## Plaintext baselines" not in page
+
+
+def test_baselines_stay_out_of_the_summary_and_its_means_and_read_as_baselines():
+    published = Published(source="MedMNIST v2, ResNet-18 (28)", accuracy=0.863, auroc=None)
+    baseline = _baseline([90, 90, 90], [88, 88, 88], [0.95, 0.95, 0.95])
+    for seed, (round_, epoch) in enumerate([(7, 27), (7, 28), (8, 29)]):
+        baseline["cells"][f"federated/plaintext/{seed}"]["round"] = round_
+        baseline["cells"][f"central/plaintext/{seed}"]["epoch"] = epoch
+    sections = [
+        report_module.Section("Base", baseline, published),
+        report_module.Section("Full", _surrogates(0.8, [0.8, 0.8, 0.8])),
+    ]
+    page = report_module.results_markdown(sections, "# Results", "")
+    summary = _rows(page, "## Summary")
+    assert "Full" in summary and "Base" not in summary
+    assert "averaged over the datasets (Full): x_su' keeps" in page
+    assert _rows(page, "## Plaintext baselines against published figures")["Base"][4:6] == ["0.950 ± 0.000", "–"]
+    # Its own section says what it is, and has no surrogate sentence.
+    section = page.split("### Base: smallcnn, 28 px\n", 1)[1].split("\n### ", 1)[0]
+    assert "**Plaintext baseline (no surrogate mode trained): plaintext accuracy 0.880 ± 0.000 federated" in section
+    assert "x_su' keeps" not in section and "IHM" not in section
+    assert "MedMNIST's official train/val/test parts" in section
+    assert "Models chosen by validation macro-F1: federated at round 7.3 of 10 on average, central at epoch" in section
+    assert "central at epoch 28.0 of 40 on average." in section
+    assert "Time: 30 min federated (10.0 min per cell), 30 min central (10.0 min per cell);" in section
+    # Cells from before the round and epoch were kept: no such sentence.
+    assert "Models chosen" not in page.split("### Full: smallcnn, 28 px\n", 1)[1]
+
+
+def test_a_cell_where_some_seeds_models_answered_one_class_is_flagged():
+    results = _surrogates(0.8, [0.8, 0.8, 0.8])
+    results["cells"]["federated/x_su_prime/1"] = _hand_cell(50)
+    markdown = report_module.reproduction_markdown(results, "Hand")
+    rows = _rows("## Hand\n" + markdown, "## Hand")
+    assert rows["x_su'"][1] == "0.700 ± 0.173 (one class: 1 of 3 seeds)"
+    assert rows["x_pl (plaintext)"][1] == "0.900 ± 0.000" and rows["x_su'"][5] == "0.800 ± 0.000"
+    assert "but 1 of 6 x_su' models answered one class only" in markdown
+
+
+def test_the_macro_f1_target_line_says_how_far_each_dataset_falls_short():
+    sections = [
+        # x_su' keeps 0.90, 0.92, 0.94 of plaintext macro-F1: 0.92, 0.05 short of 0.97.
+        report_module.Section("A", _surrogates(0.8, [0.72, 0.736, 0.752])),
+        # 1.00: met.
+        report_module.Section("B", _surrogates(0.5, [0.49, 0.5, 0.51])),
+        # Changed IHM strengths: an analysis row, not in the mean.
+        report_module.Section("A", _surrogates(0.8, [0.4, 0.4, 0.4]) | {"variant": {"refine_beta": 1.0}}),
+    ]
+    page = report_module.results_markdown(sections, "# Results", "")
+    assert (
+        "Macro-F1, federated: x_su' keeps 0.960 of plaintext macro-F1 on average over the datasets "
+        "(target 0.97: short by 0.010); per dataset, the mean of its seeds: A 0.920 (short by 0.050), B 1.000 (met)."
+    ) in page
+    sections[0] = report_module.Section("A", _surrogates(0.8, [0.8, 0.8, 0.8]))
+    page = report_module.results_markdown(sections, "# Results", "")
+    assert "(target 0.97: met); per dataset, the mean of its seeds: A 1.000 (met), B 1.000 (met)." in page
+
+
+def test_a_suite_entrys_published_figures_reach_the_page(tmp_path, monkeypatch):
+    import server.reproduce.cli as cli_module
+
+    monkeypatch.setenv("FESF_HOME", str(tmp_path / "home"))
+    for name in ("base", "full"):
+        (tmp_path / "home" / "reproductions" / name).mkdir(parents=True)
+        (tmp_path / "home" / "reproductions" / name / "results.json").write_text("{}")
+    hand = {"base": _baseline([80, 82, 84], [75, 77, 79], [0.9, 0.9, 0.9]), "full": _surrogates(0.8, [0.8] * 3)}
+    monkeypatch.setattr(cli_module, "load_plan_results", lambda plan: hand[plan.name])
+    published = {"accuracy": 0.863, "auroc": 0.901, "source": "MedMNIST v2, ResNet-18 (28)"}
+    entries = [
+        {"name": "base", "dataset": "Base", "modes": ["plaintext"], "published": published},
+        {"name": "full", "dataset": "Full"},
+    ]
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": entries}))
+    assert _main("suite", str(suite), "--report-only")[0] == 0
+    page = (tmp_path / "page.md").read_text()
+    rows = _rows(page, "## Plaintext baselines against published figures")
+    assert list(rows) == ["dataset", "Base"] and rows["Base"][2] == "0.820 ± 0.020 (short by 0.043)"
+    assert "Base" not in _rows(page, "## Summary") and "### Base: smallcnn, 28 px" in page

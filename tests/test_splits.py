@@ -29,10 +29,10 @@ def save(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def one_side(groups: list[list[int]], train: np.ndarray, test: np.ndarray) -> bool:
-    """True when every group lies wholly in ``train`` or wholly in ``test``."""
-    test_set = set(test.tolist())
-    return all(len({index in test_set for index in group}) == 1 for group in groups)
+def one_side(groups: list[list[int]], *parts: np.ndarray) -> bool:
+    """True when every group lies wholly in one of ``parts`` (training and test, or a whole ``SiteSplit``)."""
+    part_of = {index: number for number, part in enumerate(parts) for index in part.tolist()}
+    return all(len({part_of[index] for index in group}) == 1 for group in groups)
 
 
 def test_noised_shifted_mirrored_and_exact_copies_stay_on_one_side(tmp_path: Path) -> None:
@@ -58,9 +58,10 @@ def test_noised_shifted_mirrored_and_exact_copies_stay_on_one_side(tmp_path: Pat
     # Nothing else is grouped: the distinct random images stay single.
     assert len(set(data.groups.tolist())) == len(data) - len(pairs)
     for seed in SEEDS:
-        train, test = site_split(data, config.model_copy(update={"seed": seed}))
-        assert one_side(pairs, train, test), seed
-        assert set(data.labels[test].tolist()) == {0, 1}
+        split = site_split(data, config.model_copy(update={"seed": seed}))
+        assert one_side(pairs, *split), seed  # training, validation and test
+        assert set(data.labels[split.test].tolist()) == {0, 1}
+        assert set(data.labels[split.val].tolist()) == {0, 1}
 
 
 def test_a_mixed_label_group_goes_with_its_majority_class() -> None:
@@ -97,8 +98,8 @@ def test_named_csv_groups_and_near_duplicates_join(tmp_path: Path) -> None:
     assert len({data.groups[index] for index in members["p1"]}) == 1
     assert data.groups[data.ids.index("single.png")] not in data.groups[joined]
     for seed in SEEDS:
-        train, test = site_split(data, config.model_copy(update={"seed": seed}))
-        assert one_side([joined, *(members[f"p{p}"] for p in (1, 3, 4, 5, 6, 7))], train, test)
+        split = site_split(data, config.model_copy(update={"seed": seed}))
+        assert one_side([joined, *(members[f"p{p}"] for p in (1, 3, 4, 5, 6, 7))], *split)
 
     # Without near-duplicate grouping the copy follows its own patient (2) only.
     alone = load_dataset(config.model_copy(update={"group_duplicates": False}))
@@ -162,13 +163,14 @@ def test_official_medmnist_split_tests_on_the_files_test_images(tmp_path: Path) 
     path = write_npz(tmp_path / "tiny.npz")
     config = DataConfig(source="medmnist", path=path, image_size=28, split="official")
     data = load_dataset(config)
-    train, test = site_split(data, config)
+    train, val, test = site_split(data, config)
     with np.load(path) as arrays:
         np.testing.assert_array_equal(data.images[test, 0], arrays["test_images"])
         np.testing.assert_array_equal(data.labels[test], arrays["test_labels"].reshape(-1))
-    assert [data.ids[i].split("/")[0] for i in train] == ["train"] * 8 + ["val"] * 3
+        np.testing.assert_array_equal(data.images[val, 0], arrays["val_images"])
+    assert [data.ids[i].split("/")[0] for i in train] == ["train"] * 8
     # The random split draws its test images from every part of the file.
-    _, random_test = site_split(data, config.model_copy(update={"split": "random"}))
+    random_test = site_split(data, config.model_copy(update={"split": "random"})).test
     assert {data.ids[i].split("/")[0] for i in random_test} != {"test"}
 
 
@@ -191,7 +193,13 @@ def test_changing_the_split_settings_changes_the_cache_key() -> None:
     tiny = {"data.image_size": 16, "data.phantom_per_class": 4, "device": "cpu"}
     base = site_cache(parse_config(None, command_line=tiny)).directory
     assert site_cache(parse_config(None, command_line=tiny)).directory == base
-    for field, value in (("data.group_duplicates", False), ("data.duplicate_distance", 4), ("data.test_fraction", 0.3)):
+    changes = (
+        ("data.group_duplicates", False),
+        ("data.duplicate_distance", 4),
+        ("data.test_fraction", 0.3),
+        ("data.val_fraction", 0.2),
+    )
+    for field, value in changes:
         assert site_cache(parse_config(None, command_line={**tiny, field: value})).directory != base, field
 
 
@@ -210,3 +218,15 @@ def test_a_dataset_of_one_group_per_class_is_a_one_line_error_not_an_empty_test_
     )
     with pytest.raises(DataError, match="no group is left for the test part; add images"):
         site_split(data, DataConfig(source="phantom", test_fraction=0.4))
+
+
+def test_validation_comes_from_the_training_part_class_by_class_and_can_be_switched_off() -> None:
+    labels = np.repeat([0, 1, 2], [40, 20, 10])
+    data = ImageSet(np.zeros((70, 1, 8, 8), np.uint8), labels, [f"i{n}" for n in range(70)], ["a", "b", "c"])
+    config = DataConfig(source="phantom", test_fraction=0.4, val_fraction=0.25)
+    train, val, test = site_split(data, config)
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(70))
+    # The test part is as without validation; validation is a quarter of each class's rest.
+    np.testing.assert_array_equal(test, site_split(data, config.model_copy(update={"val_fraction": 0})).test)
+    assert np.bincount(labels[val]).tolist() == [6, 3, 2]
+    assert len(site_split(data, config.model_copy(update={"val_fraction": 0})).val) == 0

@@ -1,5 +1,7 @@
 """Local training and evaluation: the loops learn, and the figures are the textbook ones."""
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -154,3 +156,41 @@ def test_bad_sets_are_refused(images: np.ndarray, labels: np.ndarray, message: s
 def test_a_diverged_model_has_no_auroc_rather_than_an_error() -> None:
     labels = np.array([0, 1, 0, 1])
     assert macro_auroc(labels, np.full((4, 2), np.nan)) is None
+
+
+def test_central_training_keeps_the_epoch_with_the_best_validation_f1(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fesf_fed import central
+    from fesf_fed.training_data import SiteData
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 1, 16, 16), dtype=np.uint8)
+    labels = np.repeat([0, 1], 30)
+    images[labels == 1, :, 4:12, 4:12] //= 2  # a learnable but noisy difference
+    held_out = images[::3], labels[::3]
+    # Validation and test hold the same images: the chosen model's test F1 is its validation F1.
+    data = SiteData(images, labels, *held_out, *held_out, ["a", "b"])
+    seen: list[float] = []
+    real = central.evaluate
+
+    def spy(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, **options: Any) -> central.Evaluation:
+        result = real(model, images, labels, **options)
+        if images is data.val_images:
+            seen.append(result.f1)
+        return result
+
+    def fit(data: SiteData, epochs: int) -> central.CentralResult:
+        return central.train_central(
+            data, model_name="smallcnn", epochs=epochs, lr=3e-3, batch_size=16, seed=1, device=CPU
+        )
+
+    monkeypatch.setattr(central, "evaluate", spy)
+    result = fit(data, 6)
+    # One validation after each epoch (the last call is the test); the earliest best epoch wins.
+    assert len(seen) == 7 and len(set(seen[:6])) > 1, seen
+    best = int(np.argmax(seen[:6]))
+    assert (result.epoch, result.validation_f1) == (best + 1, seen[best])
+    assert result.test.f1 == pytest.approx(seen[best])
+    # Without validation images the last epoch's model is the result.
+    unvalidated = SiteData(images, labels, images[:0], labels[:0], *held_out, ["a", "b"])
+    plain = fit(unvalidated, 2)
+    assert (plain.epoch, plain.validation_f1) == (2, None)

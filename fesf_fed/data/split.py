@@ -1,4 +1,9 @@
-"""The per-site train/test split: stratified by class, groups kept whole, or MedMNIST's own.
+"""The per-site train/validation/test split: stratified by class, groups kept whole, or MedMNIST's own.
+
+The test part is set aside first; the validation part (``data.val_fraction``) is then
+carved from what remains for training, by the same rule, so a group never straddles
+any two parts. Validation picks the model (the round or epoch with the best macro-F1);
+the test part only reports it.
 
 A group is a set of images that must not straddle the split: near-duplicates of one
 scan, or one patient's images (:mod:`fesf_fed.data.duplicates`, ``ImageSet.groups``).
@@ -7,7 +12,7 @@ classes (a mixed-label group) go with it, so their class's share can drift a lit
 """
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,7 +21,7 @@ from fesf_fed.data.imageset import ImageSet
 from fesf_fed.errors import DataError
 
 #: Bumped when a split (or the grouping it keeps whole) changes for the same settings, to key caches anew.
-SPLIT_VERSION = 2
+SPLIT_VERSION = 3
 
 logger = logging.getLogger(__name__)
 
@@ -123,46 +128,82 @@ def stratified_split(
     return train, test
 
 
-def official_split(ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """A MedMNIST file's own split, from ids ``"<split>/<index>"``: ``test/`` tests, ``train/`` and ``val/`` train.
+class SiteSplit(NamedTuple):
+    """A site's image indices by part: sorted int64, disjoint, together every image. ``val`` may be empty."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def parts(self) -> dict[str, np.ndarray]:
+        """The parts by name (``train``, ``val``, ``test``), as the surrogate cache stores them."""
+        return self._asdict()
+
+
+def official_split(ids: list[str]) -> SiteSplit:
+    """A MedMNIST file's own split, from ids ``"<split>/<index>"``: its ``train/``, ``val/`` and ``test/`` parts.
 
     Raises
     ------
     DataError
-        If an id is not a MedMNIST one, or a part ends up empty.
+        If an id is not a MedMNIST one, or the training or test part ends up empty.
     """
-    parts = [image_id.partition("/")[0] for image_id in ids]
-    unknown = sorted(set(parts) - {"train", "val", "test"})
+    parts = np.array([image_id.partition("/")[0] for image_id in ids])
+    unknown = sorted(set(parts.tolist()) - {"train", "val", "test"})
     if unknown:
         raise DataError(f"data.split 'official' needs MedMNIST ids (train/, val/, test/), got {unknown[0]!r}/...")
-    test = np.array([index for index, part in enumerate(parts) if part == "test"], dtype=np.int64)
-    train = np.setdiff1d(np.arange(len(ids), dtype=np.int64), test)
-    if len(test) == 0 or len(train) == 0:
-        empty = "test" if len(test) == 0 else "training"
+    split = SiteSplit(*(np.flatnonzero(parts == name).astype(np.int64) for name in SiteSplit._fields))
+    if len(split.test) == 0 or len(split.train) == 0:
+        empty = "test" if len(split.test) == 0 else "training"
         raise DataError(
             f"data.split 'official': no image of the file's {empty} split is left "
             "(data.max_per_class or the site's share took none); use data.split 'random'"
         )
-    return train, test
+    return split
 
 
-def site_split(data: ImageSet, config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A site's training and test indices into ``data``, as ``config`` asks (the one place both are decided).
+def _grouped_split(data: ImageSet, fraction: float, seed: int, within: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stratified_split` of the images ``within`` (indices into ``data``), their groups kept whole."""
+    groups = None if data.groups is None else data.groups[within]
+    kept, taken = stratified_split(data.labels[within], fraction, seed, groups)
+    return within[kept], within[taken]
 
-    ``data.split`` ``"official"``: the MedMNIST file's own split (:func:`official_split`);
-    ``"random"``: :func:`stratified_split` with ``data.groups`` kept whole.
+
+def site_split(data: ImageSet, config: DataConfig) -> SiteSplit:
+    """A site's training, validation and test indices into ``data``, as ``config`` asks (the one place they are decided).
+
+    ``data.split`` ``"official"``: the MedMNIST file's own parts (:func:`official_split`);
+    ``"random"``: :func:`stratified_split` with ``data.groups`` kept whole, first the test
+    part (``data.test_fraction`` of the images), then the validation part
+    (``data.val_fraction`` of the rest; none when it is 0, or when the rest is too small to
+    spare an image: then the site does not validate, with a warning).
     """
     if config.split == "official":
-        train, test = official_split(data.ids)
+        split = official_split(data.ids)
     else:
-        train, test = stratified_split(data.labels, config.test_fraction, config.seed, data.groups)
-        if len(test) == 0 or len(train) == 0:
+        rest, test = _grouped_split(data, config.test_fraction, config.seed, np.arange(len(data), dtype=np.int64))
+        if len(test) == 0 or len(rest) == 0:
+            groups = len(np.unique(data.groups)) if data.groups is not None else len(data)
             raise DataError(
-                f"{len(data)} images in {len(np.unique(data.groups)) if data.groups is not None else len(data)} "
-                f"group(s) of copies: no group is left for the {'test' if len(test) == 0 else 'training'} part; "
-                "add images, or set data.group_duplicates false (or lower data.duplicate_distance) if they are not copies"
+                f"{len(data)} images in {groups} group(s) of copies: no group is left for the "
+                f"{'test' if len(test) == 0 else 'training'} part; add images, or set data.group_duplicates false "
+                "(or lower data.duplicate_distance) if they are not copies"
             )
-    untested = sorted(set(data.labels[train].tolist()) - set(data.labels[test].tolist()))
+        val = np.empty(0, np.int64)
+        if config.val_fraction > 0:
+            # Another seed than the test draw's, so the two draws do not mirror each other.
+            train, val = _grouped_split(data, config.val_fraction, config.seed + 1, rest)
+            if len(val) and len(train):
+                rest = train
+            else:  # too few images (or groups) to spare any: the site trains on all and does not validate
+                val = np.empty(0, np.int64)
+                logger.warning(
+                    "%d training images in too few groups for a validation part: this site will not validate "
+                    "(a federation picks its model by the other sites' validation, or takes the last round's)",
+                    len(rest),
+                )
+        split = SiteSplit(rest, val, test)
+    untested = sorted(set(data.labels[split.train].tolist()) - set(data.labels[split.test].tolist()))
     if untested:
         names = ", ".join(repr(data.classes[label]) for label in untested)
         logger.warning(
@@ -170,7 +211,7 @@ def site_split(data: ImageSet, config: DataConfig) -> tuple[np.ndarray, np.ndarr
             "one patient), or the official split has none; test figures leave them out",
             names,
         )
-    return train, test
+    return split
 
 
 def split_key(config: DataConfig) -> dict[str, Any]:
@@ -179,6 +220,14 @@ def split_key(config: DataConfig) -> dict[str, Any]:
         "version": SPLIT_VERSION,
         **config.model_dump(
             mode="json",
-            include={"split", "test_fraction", "seed", "group_duplicates", "duplicate_distance", "group_pattern"},
+            include={
+                "split",
+                "test_fraction",
+                "val_fraction",
+                "seed",
+                "group_duplicates",
+                "duplicate_distance",
+                "group_pattern",
+            },
         ),
     }

@@ -7,14 +7,17 @@ The messages, and what each carries (record name: content):
 - ``query.prepare`` (server to each site; ``config`` holds ``site-index`` for a simulated
   site). Reply ``site``: the site's name (:func:`site_record`); ``data``: a
   :class:`DataDescription` (:meth:`DataDescription.to_config`); ``metrics``: image counts
-  (``train-examples``, ``test-examples``) and the surrogates' quality figures (SSIM, PSNR).
+  (``train-examples``, ``val-examples``, ``test-examples``) and the surrogates' quality
+  figures (SSIM, PSNR).
 - ``train`` (Flower's strategies: ``arrays``, ``config`` with ``server-round`` and, for
   FedProx, ``proximal-mu``; ``site-index`` for a simulated site). Reply ``site``,
   ``arrays``, ``metrics`` (``num-examples``, ``train-loss``).
 - ``evaluate`` (``arrays``, ``config`` with ``server-round``; ``site-index`` for a simulated
   site). Reply ``site``, ``metrics`` (``num-examples`` and the figures of
   :meth:`fesf_fed.task.Evaluation.scalars`: ``auroc`` only where the test split holds two
-  classes or more), ``confusion``: the test split's confusion counts (:func:`confusion_record`).
+  classes or more), ``confusion``: the test split's confusion counts (:func:`confusion_record`);
+  ``val-confusion``: the validation split's, from which the server picks the best round's
+  model (absent when the site holds no validation images).
 
 ``arrays`` is an ArrayRecord, ``metrics`` a MetricRecord, every other record a
 ConfigRecord. Flower's records and a message's content (a RecordDict) are Mappings, so
@@ -50,6 +53,7 @@ DATA = "data"
 METRICS = "metrics"
 ARRAYS = "arrays"
 CONFUSION = "confusion"
+VAL_CONFUSION = "val-confusion"
 
 #: ``config`` keys: which simulated site a message is for (set by ``server.sites.SiteGrid``),
 #: and two that Flower's strategies set.
@@ -60,8 +64,9 @@ PROXIMAL_MU = "proximal-mu"
 #: ``metrics`` keys that Flower's strategies weigh by, and the training loss.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
-#: ``metrics`` keys of a prepare reply: the site's training and test image counts.
+#: ``metrics`` keys of a prepare reply: the site's training, validation and test image counts.
 TRAIN_EXAMPLES = "train-examples"
+VAL_EXAMPLES = "val-examples"
 TEST_EXAMPLES = "test-examples"
 #: The evaluate reply's macro AUROC: the one figure a site may leave out (its test split holds one class),
 #: so the one key in which the sites' metric records may differ.
@@ -237,20 +242,22 @@ def confusion_record(confusion: list[list[int]]) -> dict[str, ConfigValue]:
     return {"counts": [int(count) for row in confusion for count in row]}
 
 
-def confusion_of(content: Mapping[str, Any], num_classes: int) -> np.ndarray | None:
+def confusion_of(content: Mapping[str, Any], num_classes: int, record: str = CONFUSION) -> np.ndarray | None:
     """The ``num_classes`` x ``num_classes`` confusion matrix in an evaluate reply's content; None if it sent none.
+
+    ``record`` is :data:`CONFUSION` (the test split's) or :data:`VAL_CONFUSION` (the validation split's).
 
     Raises
     ------
     FesfError
         If the counts do not make a matrix of that size.
     """
-    if CONFUSION not in content:
+    if record not in content:
         return None
-    counts = np.asarray(_entry(record_of(content, CONFUSION), CONFUSION, "counts"), dtype=np.int64)
+    counts = np.asarray(_entry(record_of(content, record), record, "counts"), dtype=np.int64)
     if counts.size != num_classes * num_classes:
         raise FesfError(
-            f"site {site_of(content)} sent a confusion matrix of {counts.size} counts for {num_classes} classes"
+            f"site {site_of(content)} sent a {record} matrix of {counts.size} counts for {num_classes} classes"
         )
     return counts.reshape(num_classes, num_classes)
 

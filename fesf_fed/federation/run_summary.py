@@ -4,7 +4,8 @@ The federation rewrites the summary from its run store every round (see
 ``server/run_store.py``); people, scripts and ``fesf-server run`` read it. Its JSON
 keys are those the file has always had: the run-level values the store keeps (status,
 settings, times, classes, ...), ``sites``, ``history`` (one entry per round: phase,
-scope, metric) and ``final`` (the last round's figures once the run has finished).
+scope, metric) and ``final`` (the figures of the round with the best validation macro-F1,
+whose model is the run's result, once the run has finished).
 The parts are pydantic models: every ``from_json`` raises pydantic's ``ValidationError``
 (a ``ValueError``) and :meth:`RunSummary.read` says in one line which field is wrong.
 
@@ -12,7 +13,7 @@ This module does not import Flower: scripts read summaries without it.
 """
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, get_args
 
@@ -40,8 +41,9 @@ from fesf_fed.progress import SiteProgress
 SUMMARY_FILE = "summary.json"
 #: The scope of a metric that describes the whole federation rather than one site.
 GLOBAL = "global"
-#: What a round's metrics are stored under: training, federated evaluation, central evaluation, round time.
-PHASES: tuple[str, ...] = ("train", "evaluate", "central", "timing")
+#: What a round's metrics are stored under: training, federated evaluation (the sites' test images),
+#: validation (the sites' validation images, which pick the run's model), central evaluation, round time.
+PHASES: tuple[str, ...] = ("train", "evaluate", "validation", "central", "timing")
 #: The phases whose confusion matrices the final metrics keep: the sites' summed one and the central one.
 ConfusionPhase = Literal["evaluate", "central"]
 CONFUSION_PHASES: tuple[str, ...] = get_args(ConfusionPhase)
@@ -128,15 +130,18 @@ class RoundMetrics(_Part):
     ----------
     round : int
         The server round, from 1.
-    train, evaluate, central, timing : Mapping
+    train, evaluate, validation, central, timing : Mapping
         Each phase's figures by scope (:data:`GLOBAL` or a site name), then by metric
         name, e.g. ``evaluate["site-1"]["f1"]``; empty (and left out of the JSON) when the
-        round has none of that phase. ``central`` and ``timing`` (``seconds``) have the global scope only.
+        round has none of that phase. ``validation`` holds accuracy, balanced accuracy, F1 and
+        examples of the sites' validation images (global: pooled over the sites); ``central``
+        and ``timing`` (``seconds``) have the global scope only.
     """
 
     round: StrictInt
     train: Mapping[str, Metrics] = Field(default_factory=dict, exclude_if=_empty)
     evaluate: Mapping[str, Metrics] = Field(default_factory=dict, exclude_if=_empty)
+    validation: Mapping[str, Metrics] = Field(default_factory=dict, exclude_if=_empty)
     central: Mapping[str, Metrics] = Field(default_factory=dict, exclude_if=_empty)
     timing: Mapping[str, Metrics] = Field(default_factory=dict, exclude_if=_empty)
 
@@ -149,7 +154,7 @@ class RoundMetrics(_Part):
 
 
 class CentralMetrics(_FiguresBeside):
-    """The last round's evaluation of the global model on the server's own test set (``central-eval``).
+    """The selected round's evaluation of the global model on the server's own test set (``central-eval``).
 
     Its JSON (``final["central"]``) holds the figures with ``one_class`` among them.
 
@@ -167,13 +172,31 @@ class CentralMetrics(_FiguresBeside):
     one_class: StrictBool | None = Field(None, exclude_if=_none)
 
 
+def selected_round(rounds: Sequence[RoundMetrics]) -> int | None:
+    """The round whose global model is the run's result: the best pooled validation macro-F1, else the last.
+
+    The earliest round wins a tie. When no round has validation figures (no site holds
+    validation images), the last round. None when there is no round.
+    """
+    validated = [
+        (entry.figures("validation")["f1"], -entry.round) for entry in rounds if "f1" in entry.figures("validation")
+    ]
+    if validated:
+        return -max(validated)[1]
+    return rounds[-1].round if rounds else None
+
+
 class FinalMetrics(_Part):
-    """The last round's evaluation of the global model: the run's result (``final`` in the summary).
+    """The evaluation of the run's resulting global model, that of :func:`selected_round` (``final`` in the summary).
 
     Attributes
     ----------
     round : int or None
-        The round they are from; None when the run stored no round.
+        The round they are from, the one with the best validation macro-F1 (the last one when
+        no site validates); None when the run stored no round.
+    validation_f1 : float or None
+        That round's pooled validation macro-F1 (JSON key ``validation-f1``); None, and left out
+        of the JSON, when no site holds validation images.
     accuracy, balanced_accuracy, precision, recall, f1, auroc, loss : float or None
         The federated evaluation's global figures (JSON keys :data:`FINAL_FIGURES`); precision,
         recall and F1 are the sites' macro figures averaged by their example counts, balanced
@@ -187,7 +210,7 @@ class FinalMetrics(_Part):
     central : CentralMetrics or None
         The evaluation on the server's test set, if the run has one (else left out of the JSON).
     confusion : Mapping
-        The latest confusion matrices by phase: ``evaluate`` (summed over the sites) and
+        That round's confusion matrices by phase: ``evaluate`` (summed over the sites) and
         ``central``, where the run has them (left out of the JSON when it has none).
     one_class : bool
         Whether the model answered one class for every site test image (by the summed matrix):
@@ -195,6 +218,7 @@ class FinalMetrics(_Part):
     """
 
     round: StrictInt | None
+    validation_f1: Number | None = Field(None, alias="validation-f1", exclude_if=_none)
     accuracy: Number | None
     # None in summaries written before balanced accuracy was reported, as for a run without evaluation.
     balanced_accuracy: Number | None = Field(None, alias="balanced-accuracy")

@@ -1,8 +1,10 @@
-"""The surrogate diagnosis service (paper section 2.4): a run's global model classifies an uploaded surrogate.
+"""The surrogate diagnosis service (paper section 2.4): a run's model classifies an uploaded surrogate.
 
 A clinician's site turns a scan into a surrogate locally (``fesf predict``) and sends
 only the surrogate; the service returns the predicted class and the class
-probabilities. Uploads are decoded in memory and never written anywhere.
+probabilities. A run's model is the global model of its best validation round
+(``checkpoints/best.pt``), else, where no site validates, of its newest round. Uploads
+are decoded in memory and never written anywhere.
 """
 
 import io
@@ -41,7 +43,7 @@ class DiagnosisError(Exception):
 
 @dataclass(frozen=True)
 class GlobalModel:
-    """A run's latest global model and what its input must be."""
+    """A run's model (the global model of its ``round``) and what its input must be."""
 
     model: torch.nn.Module
     classes: list[str]
@@ -87,7 +89,7 @@ def decode_png(data: bytes, channels: int) -> np.ndarray:
 
 
 class DiagnosisService:
-    """Classify surrogates with the latest global model of any run under ``runs``.
+    """Classify surrogates with the model of any run under ``runs`` (its best validation round's global model).
 
     Parameters
     ----------
@@ -107,7 +109,7 @@ class DiagnosisService:
         self._lock = threading.Lock()
 
     def global_model(self, name: str) -> GlobalModel:
-        """The run's latest global model, loaded once per checkpoint.
+        """The run's model: its best validation round's (``best.pt``), else its newest round's; loaded once per file.
 
         Raises
         ------
@@ -120,7 +122,7 @@ class DiagnosisService:
             raise DiagnosisError(404, str(exc)) from None
         try:
             info = run.info()
-            checkpoint = run.latest_checkpoint_path()
+            checkpoint = run.model_checkpoint_path()
             if info.get("config", {}).get("mode") == "plaintext":
                 # Its model expects plaintext, and plaintext must not be sent to a service.
                 raise DiagnosisError(
@@ -133,8 +135,8 @@ class DiagnosisService:
                 if key in self._models:
                     self._models.move_to_end(key)
                     return self._models[key]
-            state = run.latest_checkpoint()
-            if state is None:  # removed since latest_checkpoint_path found it
+            state = run.model_checkpoint()
+            if state is None:  # removed since model_checkpoint_path found it
                 raise DiagnosisError(409, f"run {name} has no global model yet; wait for its first round")
         finally:
             run.close()
@@ -150,7 +152,7 @@ class DiagnosisService:
         return loaded
 
     def diagnose(self, name: str, png: bytes) -> dict[str, Any]:
-        """Classify one surrogate PNG with run ``name``'s global model.
+        """Classify one surrogate PNG with run ``name``'s model.
 
         Returns
         -------

@@ -18,7 +18,7 @@ _SITE_COLUMNS = 4
 
 
 def global_figure(details: RunDetails) -> go.Figure:
-    """The global model per round: federated (and central) scores on the left, losses on the right."""
+    """The global model per round: federated (and central) scores and validation macro-F1 left, losses right."""
     figure = make_subplots(rows=1, cols=2, subplot_titles=("Scores of the global model", "Loss"))
     for phase, dash, prefix in (("evaluate", "solid", "federated"), ("central", "dot", "central")):
         for metric in METRICS:
@@ -33,6 +33,11 @@ def global_figure(details: RunDetails) -> go.Figure:
                     row=1,
                     col=2 if metric == "loss" else 1,
                 )
+    rounds, values = series(details.history, "validation", GLOBAL, "f1")
+    if rounds:
+        figure.add_scatter(
+            x=rounds, y=values, name="validation macro-F1", mode="lines+markers", line={"dash": "dash"}, row=1, col=1
+        )
     rounds, values = series(details.history, "train", GLOBAL, "train-loss")
     if rounds:
         figure.add_scatter(x=rounds, y=values, name="training loss", mode="lines+markers", row=1, col=2)

@@ -12,7 +12,7 @@ from fesf_fed.quality import QUALITY_PAIRS
 
 from ..run_store import GLOBAL
 from .figures import compare_figure, confusion_figure, global_figure, sites_figure
-from .runs import METRICS, RunDetails, RunRow, final_metrics, metric_label, participation
+from .runs import METRICS, RunDetails, RunRow, final_metrics, metric_label, participation, round_entry
 
 _GRAPH_CONFIG: "dcc.Graph.Config" = {"displaylogo": False, "responsive": True}
 #: Quality figures as the sites report them (``ssim-x_pl-x_su_prime``), labelled as in Tables 2 and 3.
@@ -50,11 +50,11 @@ def _status(status: str) -> html.Span:
 
 
 def _one_class_badge(summary: RunRow) -> list[html.Span]:
-    """A badge when the run's latest global model answered one class for every test image; none otherwise."""
+    """A badge when the run's model answered one class for every test image; none otherwise."""
     if not summary.one_class:
         return []
     explanation = (
-        "In the latest federated evaluation the global model answered the same class for every test image: "
+        "In the federated evaluation of the run's model, it answered the same class for every test image: "
         "it has not learned. Its accuracy is only that class's share of the images; balanced accuracy shows it."
     )
     return [html.Span("one class", className="one-class", title=explanation)]
@@ -65,7 +65,7 @@ def _rounds(summary: RunRow) -> str:
 
 
 def runs_page(summaries: list[RunRow], folder: str) -> list[Any]:
-    """Every run with its status, settings, balanced accuracy, AUROC and best macro-F1; pick runs to compare."""
+    """Every run with its status, settings, model's round and that model's figures; pick runs to compare."""
     if not summaries:
         return [html.H1("Runs"), html.P(f"No runs in {folder} yet. Start one with `flwr run .` (make federate).")]
     rows = [
@@ -77,9 +77,10 @@ def runs_page(summaries: list[RunRow], folder: str) -> list[Any]:
             summary.model,
             ", ".join(summary.sites),
             _rounds(summary),
+            _number(summary.model_round),
             [_number(summary.balanced_accuracy), *_one_class_badge(summary)],
             _number(summary.auroc),
-            _number(summary.best_f1),
+            _number(summary.f1),
             summary.started[:19].replace("T", " "),
         ]
         for summary in summaries
@@ -88,6 +89,11 @@ def runs_page(summaries: list[RunRow], folder: str) -> list[Any]:
     return [
         html.H1("Runs"),
         html.P(f"From {folder}; this page follows new runs and rounds as they are stored.", className="note"),
+        html.P(
+            "A run's model is the global model of its model round: the best validation macro-F1, else the last "
+            "round. Balanced accuracy, AUROC and macro-F1 are that model's, on the sites' test images.",
+            className="note",
+        ),
         table(
             [
                 "run",
@@ -97,9 +103,10 @@ def runs_page(summaries: list[RunRow], folder: str) -> list[Any]:
                 "model",
                 "sites",
                 "rounds",
-                "balanced accuracy (last round)",
-                "AUROC (last round)",
-                "best macro-F1",
+                "model round",
+                "balanced accuracy",
+                "AUROC",
+                "macro-F1",
                 "started (UTC)",
             ],
             rows,
@@ -124,15 +131,17 @@ def runs_page(summaries: list[RunRow], folder: str) -> list[Any]:
 
 
 def _site_rows(details: RunDetails) -> list[list[Any]]:
-    latest = details.history[-1].get("evaluate", {}) if details.history else {}
+    """Each site's evaluation of the run's model (its round's) and its image counts."""
+    evaluation = round_entry(details.history, details.summary.model_round).get("evaluate", {})
     rows = []
     for site in sorted(details.sites):
-        metrics = latest.get(site, {})
+        metrics = evaluation.get(site, {})
         rows.append(
             [
                 site,
                 *(_number(metrics.get(metric)) for metric in METRICS),
                 _number(details.sites[site].get(protocol.TRAIN_EXAMPLES)),
+                _number(details.sites[site].get(protocol.VAL_EXAMPLES)),
                 _number(details.sites[site].get(protocol.TEST_EXAMPLES)),
             ]
         )
@@ -241,9 +250,15 @@ def run_page(details: RunDetails) -> list[Any]:
     """One run: curves, per-site figures, confusion matrix, surrogate quality, participation, config, export."""
     summary = details.summary
     final = final_metrics(details)
+    chosen = (
+        "last round; no site validates"
+        if summary.validation_f1 is None
+        else f"best validation macro-F1 {_number(summary.validation_f1)}"
+    )
     headline = (
         f"accuracy {_number(final.get('accuracy'))}, balanced accuracy {_number(final.get('balanced-accuracy'))}, "
-        f"macro-F1 {_number(final.get('f1'))}, AUROC {_number(final.get('auroc'))} after round {summary.rounds_done}"
+        f"macro-F1 {_number(final.get('f1'))}, AUROC {_number(final.get('auroc'))} "
+        f"of round {summary.model_round}'s model ({chosen})"
         if final
         else "no round finished yet"
     )
@@ -266,7 +281,7 @@ def run_page(details: RunDetails) -> list[Any]:
             "Sites",
             dcc.Graph(figure=sites_figure(details), id="sites-figure", config=_GRAPH_CONFIG),
             table(
-                ["site", *map(metric_label, METRICS), "training images", "test images"],
+                ["site", *map(metric_label, METRICS), "training images", "validation images", "test images"],
                 _site_rows(details),
                 "sites-table",
             ),
@@ -326,8 +341,9 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
         ["strategy", *(details.summary.strategy for details in runs)],
         ["sites", *(len(details.summary.sites) for details in runs)],
         ["rounds", *(_rounds(details.summary) for details in runs)],
+        ["model round", *(_number(details.summary.model_round) for details in runs)],
+        ["validation macro-F1", *(_number(details.summary.validation_f1) for details in runs)],
         *([metric_label(metric), *(_number(final.get(metric)) for final in finals)] for metric in METRICS),
-        ["best macro-F1", *(_number(details.summary.best_f1) for details in runs)],
         [f"accuracy / {runs[0].summary.name}'s", *(relative(final) for final in finals)],
         *(
             [f"{label} (mean of sites)", *(_number(_mean_over_sites(details, key), 4) for details in runs)]
@@ -338,9 +354,10 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
     return [
         html.H1("Compare runs"),
         html.P(
-            "Final federated evaluation of each run's global model, as in the paper's Table 1; the accuracy ratio is "
-            "against the first run (put the plaintext run first). Balanced accuracy pools the sites' test images; "
-            "AUROC is the sites' AUROCs averaged by their test images.",
+            "Federated evaluation of each run's model (the global model of its best validation round, else its "
+            "last), as in the paper's Table 1; the accuracy ratio is against the first run (put the plaintext run "
+            "first). Balanced accuracy pools the sites' test images; AUROC is the sites' AUROCs averaged by their "
+            "test images.",
             className="note",
         ),
         table(["", *(_run_link(details.summary) for details in runs)], rows, "compare-table"),

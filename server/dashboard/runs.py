@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fesf_fed.federation.run_summary import RoundMetrics, selected_round
 from fesf_fed.progress import SiteProgress
 from fesf_fed.task import classification_figures, one_class_answer
 
@@ -48,13 +49,20 @@ class RunRow:
     sites: list[str]
     rounds_done: int
     rounds_total: int
-    best_f1: float | None
-    #: Of the latest round's federated evaluation, pooled over the sites (their summed confusion matrix).
+    #: The round whose global model is the run's model: the best pooled validation macro-F1 (earliest on a
+    #: tie), else (no site validates) the last round; None before the first round.
+    model_round: int | None
+    #: That round's pooled validation macro-F1; None where no site validates.
+    validation_f1: float | None
+    #: The run's model's federated evaluation (the sites' test images): macro-F1, the sites' figures averaged by
+    #: their test images.
+    f1: float | None
+    #: Of that evaluation, pooled over the sites (their summed confusion matrix).
     balanced_accuracy: float | None
-    #: Of the latest round's federated evaluation: the sites' AUROCs averaged by their test images (AUROC does
-    #: not pool); None where no site's test images held two classes, or the run was stored before AUROC was.
+    #: Of that evaluation: the sites' AUROCs averaged by their test images (AUROC does not pool); None where
+    #: no site's test images held two classes, or the run was stored before AUROC was.
     auroc: float | None
-    #: Whether that evaluation found the global model answering one class for every test image.
+    #: Whether that evaluation found the run's model answering one class for every test image.
     one_class: bool
     started: str
 
@@ -69,7 +77,7 @@ class RunDetails:
     input: dict[str, int]
     sites: dict[str, dict[str, Any]]
     history: list[dict[str, Any]]
-    #: The latest central evaluation's confusion matrix, or else the sites' summed one.
+    #: The run's model's (its round's) central evaluation confusion matrix, or else the sites' summed one.
     confusion: dict[str, Any] | None
     has_model: bool
     #: Each site's latest preparation stage (surrogate build), by site name.
@@ -91,6 +99,21 @@ def open_run(folder: Path, name: str) -> StoredRun:
     return StoredRun(folder / name)
 
 
+def model_round(history: list[dict[str, Any]]) -> int | None:
+    """The round whose global model is the run's model (:func:`selected_round` of ``history``); None before any."""
+    return selected_round([RoundMetrics.from_json(entry) for entry in history])
+
+
+def round_entry(history: list[dict[str, Any]], server_round: int | None) -> dict[str, Any]:
+    """Round ``server_round``'s entry of ``history`` (empty when it has none)."""
+    return next((entry for entry in history if entry["round"] == server_round), {})
+
+
+def _pooled(run: StoredRun, server_round: int | None) -> tuple[int, list[list[int]]] | None:
+    """The sites' summed federated confusion matrix of round ``server_round`` (None before any round)."""
+    return None if server_round is None else run.confusion("evaluate", server_round)
+
+
 def _summary(
     run: StoredRun,
     info: dict[str, Any],
@@ -98,13 +121,14 @@ def _summary(
     history: list[dict[str, Any]],
     pooled: tuple[int, list[list[int]]] | None,
 ) -> RunRow:
-    """A run's list row; ``pooled`` is its latest summed federated confusion matrix (``latest_confusion``)."""
+    """A run's list row; ``pooled`` is its model's round's summed federated confusion matrix (:func:`_pooled`)."""
     config = info.get("config", {})
     # From the matrix rather than the stored metric, so that runs stored before the federation
     # recorded balanced accuracy show it too.
     counts = None if pooled is None else np.asarray(pooled[1])
-    f1s = [entry["evaluate"][GLOBAL]["f1"] for entry in history if "f1" in entry.get("evaluate", {}).get(GLOBAL, {})]
-    latest = history[-1].get("evaluate", {}).get(GLOBAL, {}) if history else {}
+    chosen = model_round(history)
+    entry = round_entry(history, chosen)
+    evaluation = entry.get("evaluate", {}).get(GLOBAL, {})
     return RunRow(
         name=run.name,
         status=info.get("status", "starting"),
@@ -114,9 +138,11 @@ def _summary(
         sites=sorted(sites),
         rounds_done=max((entry["round"] for entry in history), default=0),
         rounds_total=int(info.get("rounds", config.get("num-server-rounds", 0))),
-        best_f1=max(f1s) if f1s else None,
+        model_round=chosen,
+        validation_f1=entry.get("validation", {}).get(GLOBAL, {}).get("f1"),
+        f1=evaluation.get("f1"),
         balanced_accuracy=None if counts is None else classification_figures(counts)["balanced_accuracy"],
-        auroc=latest.get("auroc"),
+        auroc=evaluation.get("auroc"),
         one_class=counts is not None and one_class_answer(counts) is not None,
         started=info.get("started", ""),
     )
@@ -129,20 +155,25 @@ def list_runs(folder: Path) -> list[RunRow]:
         try:
             run = StoredRun(path)
             try:
-                pooled = run.latest_confusion("evaluate")
-                summaries.append(_summary(run, run.info(), run.sites(), run.history(), pooled))
+                with run.snapshot():  # the federation may commit a round meanwhile
+                    history = run.history()
+                    pooled = _pooled(run, model_round(history))
+                    summaries.append(_summary(run, run.info(), run.sites(), history, pooled))
             finally:
                 run.close()
         except (sqlite3.Error, OSError, ValueError) as exc:
             summaries.append(
-                RunRow(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, None, None, False, "")
+                RunRow(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, None, None, None, None, False, "")
             )
     return sorted(summaries, key=lambda summary: (summary.started, summary.name), reverse=True)
 
 
-def _confusion(run: StoredRun, classes: list[str]) -> dict[str, Any] | None:
+def _confusion(run: StoredRun, classes: list[str], server_round: int | None) -> dict[str, Any] | None:
+    """Round ``server_round``'s central confusion matrix, else the sites' summed one, else None."""
+    if server_round is None:
+        return None
     for phase, source in (("central", "central evaluation"), ("evaluate", "federated evaluation, summed over sites")):
-        if found := run.latest_confusion(phase):
+        if found := run.confusion(phase, server_round):
             server_round, counts = found
             return {"round": server_round, "source": source, "classes": classes, "counts": counts}
     return None
@@ -153,8 +184,9 @@ def run_details(run: StoredRun) -> RunDetails:
     with run.snapshot():  # the federation may commit a round meanwhile
         info, sites, history = run.info(), run.sites(), run.history()
         classes = list(info.get("classes", []))
-        confusion = _confusion(run, classes)
-        pooled = run.latest_confusion("evaluate")
+        chosen = model_round(history)
+        confusion = _confusion(run, classes, chosen)
+        pooled = _pooled(run, chosen)
         preparation = run.preparation()
     return RunDetails(
         summary=_summary(run, info, sites, history, pooled),
@@ -164,7 +196,7 @@ def run_details(run: StoredRun) -> RunDetails:
         sites=sites,
         history=history,
         confusion=confusion,
-        has_model=run.latest_checkpoint_path() is not None,
+        has_model=run.model_checkpoint_path() is not None,
         preparation=preparation,
         error=info.get("error") if info.get("status") == "failed" else None,
     )
@@ -186,11 +218,13 @@ def series(history: list[dict[str, Any]], phase: str, scope: str, metric: str) -
 
 
 def final_metrics(details: RunDetails) -> dict[str, float]:
-    """The last round's federated evaluation of the global model (empty before the first round).
+    """The federated evaluation of the run's model: its best validation round's (empty before the first round).
 
-    A run stored before the federation recorded balanced accuracy gets it from its pooled confusion matrix.
+    That is the round of ``details.summary.model_round`` (the last one where no site validates). A run
+    stored before the federation recorded balanced accuracy gets it from its pooled confusion matrix.
     """
-    final = dict(details.history[-1].get("evaluate", {}).get(GLOBAL, {})) if details.history else {}
+    entry = round_entry(details.history, details.summary.model_round)
+    final = dict(entry.get("evaluate", {}).get(GLOBAL, {}))
     if final and details.summary.balanced_accuracy is not None:
         final.setdefault("balanced-accuracy", details.summary.balanced_accuracy)
     return final

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fesf_fed.atomic import atomic_writer
 from fesf_fed.config import parse_assignments, read_yaml, resolve_path, resolve_path_fields
@@ -20,13 +20,25 @@ from fesf_fed.errors import ConfigError, run_command
 from fesf_fed.training_data import TRAINING_MODES
 
 from .experiment import Plan, load_plan_results, reproduce, reproductions_folder
-from .report import reproduction_markdown, results_markdown
+from .report import Section, reproduction_markdown, results_markdown
+
+
+class Published(BaseModel):
+    """A published plaintext test figure that a baseline entry is held against (``published`` in a suite file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Where the figures come from, e.g. "MedMNIST v2, ResNet-18 (28)".
+    source: str
+    accuracy: float = Field(ge=0, le=1)
+    auroc: float | None = Field(None, ge=0, le=1)
 
 
 class _Entry(Plan):
-    """One reproduction of a suite file: a plan, and the dataset's name in the tables."""
+    """One reproduction of a suite file: a plan, the dataset's name in the tables, and published figures if any."""
 
     dataset: str
+    published: Published | None = None
 
     def to_plan(self, base: Path) -> Plan:
         """The entry's plan; a relative ``site_config``, or path in a ``site.`` key, is relative to ``base``."""
@@ -34,7 +46,7 @@ class _Entry(Plan):
             key.removeprefix("site."): value for key, value in self.overrides.items() if key.startswith("site.")
         }
         return Plan(
-            **self.model_dump(exclude={"dataset", "site_config", "overrides"}),
+            **self.model_dump(exclude={"dataset", "site_config", "overrides", "published"}),
             site_config=_resolve(self.site_config, base),
             overrides={
                 **self.overrides,
@@ -133,14 +145,17 @@ def _preamble(command: str) -> str:
             "",
             (
                 f"Made by `{command}` (page written {datetime.now(UTC):%Y-%m-%d}; each section says where its "
-                "cells were trained). Each reproduction trains every mode on the same three sites, "
-                "split from the dataset with a seeded Dirichlet split, in a Flower simulation (federated) and on "
-                "the sites' images pooled (central). Accuracy, balanced accuracy and macro-F1 are pooled over every "
+                "cells were trained). Each reproduction trains every mode (the plaintext baselines: plaintext only) "
+                "on the same three sites, split from the dataset with a seeded Dirichlet split, in a Flower "
+                "simulation (federated) and on the sites' images pooled (central). Each cell's model is the one "
+                "with the best validation macro-F1: federated, of the rounds (the sites' validation images "
+                "pooled); central, of the epochs. Accuracy, balanced accuracy and macro-F1 are pooled over every "
                 "site's test split; balanced accuracy is the mean recall over the classes, macro-F1 the mean F1. "
                 "AUROC is the macro one-vs-rest AUROC: central, of the pooled test images; federated, the sites' "
                 "AUROCs averaged by their test images (it does not pool; a site whose test split holds one class has "
-                "none); '–' for cells trained before AUROC was reported. A model flagged 'one class only' answered "
-                "one class for every test image. Spread: mean ± sample standard deviation over seeds."
+                "none); '–' for cells trained before AUROC was reported. An accuracy flagged 'one class only': every "
+                "seed's model answered one class for every test image; 'one class: k of n seeds': k seeds' models "
+                "did. Spread: mean ± sample standard deviation over seeds."
             ),
         ]
     )
@@ -149,7 +164,7 @@ def _preamble(command: str) -> str:
 def _run_suite(args: argparse.Namespace) -> int:
     path = args.suite.resolve()
     suite = load_suite(path)
-    sections = []
+    sections: list[Section] = []
     for entry in suite.reproductions:
         print(f"== {entry.name}: {entry.dataset}, {entry.model}, {entry.image_size} px", flush=True)
         if args.report_only:
@@ -160,7 +175,7 @@ def _run_suite(args: argparse.Namespace) -> int:
             results = load_plan_results(entry.to_plan(path.parent))
         else:
             results = _reproduce(entry, path.parent)
-        sections.append((entry.dataset, results))
+        sections.append(Section(entry.dataset, results, entry.published))
     if not sections:
         raise ConfigError(
             f"{path}: no reproduction has finished cells under {reproductions_folder()}; "

@@ -233,6 +233,8 @@ def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dic
         # Pooled over every site's test split: the sites' confusion matrices summed. AUROC does not pool
         # from them: it is the sites' AUROCs averaged by their test images.
         **_figures(np.asarray(confusion), final.auroc),
+        # The round whose global model these figures are of: the best on the sites' validation images.
+        "round": final.round,
         "sites": {site: {"accuracy": values["accuracy"], "f1": values["f1"]} for site, values in final.sites.items()},
         "quality": {site: details.to_json() for site, details in outcome.summary.sites.items()},
     }
@@ -241,7 +243,7 @@ def _federated_cell(plan: Plan, mode: str, seed: int, dataset_file: Path) -> dic
 def _central_cell(plan: Plan, mode: str, seed: int, sites: list[SiteConfig], settings: RunSettings) -> dict[str, Any]:
     began = time.perf_counter()
     data = pooled_site_data(sites, mode)
-    evaluation = train_central(
+    result = train_central(
         data,
         model_name=plan.model,
         epochs=plan.rounds * plan.local_epochs,
@@ -254,7 +256,12 @@ def _central_cell(plan: Plan, mode: str, seed: int, sites: list[SiteConfig], set
         recipe=settings.recipe(),
     )
     # The AUROC of every site's test images pooled, as the federated cell's cannot be.
-    return {"seconds": time.perf_counter() - began, **_figures(np.asarray(evaluation.confusion), evaluation.auroc)}
+    return {
+        "seconds": time.perf_counter() - began,
+        **_figures(np.asarray(result.test.confusion), result.test.auroc),
+        # The epoch whose model these figures are of: the best on the pooled validation images.
+        "epoch": result.epoch,
+    }
 
 
 def _load_results(folder: Path) -> dict[str, Any]:

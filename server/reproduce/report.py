@@ -2,7 +2,7 @@
 
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -19,6 +19,34 @@ MODE_LABELS = {"plaintext": "x_pl (plaintext)", "x_sy": "x_sy", "x_su": "x_su", 
 FIGURES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "f1": "macro-F1", "auroc": "AUROC"}
 #: The figures whose share of plaintext's (same seed) the tables give. Not AUROC: chance is 0.5, not 0.
 RETAINED = ("accuracy", "balanced_accuracy", "f1")
+#: The target: x_su' keeps at least this share of plaintext macro-F1, federated, averaged over the datasets.
+F1_TARGET = 0.97
+#: The target of a plaintext baseline: federated accuracy at most this far below central.
+FEDERATED_GAP = 0.03
+
+
+class PublishedFigures(Protocol):
+    """Published plaintext test figures a baseline is held against (a suite entry's ``published``)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def accuracy(self) -> float: ...
+
+    @property
+    def auroc(self) -> float | None: ...
+
+
+class Section(NamedTuple):
+    """One reproduction on the results page: the dataset's name, its results, and published figures if any.
+
+    A section with ``published`` is a plaintext baseline: it has its own table and stays out of the summary.
+    """
+
+    dataset: str
+    results: dict[str, Any]
+    published: PublishedFigures | None = None
 
 
 def _spread(values: Sequence[float], digits: int = 3) -> str:
@@ -113,20 +141,64 @@ def majority_share(cell: dict[str, Any]) -> float:
     return max(sum(row) for row in confusion) / max(sum(map(sum, confusion)), 1)
 
 
+def _one_class_count(cells: list[dict[str, Any]]) -> int:
+    """How many of the cells' models answered one class for every test image."""
+    return sum(one_class_answer(cell["confusion"]) is not None for cell in cells)
+
+
 def _all_one_class(cells: list[dict[str, Any]]) -> bool:
     """Whether there are cells and every one's model answered one class for every test image."""
-    return bool(cells) and all(one_class_answer(cell["confusion"]) is not None for cell in cells)
+    return bool(cells) and _one_class_count(cells) == len(cells)
+
+
+def _one_class_flag(cells: list[dict[str, Any]]) -> str:
+    """`` (one class only)`` when every seed's model answered one class, `` (one class: k of n seeds)`` when some did."""
+    count = _one_class_count(cells)
+    if not count:
+        return ""
+    if count == len(cells):
+        return " (one class only)"
+    return f" (one class: {count} of {len(cells)} seeds)"
 
 
 def _scores(results: dict[str, Any], setting: str, mode: str) -> list[str]:
-    """Table cells, one per :data:`FIGURES`; accuracy is flagged when every seed's model answered one class only."""
-    flag = " (one class only)" if _all_one_class(_cells(results, setting, mode)) else ""
+    """Table cells, one per :data:`FIGURES`; accuracy is flagged when any seed's model answered one class only."""
+    flag = _one_class_flag(_cells(results, setting, mode))
     spreads = [_spread(_values(results, setting, mode, name)) for name in FIGURES]
     return [spreads[0] + flag, *spreads[1:]]
 
 
+def _shortfall(value: float, goal: float) -> str:
+    """``met`` when ``value`` reaches ``goal``, else ``short by`` the gap."""
+    gap = goal - value
+    if gap <= 0:
+        return "met"
+    return "short by < 0.001" if gap < 0.0005 else f"short by {gap:.3f}"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def _mean_seconds(results: dict[str, Any], setting: str) -> float | None:
+    """The mean seconds of a setting's finished cells (every mode); None when it has none."""
+    seconds = [cell["seconds"] for key, cell in results["cells"].items() if key.startswith(setting + "/")]
+    return statistics.mean(seconds) if seconds else None
+
+
 def headline(results: dict[str, Any]) -> str:
-    """One sentence: the share of plaintext accuracy x_su' keeps, and SSIM(x_pl, x_su')."""
+    """One sentence: the share of plaintext accuracy x_su' keeps, and SSIM(x_pl, x_su').
+
+    A plaintext baseline (plaintext its only mode): its plaintext accuracy, federated and central.
+    """
+    if list(results["plan"]["modes"]) == ["plaintext"]:
+        text = (
+            "Plaintext baseline (no surrogate mode trained): plaintext accuracy "
+            f"{_spread(_values(results, 'federated', 'plaintext', 'accuracy'))} federated"
+        )
+        if results["plan"]["central"]:
+            text += f", {_spread(_values(results, 'central', 'plaintext', 'accuracy'))} central"
+        return text + "."
     if "x_su_prime" not in results["plan"]["modes"]:
         return "x_su' was not trained in this reproduction."
     federated = ratios(results, "federated", "x_su_prime")
@@ -141,6 +213,8 @@ def headline(results: dict[str, Any]) -> str:
     cells = [cell for key, cell in results["cells"].items() if "/x_su_prime/" in key]
     if _all_one_class(cells):
         text += f"; but every x_su' model answered one class only (majority share {majority_share(cells[0]):.3f})"
+    elif count := _one_class_count(cells):
+        text += f"; but {count} of {len(cells)} x_su' models answered one class only"
     if results.get("variant"):
         text += f" (**changed hyper-parameters: {_variant_text(results['variant'])}**; not the headline figure)"
     return text + "."
@@ -155,14 +229,22 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     central = f", {plan['rounds'] * plan['local_epochs']} epochs central" if plan["central"] else ""
     environment = results.get("environment", {})
     size = results["dataset"]["data"]["image_size"]
+    official = "; each site's images in MedMNIST's official train/val/test parts" if _official(results) else ""
+    surrogates = any(mode != "plaintext" for mode in plan["modes"])
+    strengths = (
+        f"; IHM alpha {pipeline['alpha']}, beta {pipeline['beta']}, alpha' {pipeline['refine_alpha']}, "
+        f"beta' {pipeline['refine_beta']}"
+        if surrogates
+        else ""
+    )
     lines = [
         f"### {dataset}: {plan['model']}, {size} px",
         "",
         (
-            f"`{plan['name']}`: 3 sites (Dirichlet split), {plan['rounds']} rounds x {plan['local_epochs']} local epochs "
+            f"`{plan['name']}`: 3 sites (Dirichlet split{official}), {plan['rounds']} rounds x "
+            f"{plan['local_epochs']} local epochs "
             f"federated{central}; seeds {', '.join(map(str, plan['seeds']))}; "
-            f"trained from {environment.get('date', '?')} on {environment.get('device', '?')}; IHM alpha {pipeline['alpha']}, beta {pipeline['beta']}, alpha' {pipeline['refine_alpha']}, "
-            f"beta' {pipeline['refine_beta']}.{done}"
+            f"trained from {environment.get('date', '?')} on {environment.get('device', '?')}{strengths}.{done}"
         ),
         "",
         f"**{headline(results)}**",
@@ -217,13 +299,28 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
         setting: sum(cell["seconds"] for key, cell in results["cells"].items() if key.startswith(setting + "/"))
         for setting in ("federated", "central")
     }
+    per_cell = {
+        setting: "" if (mean := _mean_seconds(results, setting)) is None else f"{_minutes(mean)} per cell"
+        for setting in ("federated", "central")
+    }
+    if surrogates:
+        federated_note = "; ".join(
+            filter(None, [per_cell["federated"], "the first surrogate mode includes building the surrogates"])
+        )
+    else:
+        federated_note = per_cell["federated"]
     first = plan["seeds"][0]
     runs = [results["cells"].get(cell_key("federated", mode, first), {}).get("run") for mode in plan["modes"]]
+    chosen = _chosen_models(results)
     lines += [
         "",
+        *([chosen, ""] if chosen else []),
         (
-            f"Time: {_hours(seconds['federated'])} federated (the first surrogate mode includes building the "
-            f"surrogates), {_hours(seconds['central'])} central; majority-class share of the test images: "
+            f"Time: {_hours(seconds['federated'])} federated"
+            + (f" ({federated_note})" if federated_note else "")
+            + f", {_hours(seconds['central'])} central"
+            + (f" ({per_cell['central']})" if per_cell["central"] else "")
+            + "; majority-class share of the test images: "
             f"{majority_share(next(iter(results['cells'].values()))) if results['cells'] else 0:.3f}. "
             f"In the dashboard: `/compare?runs={','.join(run for run in runs if run)}` (seed {first})."
         ),
@@ -232,18 +329,151 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     return "\n".join(lines)
 
 
-def _mean_over_datasets(sections: list[tuple[str, dict[str, Any]]]) -> str:
+def _official(results: dict[str, Any]) -> bool:
+    """Whether the dataset's sites use the MedMNIST file's own train/val/test parts (``data.split`` official)."""
+    return bool(results["dataset"]["data"].get("split") == "official")
+
+
+def _chosen_models(results: dict[str, Any]) -> str:
+    """One sentence: where the cells' models lie (the round, or epoch, of the best validation macro-F1); "" if unknown."""
+    plan = results["plan"]
+    parts = []
+    for setting, key, unit, last in (
+        ("federated", "round", "round", plan["rounds"]),
+        ("central", "epoch", "epoch", plan["rounds"] * plan["local_epochs"]),
+    ):
+        cells = [cell for name, cell in results["cells"].items() if name.startswith(setting + "/")]
+        found = [cell[key] for cell in cells if cell.get(key) is not None]
+        if found:
+            some = "" if len(found) == len(cells) else f" ({len(found)} of its {len(cells)} cells record it)"
+            parts.append(f"{setting} at {unit} {statistics.mean(found):.1f} of {last} on average{some}")
+    if not parts:
+        return ""
+    return f"Models chosen by validation macro-F1: {', '.join(parts)}."
+
+
+def _gap_text(gaps: list[float]) -> str:
+    """The mean of the seeds' federated − central accuracies, against the target (at most :data:`FEDERATED_GAP` below)."""
+    if not gaps:
+        return "–"
+    mean = statistics.mean(gaps)
+    if mean > FEDERATED_GAP:
+        verdict = "met: above central"
+    elif mean >= -FEDERATED_GAP:
+        verdict = f"within {FEDERATED_GAP}"
+    else:
+        verdict = _shortfall(mean, -FEDERATED_GAP)
+    return f"{mean:+.3f} ({verdict})"
+
+
+def _baselines_markdown(sections: Sequence[Section]) -> list[str]:
+    """The plaintext baselines against their published figures: a table, one row per section with ``published``."""
+    baselines = [section for section in sections if section.published is not None]
+    if not baselines:
+        return []
+    sources: dict[str, list[str]] = {}
+    for section in baselines:
+        assert section.published is not None
+        sources.setdefault(section.published.source, []).append(section.dataset)
+    cited = (
+        next(iter(sources))
+        if len(sources) == 1
+        else "; ".join(f"{source} ({', '.join(datasets)})" for source, datasets in sources.items())
+    )
+    rows = []
+    for dataset, results, published in baselines:
+        assert published is not None
+        plan = results["plan"]
+        split = "official split" if _official(results) else f"{results['dataset']['data'].get('split', 'random')} split"
+        central = _values(results, "central", "plaintext", "accuracy")
+        auroc = _values(results, "central", "plaintext", "auroc")
+        federated = _values(results, "federated", "plaintext", "accuracy")
+        gaps = [  # federated minus central accuracy, seed by seed
+            float(mine["accuracy"]) - float(theirs["accuracy"])
+            for seed in plan["seeds"]
+            if (mine := results["cells"].get(cell_key("federated", "plaintext", seed)))
+            and (theirs := results["cells"].get(cell_key("central", "plaintext", seed)))
+        ]
+        seconds = [_mean_seconds(results, setting) for setting in ("central", "federated")]
+        rows.append(
+            [
+                dataset,
+                f"{plan['model']}, {results['dataset']['data']['image_size']} px, {split}",
+                _spread(central)
+                + _one_class_flag(_cells(results, "central", "plaintext"))
+                + (f" ({_shortfall(statistics.mean(central), published.accuracy)})" if central else ""),
+                f"{published.accuracy:.3f}",
+                _spread(auroc)
+                + (
+                    f" ({_shortfall(statistics.mean(auroc), published.auroc)})"
+                    if auroc and published.auroc is not None
+                    else ""
+                ),
+                "–" if published.auroc is None else f"{published.auroc:.3f}",
+                _spread(_values(results, "central", "plaintext", "balanced_accuracy")),
+                _spread(_values(results, "central", "plaintext", "f1")),
+                _spread(federated) + _one_class_flag(_cells(results, "federated", "plaintext")),
+                _gap_text(gaps),
+                " / ".join("–" if value is None else _minutes(value) for value in seconds),
+            ]
+        )
+    text = (
+        f"Plaintext only, on the datasets' test images, against the published test figures of {cited}. "
+        "Targets: central test accuracy and AUROC at or above the published figures ('met', or by how much the "
+        f"mean over seeds falls short); federated accuracy (3 sites, Dirichlet split) at most {FEDERATED_GAP} below "
+        "central (federated − central: the mean of each seed's difference). Each row's own section below gives "
+        "its settings and every figure."
+    )
+    table = _table(
+        [
+            "dataset",
+            "model",
+            "central accuracy",
+            "published accuracy",
+            "central AUROC",
+            "published AUROC",
+            "central balanced accuracy",
+            "central macro-F1",
+            "federated accuracy",
+            "federated − central accuracy",
+            "time per cell (central / federated)",
+        ],
+        rows,
+    )
+    return ["## Plaintext baselines against published figures", "", text, "", *table, ""]
+
+
+def _f1_target(per_dataset: dict[str, list[float]]) -> str:
+    """The x_su' macro-F1 retention (federated) against :data:`F1_TARGET`: the mean over datasets, then each's."""
+    means = {dataset: statistics.mean(found) for dataset, found in per_dataset.items() if found}
+    if not means:
+        return ""
+    mean = statistics.mean(means.values())
+    each = ", ".join(f"{dataset} {value:.3f} ({_shortfall(value, F1_TARGET)})" for dataset, value in means.items())
+    return (
+        f"Macro-F1, federated: x_su' keeps {mean:.3f} of plaintext macro-F1 on average over the datasets "
+        f"(target {F1_TARGET}: {_shortfall(mean, F1_TARGET)}); per dataset, the mean of its seeds: {each}."
+    )
+
+
+def _mean_over_datasets(sections: Sequence[Section]) -> str:
     """The headline: x_su' accuracy over plaintext's, averaged over the datasets run with the paper's IHM strengths.
 
-    Each dataset counts once, with the mean of its seeds' ratios (of all its reproductions).
+    Each dataset counts once, with the mean of its seeds' ratios (of all its reproductions). Then the same for
+    macro-F1, federated, against :data:`F1_TARGET`. Plaintext baselines train no x_su' and count for nothing.
     """
+    headline_sections = [
+        section for section in sections if not section.results.get("variant") and section.published is None
+    ]
     means = {}
     for setting in ("federated", "central"):
         per_dataset: dict[str, list[float]] = {}
-        for dataset, results in sections:
-            if not results.get("variant"):
-                per_dataset.setdefault(dataset, []).extend(ratios(results, setting, "x_su_prime"))
+        for dataset, results, _ in headline_sections:
+            per_dataset.setdefault(dataset, []).extend(ratios(results, setting, "x_su_prime"))
         means[setting] = {dataset: statistics.mean(found) for dataset, found in per_dataset.items() if found}
+    f1: dict[str, list[float]] = {}
+    for dataset, results, _ in headline_sections:
+        f1.setdefault(dataset, []).extend(ratios(results, "federated", "x_su_prime", "f1"))
     if not means["federated"]:
         return "Ours: no x_su' cell with the paper's IHM strengths has finished yet."
     text = (
@@ -254,13 +484,17 @@ def _mean_over_datasets(sections: list[tuple[str, dict[str, Any]]]) -> str:
         text += f", {statistics.mean(means['central'].values()):.3f} central"
         if means["central"].keys() != means["federated"].keys():
             text += f" ({', '.join(means['central'])})"
-    return text + "."
+    f1_line = _f1_target(f1)
+    return text + "." + (f"\n\n{f1_line}" if f1_line else "")
 
 
-def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, notes: str) -> str:
-    """The whole results page: a summary table of every reproduction, their sections, then ``notes``."""
+def results_markdown(sections: Sequence[Section], preamble: str, notes: str) -> str:
+    """The whole results page: the plaintext baselines, a summary table of the other reproductions, every
+    reproduction's section, then ``notes``."""
     rows = []
-    for dataset, results in sections:
+    for dataset, results, published in sections:
+        if published is not None:
+            continue
         plan = results["plan"]
         quality = surrogate_quality(results)
         rows.append(
@@ -277,22 +511,27 @@ def results_markdown(sections: list[tuple[str, dict[str, Any]]], preamble: str, 
                 f"{quality['ssim-x_pl-x_su_prime']:.4f}" if quality else "–",
             ]
         )
-    summary = _table(
-        [
-            "dataset",
-            "model",
-            *(f"plaintext {label} (federated)" for label in FIGURES.values()),
-            *(f"x_su' {label} (federated)" for label in FIGURES.values()),
-            "accuracy: x_su' / plaintext, federated",
-            "accuracy: x_su' / plaintext, central",
-            "balanced accuracy: x_su' / plaintext, federated",
-            "macro-F1: x_su' / plaintext, federated",
-            "SSIM(x_pl, x_su')",
-        ],
-        rows,
+    summary = (
+        _table(
+            [
+                "dataset",
+                "model",
+                *(f"plaintext {label} (federated)" for label in FIGURES.values()),
+                *(f"x_su' {label} (federated)" for label in FIGURES.values()),
+                "accuracy: x_su' / plaintext, federated",
+                "accuracy: x_su' / plaintext, central",
+                "balanced accuracy: x_su' / plaintext, federated",
+                "macro-F1: x_su' / plaintext, federated",
+                "SSIM(x_pl, x_su')",
+            ],
+            rows,
+        )
+        if rows
+        else ["No reproduction of the surrogate modes has finished yet."]
     )
     paper = f"The paper: x_su' keeps about {PAPER_MEAN_RATIO} of plaintext accuracy on average over its datasets."
-    body = [preamble.rstrip(), "", "## Summary", "", *summary, "", _mean_over_datasets(sections), "", paper]
+    body = [preamble.rstrip(), "", *_baselines_markdown(sections)]
+    body += ["## Summary", "", *summary, "", _mean_over_datasets(sections), "", paper]
     body += ["", "## Per dataset", ""]
-    body += [reproduction_markdown(results, dataset) for dataset, results in sections]
+    body += [reproduction_markdown(section.results, section.dataset) for section in sections]
     return "\n".join(body).rstrip() + "\n\n" + notes.strip() + "\n"
