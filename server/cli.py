@@ -242,11 +242,7 @@ def _submit(
         )
     summary = RunSummary.read(path)
     if summary.status == "finished" and summary.final is not None:
-        labels = {"accuracy": "accuracy", "balanced-accuracy": "balanced accuracy", "f1": "macro-F1", "auroc": "AUROC"}
-        figures = "  ".join(
-            f"{label} {value:.3f}" for key, label in labels.items() if (value := summary.final.figure(key)) is not None
-        )
-        print(f"Run finished ({summary.status}): {figures}; run folder {path.parent}")
+        print(f"Run finished ({summary.status}): {summary.final.headline()}; run folder {path.parent}")
         return 0
     print(f"Run ended ({summary.status}): {summary.error or 'see the output above'}; run folder {path.parent}")
     return 1

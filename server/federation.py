@@ -28,7 +28,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from fesf_fed.config import load_config
+from fesf_fed.config import DataConfig, load_config
+from fesf_fed.data import SPLIT_VERSION, split_key
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.federation import protocol
@@ -37,6 +38,7 @@ from fesf_fed.federation.protocol import (
     METRICS,
     NUM_EXAMPLES,
     VAL_CONFUSION,
+    VAL_EXAMPLES,
     confusion_of,
     data_of,
     metrics_of,
@@ -271,6 +273,7 @@ def _validation(replies: list[Message], num_classes: int) -> dict[str, np.ndarra
 
 
 def _validation_figures(matrix: np.ndarray) -> dict[str, float]:
+    """What the store keeps of a validation matrix: accuracy, balanced accuracy, macro-F1 and the image count."""
     figures = classification_figures(matrix)
     return {
         "accuracy": figures["accuracy"],
@@ -280,18 +283,32 @@ def _validation_figures(matrix: np.ndarray) -> dict[str, float]:
     }
 
 
-def _pooled_validation_f1(matrices: dict[str, np.ndarray]) -> float | None:
-    """The macro-F1 of the sites' validation matrices summed, which picks the run's model; None without any."""
-    return classification_figures(np.sum(list(matrices.values()), axis=0))["f1"] if matrices else None
+def _record_validation(
+    run: RunFolder, server_round: int, matrices: dict[str, np.ndarray], validating: set[str]
+) -> float | None:
+    """Store each site's validation figures and matrix, and, when every site in ``validating`` sent one, their sum's.
 
-
-def _record_validation(run: RunFolder, server_round: int, matrices: dict[str, np.ndarray]) -> None:
-    """Store each site's validation figures and matrix, and those of their sum (as ``GLOBAL``)."""
-    if not matrices:
-        return
-    for scope, matrix in {**matrices, GLOBAL: np.sum(list(matrices.values()), axis=0)}.items():
+    The sum (as ``GLOBAL``) is what picks the run's model, so rounds must be compared on the same
+    images: a round that misses a validating site (its reply failed, or ``fraction-evaluate`` left it
+    out) gets no global figure and cannot be chosen. Returns that round's pooled macro-F1, or None.
+    """
+    for scope, matrix in matrices.items():
         run.record(server_round, "validation", scope, _validation_figures(matrix))
         run.record_confusion(server_round, "validation", scope, matrix.tolist())
+    if not matrices or not validating <= matrices.keys():
+        if validating - matrices.keys():
+            log(
+                WARNING,
+                "Round %d: no validation figure from %s: the round cannot be chosen as the run's model",
+                server_round,
+                ", ".join(sorted(validating - matrices.keys())),
+            )
+        return None
+    pooled = np.sum(list(matrices.values()), axis=0)
+    figures = _validation_figures(pooled)
+    run.record(server_round, "validation", GLOBAL, figures)
+    run.record_confusion(server_round, "validation", GLOBAL, pooled.tolist())
+    return figures["f1"]
 
 
 class _CentralEvaluation:
@@ -323,15 +340,24 @@ class _CentralEvaluation:
         )
 
 
-def check_resumable(run: RunFolder | StoredRun, settings: RunSettings) -> None:
+#: The site data settings that decide a site's split: a resumed run must keep them, or its sites'
+#: training, validation and test parts (and surrogates) change under the checkpoint.
+_SPLIT_KEYS = tuple(f"data.{field}" for field in split_key(DataConfig(source="phantom")) if field != "version")
+
+
+def check_resumable(run: RunFolder | StoredRun, settings: RunSettings, site_defaults: dict[str, Any]) -> None:
     """Refuse to resume a run with settings that would make its checkpoint meaningless.
 
     Raises
     ------
     ConfigError
-        Naming the first setting that differs from the stored run's.
+        Naming the first setting that differs from the stored run's, or saying that the run's
+        sites were split by an older version (no validation part), so it cannot go on.
     """
-    stored = run.info().get("config", {})
+    info = run.info()
+    stored = info.get("config", {})
+    if not stored:  # a new run: nothing to keep
+        return
     given = settings.model_dump(by_alias=True)
     for key in _FIXED_ON_RESUME:
         if key in stored and stored[key] != given[key]:
@@ -339,6 +365,17 @@ def check_resumable(run: RunFolder | StoredRun, settings: RunSettings) -> None:
                 f"run config {key}: run {run.name} used {stored[key]!r}, not {given[key]!r}; "
                 "a resumed run keeps it (only rounds may change)"
             )
+    for key in _SPLIT_KEYS:
+        if stored.get(f"site.{key}") != site_defaults.get(key):
+            raise ConfigError(
+                f"run config site.{key}: run {run.name} used {stored.get(f'site.{key}')!r}, not "
+                f"{site_defaults.get(key)!r}; a resumed run keeps its sites' split"
+            )
+    if info.get("split_version") != SPLIT_VERSION:
+        raise ConfigError(
+            f"run config resume: run {run.name}'s sites were split by an older FESF-Fed (before validation "
+            "parts); its checkpoint does not fit their data now: start a new run"
+        )
 
 
 def _start(run: RunFolder, settings: RunSettings, strategy: Any, initial: ArrayRecord) -> tuple[int, ArrayRecord]:
@@ -442,16 +479,7 @@ def _log_result(run: RunFolder, final: FinalMetrics) -> None:
         chosen = f"round {final.round}'s (best validation macro-F1 {final.validation_f1:.3f})"
     else:
         chosen = f"the last round's ({final.round}; no site holds validation images)"
-    figures = "  ".join(
-        f"{name} {'–' if (value := final.figure(key)) is None else f'{value:.3f}'}"
-        for name, key in (
-            ("accuracy", "accuracy"),
-            ("balanced accuracy", "balanced-accuracy"),
-            ("macro-F1", "f1"),
-            ("AUROC", "auroc"),
-        )
-    )
-    log(INFO, "Run %s finished: the model is %s: test %s", run.name, chosen, figures)
+    log(INFO, "Run %s finished: the model is %s: test %s", run.name, chosen, final.headline())
     log(INFO, "Model: %s; summary: %s", run.model_checkpoint_path(), run.directory / SUMMARY_FILE)
 
 
@@ -513,7 +541,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         log(ERROR, "error: %s", exc)
         raise
     try:
-        check_resumable(run, settings)
+        check_resumable(run, settings, site_defaults)
     except ConfigError as exc:
         log(ERROR, "error: %s", exc)
         run.close()
@@ -527,6 +555,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
                     **{f"site.{k}": v for k, v in site_defaults.items()},
                 },
                 started=datetime.now(UTC).isoformat(),
+                split_version=SPLIT_VERSION,
             )
         run.set_info(
             status="preparing",
@@ -563,6 +592,8 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         # The diagnosis service builds the model for this input.
         run.set_info(status="running", input=ModelInput(channels=channels, image_size=size).to_json())
         central = _CentralEvaluation(settings, site_defaults, classes) if settings.central_eval else None
+        # The sites whose validation every round's pooled figure must include to count.
+        validating = {name for name, details in run.sites().items() if details.get(VAL_EXAMPLES, 0) > 0}
         for server_round in range(start, settings.num_server_rounds + 1):
             began = time.perf_counter()
             train_replies = list(
@@ -598,8 +629,9 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             run.record(server_round, "evaluate", GLOBAL, _scalars(evaluate_metrics))
             balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
             auroc = _record_auroc(run, server_round, evaluate_replies)
-            validation = _validation(evaluate_replies, len(classes))
-            _record_validation(run, server_round, validation)
+            validation_f1 = _record_validation(
+                run, server_round, _validation(evaluate_replies, len(classes)), validating
+            )
             if central_metrics:
                 run.record(server_round, "central", GLOBAL, central_metrics.scalars())
                 run.record_confusion(server_round, "central", GLOBAL, central_metrics.confusion)
@@ -607,17 +639,17 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             # After the round's metrics, so that best.pt never holds a round the store lacks
             # (an interruption in between is mended on resume, by _start).
             best = selected_round(run.rounds())
-            if validation and best == server_round:
+            if validation_f1 is not None and best == server_round:
                 run.save_best(server_round, arrays.to_torch_state_dict())
             run.write_summary(final=None)
             _log_round(server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, auroc, seconds)
-            if validation:
+            if validation_f1 is not None:
                 log(
                     INFO,
                     "Round %d/%d: validation macro-F1 %.3f (best: round %s)",
                     server_round,
                     settings.num_server_rounds,
-                    _pooled_validation_f1(validation),
+                    validation_f1,
                     best,
                 )
         final = _final_metrics(run)

@@ -81,13 +81,13 @@ def check_run_config(app: Path, run_config: list[str], simulated: bool = True) -
             "name a local torchvision .pth file"
         )
     if settings.resume:
-        _check_resume(settings)
+        _check_resume(settings, site_defaults)
     if settings.run_name:
         check_new_run_name(settings.run_name)
     return settings
 
 
-def _check_resume(settings: RunSettings) -> None:
+def _check_resume(settings: RunSettings, site_defaults: dict[str, Any]) -> None:
     """The run to resume exists in ``$FESF_HOME/runs`` and these settings may continue it (read-only)."""
     folder = runs_folder() / settings.resume
     try:
@@ -97,6 +97,6 @@ def _check_resume(settings: RunSettings) -> None:
             f"run config resume: no run {settings.resume!r} in {runs_folder()}; give the id of a run folder there"
         ) from None
     try:
-        check_resumable(run, settings)
+        check_resumable(run, settings, site_defaults)
     finally:
         run.close()

@@ -137,17 +137,11 @@ class _Store:
         """Every stored round's metrics, in round order."""
         return [RoundMetrics.from_json(entry) for entry in self.history()]
 
-    def confusion(
-        self, phase: str, server_round: int | None = None, scope: str = GLOBAL
-    ) -> tuple[int, list[list[int]]] | None:
-        """A round's confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None.
-
-        ``server_round`` None: the newest round that has one.
-        """
+    def confusion(self, phase: str, server_round: int, scope: str = GLOBAL) -> tuple[int, list[list[int]]] | None:
+        """Round ``server_round``'s confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None."""
         row = self.store.execute(
-            "SELECT round, counts FROM confusion WHERE phase = ? AND scope = ? AND (? IS NULL OR round = ?) "
-            "ORDER BY round DESC LIMIT 1",
-            (phase, scope, server_round, server_round),
+            "SELECT round, counts FROM confusion WHERE phase = ? AND scope = ? AND round = ?",
+            (phase, scope, server_round),
         ).fetchone()
         return None if row is None else (row[0], json.loads(row[1]))
 
@@ -165,6 +159,7 @@ class _Store:
 
     @property
     def best_checkpoint_path(self) -> Path:
+        """Where the best validation round's model is (or will be) written: ``checkpoints/best.pt``."""
         return self.directory / "checkpoints" / BEST_CHECKPOINT
 
     def best_checkpoint(self) -> dict[str, Any] | None:

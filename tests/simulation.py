@@ -16,7 +16,7 @@ from server.run_config import app_run_config
 from server.simulation import Handler, simulate
 from tests.conftest import TINY_BUILD
 
-__all__ = ["REPO", "TINY_RUN", "Delay", "Handler", "run_config", "simulate"]
+__all__ = ["REPO", "TINY_RUN", "Delay", "Handler", "ValidationScores", "run_config", "simulate"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +56,37 @@ class Delay:
 
     def __call__(self, handler: Handler) -> Handler:
         return functools.partial(_delayed, handler, self.seconds, self.message_type)
+
+
+def _scored(handler: Handler, best_round: int, message: Message, context: Context) -> Message:
+    reply = handler(message, context)
+    if message.metadata.message_type != "evaluate" or "val-confusion" not in reply.content:
+        return reply
+    record = reply.content.config_records["val-confusion"]
+    counts = record["counts"]
+    assert isinstance(counts, list)  # of ints, as protocol.confusion_record writes it
+    size = int(len(counts) ** 0.5)
+    total = sum(int(count) for count in counts)
+    perfect = message.content.config_records["config"]["server-round"] == best_round
+    # Every image right (on the diagonal), or every image answered as class 0 (a one-class model).
+    rows = [total // size + (row < total % size) for row in range(size)]
+    record["counts"] = [
+        (rows[row] if column == row else 0) if perfect else (rows[row] if column == 0 else 0)
+        for row in range(size)
+        for column in range(size)
+    ]
+    return reply
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationScores:
+    """A ``simulate`` instrument that rewrites the sites' validation counts: perfect in ``best_round``, one-class elsewhere.
+
+    For tests of which round's model a run keeps: only the server's choice is under test, so the
+    sites' real validation figures, which a tiny run cannot steer, are replaced.
+    """
+
+    best_round: int
+
+    def __call__(self, handler: Handler) -> Handler:
+        return functools.partial(_scored, handler, self.best_round)

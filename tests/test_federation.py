@@ -28,7 +28,7 @@ from server import federation
 from server.federation import _final_metrics, _warn_if_one_class, run_federation
 from server.local_superlink import stop_local_superlink
 from server.run_store import GLOBAL, RunFolder, StoredRun, runs_folder
-from tests.simulation import REPO, TINY_RUN, Delay, run_config, simulate
+from tests.simulation import REPO, TINY_RUN, Delay, ValidationScores, run_config, simulate
 
 #: Small but learnable: 32 px phantoms, 80 per class shared by three sites. With 40 per class
 #: the final accuracy swung between 0.59 and 0.9 from one initial model to the next.
@@ -210,6 +210,25 @@ def test_the_run_keeps_the_model_of_its_best_validation_round(finished_run):
     assert all(torch.equal(stored["arrays"][name], checkpoint["arrays"][name]) for name in checkpoint["arrays"])
 
 
+def test_the_federation_keeps_an_earlier_round_that_validated_best_and_its_model():
+    # The sites' validation counts are rewritten: round 1 perfect, rounds 2 and 3 one-class.
+    config = run_config(**{**TINY_RUN, "num-server-rounds": 3, "keep-checkpoints": 3})
+    simulate(config, instrument=ValidationScores(best_round=1))
+    run = _only_run()
+    summary = _summary(run)
+    scores = [entry["validation"][GLOBAL]["f1"] for entry in summary["history"]]
+    assert scores[0] == 1.0 and max(scores[1:]) < 1.0
+    assert summary["final"]["round"] == 1 and summary["final"]["validation-f1"] == 1.0
+    # Round 1's test figures, not the last round's, and round 1's model in best.pt.
+    assert summary["final"]["accuracy"] == summary["history"][0]["evaluate"][GLOBAL]["accuracy"]
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    first = torch.load(run / "checkpoints" / "round-0001.pt", weights_only=True)
+    last = torch.load(run / "checkpoints" / "round-0003.pt", weights_only=True)
+    assert best["round"] == 1
+    assert all(torch.equal(best["arrays"][name], first["arrays"][name]) for name in first["arrays"])
+    assert not all(torch.equal(best["arrays"][name], last["arrays"][name]) for name in last["arrays"])
+
+
 def test_the_final_figures_are_the_best_validation_rounds_not_the_last_or_the_best_tested():
     run = RunFolder("selection")
     # Round 2 validates best; round 3 tests best and is the last: neither may be picked for its test figures.
@@ -247,9 +266,15 @@ def test_a_resumed_run_mends_a_best_model_that_an_interruption_left_unwritten():
     # Stopped after round 2's metrics, before its best.pt: round 2 is the best, best.pt still holds round 1.
     start, _ = federation._start(run, settings, strategy, ArrayRecord())
     best = run.best_checkpoint()
-    run.close()
     assert start == 3 and best is not None and best["round"] == 2
     assert torch.equal(best["arrays"]["weight"], arrays["2"]["weight"])
+    # An earlier best round's best.pt is left as it is.
+    run.record(2, "validation", GLOBAL, {"f1": 0.1})
+    run.save_best(1, arrays["1"])
+    federation._start(run, settings, strategy, ArrayRecord())
+    best = run.best_checkpoint()
+    run.close()
+    assert best is not None and best["round"] == 1 and torch.equal(best["arrays"]["weight"], arrays["1"]["weight"])
 
 
 def test_a_final_model_that_answers_one_class_is_flagged_and_warned_about(caplog):
@@ -320,6 +345,25 @@ def test_resuming_with_a_different_model_is_refused(finished_run):
     with pytest.raises(ConfigError, match=f"run config model: run {run.name} used 'smallcnn', not 'resnet34'"):
         run_federation(None, settings, site_defaults, "ignored")  # type: ignore[arg-type]  # refused before any grid use
     assert _summary(run)["status"] == "finished"
+
+
+def test_resuming_with_another_split_or_a_run_split_before_validation_is_refused(finished_run):
+    run = runs_folder() / finished_run.folder.name
+    shutil.copytree(finished_run.folder, run)
+    settings, site_defaults = parse_run_settings(
+        run_config(**TINY_RUN, resume=run.name, **{"site.data.val_fraction": 0.2})
+    )
+    with pytest.raises(
+        ConfigError, match="run config site.data.val_fraction: .* used None, not 0.2; .* keeps its sites' split"
+    ):
+        run_federation(None, settings, site_defaults, "ignored")  # type: ignore[arg-type]  # refused before any grid use
+    # A run stored before the split had a validation part: its sites' data would change under its checkpoint.
+    with sqlite3.connect(run / "store.sqlite") as store:
+        store.execute("DELETE FROM info WHERE key = 'split_version'")
+    store.close()
+    settings, site_defaults = parse_run_settings(run_config(**TINY_RUN, resume=run.name))
+    with pytest.raises(ConfigError, match="split by an older FESF-Fed .* start a new run"):
+        run_federation(None, settings, site_defaults, "ignored")  # type: ignore[arg-type]  # refused before any grid use
 
 
 def test_resuming_an_unknown_run_is_a_clear_error():

@@ -16,7 +16,8 @@ import server.reproduce.report as report_module
 from fesf_fed.config import load_config
 from fesf_fed.recipe import Recipe
 from fesf_fed.task import classification_figures
-from server.reproduce.cli import Published, load_suite, main
+from server.reproduce.cli import load_suite, main
+from server.reproduce.report import Published
 from tests.conftest import TINY_BUILD
 
 #: Two modes (plaintext is the reference), one seed, one round: two real simulations.

@@ -1,5 +1,6 @@
 """Honest splits: near-duplicates and named groups kept on one side, MedMNIST's own split, cache keys."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,14 @@ def test_validation_comes_from_the_training_part_class_by_class_and_can_be_switc
     np.testing.assert_array_equal(test, site_split(data, config.model_copy(update={"val_fraction": 0})).test)
     assert np.bincount(labels[val]).tolist() == [6, 3, 2]
     assert len(site_split(data, config.model_copy(update={"val_fraction": 0})).val) == 0
+
+
+def test_a_site_too_small_to_spare_validation_images_trains_on_all_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    labels = np.array([0, 0, 1, 1])  # after the test part, one image per class: none to spare
+    data = ImageSet(np.zeros((4, 1, 8, 8), np.uint8), labels, [f"i{n}" for n in range(4)], ["x", "y"])
+    with caplog.at_level(logging.WARNING, logger="fesf_fed.data.split"):
+        train, val, test = site_split(data, DataConfig(source="phantom", test_fraction=0.5))
+    assert (len(train), len(val), len(test)) == (2, 0, 2)
+    assert "no validation part" in caplog.text and "will not validate" in caplog.text

@@ -3,10 +3,11 @@
 from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, image_from_pixels, read_image, to_channels
 from fesf_fed.data.imageset import ImageSet, SkippedFile
 from fesf_fed.data.sources import data_location, load_dataset, source_fingerprint
-from fesf_fed.data.split import SiteSplit, official_split, site_split, split_key, stratified_split
+from fesf_fed.data.split import SPLIT_VERSION, SiteSplit, official_split, site_split, split_key, stratified_split
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "SPLIT_VERSION",
     "ImageSet",
     "SiteSplit",
     "SkippedFile",

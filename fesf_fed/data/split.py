@@ -197,12 +197,14 @@ def site_split(data: ImageSet, config: DataConfig) -> SiteSplit:
                 rest = train
             else:  # too few images (or groups) to spare any: the site trains on all and does not validate
                 val = np.empty(0, np.int64)
-                logger.warning(
-                    "%d training images in too few groups for a validation part: this site will not validate "
-                    "(a federation picks its model by the other sites' validation, or takes the last round's)",
-                    len(rest),
-                )
         split = SiteSplit(rest, val, test)
+    if len(split.val) == 0 and (config.split == "official" or config.val_fraction > 0):
+        logger.warning(
+            "%d training images and no validation part (too few groups to spare, or the official split's val "
+            "part holds none of them): this site will not validate (a federation picks its model by the other "
+            "sites' validation, or takes the last round's)",
+            len(split.train),
+        )
     untested = sorted(set(data.labels[split.train].tolist()) - set(data.labels[split.test].tolist()))
     if untested:
         names = ", ".join(repr(data.classes[label]) for label in untested)

@@ -50,6 +50,8 @@ CONFUSION_PHASES: tuple[str, ...] = get_args(ConfusionPhase)
 #: What a run can be doing; ``failed`` comes with an ``error``.
 RunStatus = Literal["preparing", "running", "finished", "stopped", "failed"]
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+#: The figures of :meth:`FinalMetrics.headline`, by JSON key, with their names.
+_HEADLINE = {"accuracy": "accuracy", "balanced-accuracy": "balanced accuracy", "f1": "macro-F1", "auroc": "AUROC"}
 #: The federation's figures that the final metrics give on their own, by JSON key.
 FINAL_FIGURES: tuple[str, ...] = ("accuracy", "balanced-accuracy", "precision", "recall", "f1", "auroc", "loss")
 
@@ -233,6 +235,13 @@ class FinalMetrics(_Part):
     # None only in summaries written before the one-class flag existed.
     one_class: StrictBool | None = Field(None, exclude_if=_none)
 
+    def headline(self) -> str:
+        """The test figures in one line, as logs and commands print them: ``accuracy 0.912  balanced accuracy ...``."""
+        return "  ".join(
+            f"{label} {'–' if (value := self.figure(key)) is None else f'{value:.3f}'}"
+            for key, label in _HEADLINE.items()
+        )
+
     def figure(self, key: str) -> float | None:
         """A global figure by its JSON key, e.g. ``figure("balanced-accuracy")``."""
         if key not in FINAL_FIGURES:
@@ -308,6 +317,9 @@ class RunSummary(_Part):
         The model's input, once the sites have prepared.
     preparation : tuple of SiteProgress or None
         Each site's latest preparation stage, once preparation began.
+    split_version : int or None
+        The version of the sites' split (``fesf_fed.data.SPLIT_VERSION``) the run began with; a
+        resumed run must have the same. None in runs started before it was stored.
 
     The values from ``started`` on are left out of the JSON until the run has them, as they always were.
     """
@@ -326,6 +338,7 @@ class RunSummary(_Part):
     classes: tuple[str, ...] | None = Field(None, exclude_if=_none)
     input: ModelInput | None = Field(None, exclude_if=_none)
     preparation: tuple[Progress, ...] | None = Field(None, exclude_if=_none)
+    split_version: StrictInt | None = Field(None, exclude_if=_none)
 
     @classmethod
     def read(cls, path: Path) -> "RunSummary":

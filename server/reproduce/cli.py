@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fesf_fed.atomic import atomic_writer
 from fesf_fed.config import parse_assignments, read_yaml, resolve_path, resolve_path_fields
@@ -20,18 +20,7 @@ from fesf_fed.errors import ConfigError, run_command
 from fesf_fed.training_data import TRAINING_MODES
 
 from .experiment import Plan, load_plan_results, reproduce, reproductions_folder
-from .report import Section, reproduction_markdown, results_markdown
-
-
-class Published(BaseModel):
-    """A published plaintext test figure that a baseline entry is held against (``published`` in a suite file)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: Where the figures come from, e.g. "MedMNIST v2, ResNet-18 (28)".
-    source: str
-    accuracy: float = Field(ge=0, le=1)
-    auroc: float | None = Field(None, ge=0, le=1)
+from .report import Published, Section, reproduction_markdown, results_markdown
 
 
 class _Entry(Plan):

@@ -2,9 +2,10 @@
 
 import statistics
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from fesf_fed.federation.protocol import TEST_EXAMPLES
 from fesf_fed.quality import QUALITY_PAIRS
@@ -25,17 +26,15 @@ F1_TARGET = 0.97
 FEDERATED_GAP = 0.03
 
 
-class PublishedFigures(Protocol):
-    """Published plaintext test figures a baseline is held against (a suite entry's ``published``)."""
+class Published(BaseModel):
+    """A published plaintext test figure that a baseline entry is held against (``published`` in a suite file)."""
 
-    @property
-    def source(self) -> str: ...
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @property
-    def accuracy(self) -> float: ...
-
-    @property
-    def auroc(self) -> float | None: ...
+    #: Where the figures come from, e.g. "MedMNIST v2, ResNet-18 (28)".
+    source: str
+    accuracy: float = Field(ge=0, le=1)
+    auroc: float | None = Field(None, ge=0, le=1)
 
 
 class Section(NamedTuple):
@@ -46,7 +45,7 @@ class Section(NamedTuple):
 
     dataset: str
     results: dict[str, Any]
-    published: PublishedFigures | None = None
+    published: Published | None = None
 
 
 def _spread(values: Sequence[float], digits: int = 3) -> str:
@@ -368,13 +367,14 @@ def _gap_text(gaps: list[float]) -> str:
 
 def _baselines_markdown(sections: Sequence[Section]) -> list[str]:
     """The plaintext baselines against their published figures: a table, one row per section with ``published``."""
-    baselines = [section for section in sections if section.published is not None]
+    baselines = [
+        (section.dataset, section.results, section.published) for section in sections if section.published is not None
+    ]
     if not baselines:
         return []
     sources: dict[str, list[str]] = {}
-    for section in baselines:
-        assert section.published is not None
-        sources.setdefault(section.published.source, []).append(section.dataset)
+    for dataset, _, published in baselines:
+        sources.setdefault(published.source, []).append(dataset)
     cited = (
         next(iter(sources))
         if len(sources) == 1
@@ -382,7 +382,6 @@ def _baselines_markdown(sections: Sequence[Section]) -> list[str]:
     )
     rows = []
     for dataset, results, published in baselines:
-        assert published is not None
         plan = results["plan"]
         split = "official split" if _official(results) else f"{results['dataset']['data'].get('split', 'random')} split"
         central = _values(results, "central", "plaintext", "accuracy")
