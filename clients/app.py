@@ -15,6 +15,7 @@ surrogate, never do. Message types:
 
 import zlib
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -26,7 +27,7 @@ from fesf_fed.federation import protocol
 from fesf_fed.federation.protocol import DataDescription
 from fesf_fed.federation.settings import RunSettings, parse_run_settings
 from fesf_fed.models import build_model
-from fesf_fed.task import evaluate, train
+from fesf_fed.task import Evaluation, evaluate, train
 from fesf_fed.training_data import SiteData
 
 from .site import describe_node, progress_file, site_config_for, site_data
@@ -120,14 +121,13 @@ def evaluate_round(message: Message, context: Context) -> Message:
     settings, config, data = _site(message, context)
     model = _global_model(message, settings, data)
     device = select_device(config.device)
-    result = evaluate(
-        model,
-        data.test_images,
-        data.test_labels,
-        num_classes=len(data.classes),
-        batch_size=settings.batch_size,
-        device=device,
-    )
+
+    def evaluated(images: np.ndarray, labels: np.ndarray) -> Evaluation:
+        return evaluate(
+            model, images, labels, num_classes=len(data.classes), batch_size=settings.batch_size, device=device
+        )
+
+    result = evaluated(data.test_images, data.test_labels)
     scalars = result.scalars()
     metrics = MetricRecord({protocol.NUM_EXAMPLES: scalars.pop("examples"), **scalars})
     records: dict[str, Record] = {
@@ -135,13 +135,6 @@ def evaluate_round(message: Message, context: Context) -> Message:
         protocol.CONFUSION: ConfigRecord(protocol.confusion_record(result.confusion)),
     }
     if len(data.val_labels):
-        validation = evaluate(
-            model,
-            data.val_images,
-            data.val_labels,
-            num_classes=len(data.classes),
-            batch_size=settings.batch_size,
-            device=device,
-        )
+        validation = evaluated(data.val_images, data.val_labels)
         records[protocol.VAL_CONFUSION] = ConfigRecord(protocol.confusion_record(validation.confusion))
     return _site_reply(message, config.site, **records)
