@@ -332,13 +332,17 @@ def _hand_cell(correct: int, **figures: float) -> dict:
 
 
 def _hand_results(cells: dict[str, dict], modes: list[str], split: str = "random", **extra: object) -> dict:
-    """Results as results.json holds them, of three seeds, 10 rounds x 4 local epochs, with ``cells``."""
+    """Results as results.json holds them, of three seeds, 10 rounds x 4 local epochs, with ``cells``.
+
+    ``split`` reaches the sites as a suite's baselines set it: a ``site.data.split`` run-config key
+    over a dataset config that leaves it at its default.
+    """
     return {
         "plan": {"name": "hand", "model": "smallcnn", "seeds": [0, 1, 2], "modes": modes, "central": True}
-        | {"rounds": 10, "local_epochs": 4},
+        | {"rounds": 10, "local_epochs": 4, "overrides": {"site.data.split": split}},
         "site": {"pipeline": {"alpha": 0.5, "beta": 0.5, "refine_alpha": 0.5, "refine_beta": 0.1}}
         | {"quality": {"max_images": 4}},
-        "dataset": {"data": {"image_size": 28, "split": split}},
+        "dataset": {"data": {"image_size": 28, "split": "random"}},
         "cells": cells,
         **extra,
     }

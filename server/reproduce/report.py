@@ -329,8 +329,13 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
 
 
 def _official(results: dict[str, Any]) -> bool:
-    """Whether the dataset's sites use the MedMNIST file's own train/val/test parts (``data.split`` official)."""
-    return bool(results["dataset"]["data"].get("split") == "official")
+    """Whether the sites use the MedMNIST file's own train/val/test parts (``data.split`` official).
+
+    The plan's ``site.data.split`` run-config key sets it where the dataset's config leaves it unset
+    (a ``site.`` key only fills unset fields, and a plan may not override one the config sets).
+    """
+    split = results["plan"].get("overrides", {}).get("site.data.split", results["dataset"]["data"].get("split"))
+    return bool(split == "official")
 
 
 def _chosen_models(results: dict[str, Any]) -> str:
