@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from fesf_fed.data import SPLIT_VERSION
 from fesf_fed.errors import ConfigError
 from fesf_fed.federation.run_summary import RunSummary
 from fesf_fed.federation.settings import parse_run_settings
@@ -35,9 +36,11 @@ def test_what_the_serverapp_would_refuse_late_is_refused_first(given, message):
 
 
 def _stored_run(name: str, **info) -> None:
-    settings, _ = parse_run_settings(run_config())
+    """A run stored as the federation stores one as it begins: its settings and its sites' split version."""
+    settings, site_defaults = parse_run_settings(run_config())
     run = RunFolder(name)
-    run.set_info(config=settings.model_dump(by_alias=True), **info)
+    config = {**settings.model_dump(by_alias=True), **{f"site.{key}": value for key, value in site_defaults.items()}}
+    run.set_info(config=config, split_version=SPLIT_VERSION, **info)
     run.close()
 
 
