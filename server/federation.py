@@ -295,14 +295,15 @@ def _record_validation(
     for scope, matrix in matrices.items():
         run.record(server_round, "validation", scope, _validation_figures(matrix))
         run.record_confusion(server_round, "validation", scope, matrix.tolist())
-    if not matrices or not validating <= matrices.keys():
-        if validating - matrices.keys():
-            log(
-                WARNING,
-                "Round %d: no validation figure from %s: the round cannot be chosen as the run's model",
-                server_round,
-                ", ".join(sorted(validating - matrices.keys())),
-            )
+    missing = validating - matrices.keys()
+    if missing:
+        log(
+            WARNING,
+            "Round %d: no validation figure from %s: the round cannot be chosen as the run's model",
+            server_round,
+            ", ".join(sorted(missing)),
+        )
+    if missing or not matrices:
         return None
     pooled = np.sum(list(matrices.values()), axis=0)
     figures = _validation_figures(pooled)

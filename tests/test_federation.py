@@ -20,7 +20,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fesf_fed.deployment.processes import flower_env
 from fesf_fed.errors import ConfigError, FesfError
-from fesf_fed.federation.run_summary import RunSummary
+from fesf_fed.federation.run_summary import RunSummary, selected_round
 from fesf_fed.federation.settings import parse_run_settings
 from fesf_fed.progress import SiteProgress, Stage
 from fesf_fed.task import classification_figures, one_class_answer
@@ -227,6 +227,19 @@ def test_the_federation_keeps_an_earlier_round_that_validated_best_and_its_model
     assert best["round"] == 1
     assert all(torch.equal(best["arrays"][name], first["arrays"][name]) for name in first["arrays"])
     assert not all(torch.equal(best["arrays"][name], last["arrays"][name]) for name in last["arrays"])
+
+
+def test_a_round_missing_a_validating_sites_counts_cannot_be_chosen():
+    run = RunFolder("partial")
+    matrix = np.array([[3, 1], [0, 4]])
+    # Round 1: both validating sites answered; round 2: site-b's reply is missing.
+    assert federation._record_validation(run, 1, {"site-a": matrix, "site-b": matrix}, {"site-a", "site-b"}) is not None
+    assert federation._record_validation(run, 2, {"site-a": np.eye(2, dtype=int) * 5}, {"site-a", "site-b"}) is None
+    rounds = run.rounds()
+    run.close()
+    assert rounds[1].figures("validation", "site-a")["f1"] == 1.0  # the site's own figures are kept
+    assert rounds[1].figures("validation") == {}  # but no pooled figure: round 2 is not comparable
+    assert selected_round(rounds) == 1
 
 
 def test_the_final_figures_are_the_best_validation_rounds_not_the_last_or_the_best_tested():
