@@ -50,7 +50,7 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-results: $(BIN)/fesf  ## the paper's Tables 1-3 on ../shared/data, federated and central: regenerates docs/results.md (about 1.5 h on 2 CPU cores)
+results: $(BIN)/fesf  ## the paper's Tables 1-3 on ../shared/data, federated and central: regenerates docs/results.md (about 3 h of cells on 2 CPU cores; finished cells are kept)
 	$(BIN)/fesf-reproduce suite configs/results.yaml
 
 test: $(BIN)/fesf $(CHROMIUM)  ## lint, format and type checks, then the whole test suite

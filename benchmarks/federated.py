@@ -4,7 +4,7 @@ The federation runs in Flower's in-process simulation (``server/simulation.py``'
 apps: Ray actors host the ClientApps). The baseline does exactly the sites' work
 in this process, one site after another: per round, ``fesf_fed.task.train`` from
 the global model for ``local-epochs`` on each site's training surrogates, FedAvg
-of the results, then ``evaluate`` on each site's test split. Both are timed in the
+of the results, then ``evaluate`` on each site's test split and validation part. Both are timed in the
 same run, so their ratio holds on a shared, noisy machine; the baseline runs once
 before the federation and once after it, bracketing it.
 
@@ -243,14 +243,10 @@ def _centralised(config: dict[str, Any], sites: list[tuple[str, SiteData]], roun
         for _, data in sites:
             model = build_model(settings.model, classes, channels, image_size=size)
             model.load_state_dict(state)
-            evaluate(
-                model,
-                data.test_images,
-                data.test_labels,
-                num_classes=classes,
-                batch_size=settings.batch_size,
-                device=device,
-            )
+            # As a site's evaluate reply: its test split, then the validation part that picks the round.
+            for images, labels in ((data.test_images, data.test_labels), (data.val_images, data.val_labels)):
+                if len(labels):
+                    evaluate(model, images, labels, num_classes=classes, batch_size=settings.batch_size, device=device)
         seconds.append(time.perf_counter() - start)
     return seconds
 

@@ -81,8 +81,13 @@ _TORCHVISION: dict[str, _TorchvisionSpec] = {
     "efficientnet_v2_s": _TorchvisionSpec("features.0.0", "classifier.1", 32),
 }
 
+# SmallCNN's first-block width under each of its registered names. The wide one has about 4x the
+# multiply-adds at about 2x the CPU time (1.5-2.6x per central cell of the 28 px MedMNIST
+# baselines, docs/benchmarks.md): more capacity where a plaintext benchmark asks for it, still a CPU model.
+_SMALLCNN_WIDTHS: dict[str, int] = {"smallcnn": 16, "smallcnn_wide": 32}
+
 #: Every model name :func:`build_model` accepts.
-MODEL_NAMES: tuple[str, ...] = ("smallcnn", *_TORCHVISION)
+MODEL_NAMES: tuple[str, ...] = (*_SMALLCNN_WIDTHS, *_TORCHVISION)
 #: ``resnet18`` takes MedMNIST's small-image stem for images smaller than this (px), torchvision's from it on.
 #: Torchvision's stem divides the side by 4 and the blocks by 8 more: at 64 px the last block still sees
 #: 2x2, at 32 px only 1x1, and 28 px (MedMNIST) would reach the first block as 7x7.
@@ -92,7 +97,7 @@ SMALL_INPUT_BELOW = 64
 def min_image_size(name: str) -> int:
     """The smallest square image side the named model accepts."""
     _check_name(name)
-    return 8 if name == "smallcnn" else _TORCHVISION[name].min_size
+    return 8 if name in _SMALLCNN_WIDTHS else _TORCHVISION[name].min_size
 
 
 def _check_name(name: str) -> None:
@@ -160,8 +165,9 @@ def build_model(
     Parameters
     ----------
     name : str
-        One of ``MODEL_NAMES``: ``smallcnn``, ``resnet18``, ``vgg16``, ``resnet34``,
-        ``mobilenet_v3_large`` or ``efficientnet_v2_s``.
+        One of ``MODEL_NAMES``: ``smallcnn`` (:class:`SmallCNN`, width 16), ``smallcnn_wide``
+        (width 32), ``resnet18``, ``vgg16``, ``resnet34``, ``mobilenet_v3_large`` or
+        ``efficientnet_v2_s``.
     num_classes : int
         Number of output logits (at least 2).
     in_channels : int
@@ -169,7 +175,7 @@ def build_model(
     weights : Path, optional
         A local torchvision state dict of the same architecture (e.g. its ImageNet
         weights); nothing is downloaded. The head is replaced, so only the backbone
-        is taken from it. Not available for ``smallcnn``.
+        is taken from it. Not available for ``smallcnn`` and ``smallcnn_wide``.
     image_size : int, optional
         The side of the square images the model will see. ``resnet18`` chooses its stem
         by it (below :data:`SMALL_INPUT_BELOW` px MedMNIST's small-image stem), so every
@@ -196,10 +202,10 @@ def build_model(
             f"model: {name} needs images of at least {min_image_size(name)} px, got {image_size}; "
             "choose a larger image_size or another model"
         )
-    if name == "smallcnn":
+    if name in _SMALLCNN_WIDTHS:
         if weights is not None:
-            raise ConfigError("model weights: smallcnn has no pretrained weights; leave the weights file out")
-        return SmallCNN(num_classes, in_channels)
+            raise ConfigError(f"model weights: {name} has no pretrained weights; leave the weights file out")
+        return SmallCNN(num_classes, in_channels, _SMALLCNN_WIDTHS[name])
     spec = _TORCHVISION[name]
     # Imported here, not at the top: importing torchvision takes about 1.5 s, and a deployed
     # site pays it in every message, since Flower starts a new ClientApp process for each.

@@ -22,7 +22,7 @@ import Flower: :func:`fesf_fed.task.train` uses it, and so does the central refe
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, get_args
 
 import numpy as np
@@ -130,6 +130,14 @@ class Recipe:
             warmup_fraction=0.0,
             clip_grad_norm=0.0,
         )
+
+    def changes_from(self, other: "Recipe") -> dict[str, object]:
+        """The settings whose values differ from ``other``'s, by run-config key (``class-weighting``), in field order."""
+        return {
+            field.name.replace("_", "-"): getattr(self, field.name)
+            for field in fields(self)
+            if getattr(self, field.name) != getattr(other, field.name)
+        }
 
     def learning_rate(self, base: float, position: float, total: float) -> float:
         """The learning rate at ``position`` epochs into a run of ``total`` epochs.

@@ -42,20 +42,36 @@ def test_resnet18_at_28_pixels_takes_the_backbone_of_local_weights_and_a_new_ste
     assert loaded["conv1.weight"].shape == (64, 1, 3, 3) and loaded["fc.weight"].shape == (2, 512)
 
 
-def test_the_small_cnn_takes_any_size_from_8_pixels() -> None:
-    model = build_model("smallcnn", 3, 1).eval()
+@pytest.mark.parametrize("name", ["smallcnn", "smallcnn_wide"])
+def test_the_small_cnns_take_any_size_from_8_pixels(name: str) -> None:
+    model = build_model(name, 3, 1).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 1, 8, 8)).shape == (1, 3) and model(torch.rand(1, 1, 37, 23)).shape == (1, 3)
+
+
+def test_the_wide_small_cnn_doubles_every_blocks_channels() -> None:
+    def channels(name: str) -> list[int]:
+        model = build_model(name, 2, 1)
+        return [layer.out_channels for layer in model.modules() if isinstance(layer, torch.nn.Conv2d)]
+
+    assert channels("smallcnn") == [16, 32, 64] and channels("smallcnn_wide") == [32, 64, 128]
 
 
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"name": "resnet50", "num_classes": 2}, "unknown model 'resnet50'; choose one of smallcnn, resnet18, vgg16"),
+        (
+            {"name": "resnet50", "num_classes": 2},
+            "unknown model 'resnet50'; choose one of smallcnn, smallcnn_wide, resnet18, vgg16",
+        ),
         ({"name": "resnet34", "num_classes": 2, "image_size": 28}, "resnet34 needs images of at least 32 px, got 28"),
         ({"name": "resnet34", "num_classes": 1}, "num_classes must be at least 2"),
         ({"name": "resnet34", "num_classes": 2, "in_channels": 2}, "in_channels must be 1 or 3"),
         ({"name": "smallcnn", "num_classes": 2, "weights": Path("x.pth")}, "smallcnn has no pretrained weights"),
+        (
+            {"name": "smallcnn_wide", "num_classes": 2, "weights": Path("x.pth")},
+            "smallcnn_wide has no pretrained weights",
+        ),
         ({"name": "resnet34", "num_classes": 2, "weights": Path("/no/such.pth")}, "/no/such.pth not found"),
     ],
 )

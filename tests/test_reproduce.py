@@ -202,16 +202,23 @@ def test_the_shipped_suite_names_valid_site_configs():
     path = Path(__file__).resolve().parents[1] / "configs" / "results.yaml"
     suite = load_suite(path)
     paper_strengths = []
+    baselines: dict[tuple[str, frozenset[tuple[str, object]]], list[str]] = {}
     for entry in suite.reproductions:
         if entry.published:
-            # A plaintext baseline: MedMNIST's official split, held against the published figures.
-            assert entry.modes == ("plaintext",) and entry.overrides == {"site.data.split": "official"}
+            # A plaintext baseline: MedMNIST's official split, held against the published figures,
+            # with a model and run settings that every baseline of its set shares.
+            assert entry.modes == ("plaintext",) and entry.overrides["site.data.split"] == "official"
+            baselines.setdefault((entry.model, frozenset(entry.overrides.items())), []).append(entry.dataset)
             continue
         pipeline = load_config(path.parent / entry.site_config).pipeline
         if (pipeline.alpha, pipeline.beta, pipeline.refine_alpha, pipeline.refine_beta) == (0.5, 0.5, 0.5, 0.1):
             paper_strengths.append(entry.dataset)
     # Each shared dataset once with the paper's IHM strengths; other entries are baselines or analysis rows.
     assert sorted(paper_strengths) == ["Br35H", "BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
+    # Each set of baselines trains every MedMNIST set alike: no per-dataset model or recipe.
+    assert [sorted(datasets) for datasets in baselines.values()] == [
+        ["BreastMNIST", "PneumoniaMNIST", "RetinaMNIST"]
+    ] * len(baselines)
 
 
 def test_tables_give_balanced_accuracy_and_flag_models_that_answer_one_class():
@@ -343,6 +350,7 @@ def _hand_results(cells: dict[str, dict], modes: list[str], split: str = "random
         "site": {"pipeline": {"alpha": 0.5, "beta": 0.5, "refine_alpha": 0.5, "refine_beta": 0.1}}
         | {"quality": {"max_images": 4}},
         "dataset": {"data": {"image_size": 28, "split": "random"}},
+        "recipe": asdict(Recipe()),
         "cells": cells,
         **extra,
     }
@@ -412,6 +420,29 @@ def test_the_baseline_table_holds_plaintext_to_the_published_figures_and_federat
     # Without a baseline, no such section.
     page = report_module.results_markdown(sections[3:], "# Results", "")
     assert "## Plaintext baselines" not in page
+
+
+def test_a_reproduction_trained_with_another_recipe_says_how_wherever_it_is_named():
+    published = Published(source="MedMNIST v2, ResNet-18 (28)", accuracy=0.863, auroc=0.901)
+    plain = _baseline([90, 90, 90], [88, 88, 88], [0.95, 0.95, 0.95])
+    plain["recipe"] = dict(sorted((plain["recipe"] | {"class_weighting": "none", "augment": "light"}).items()))
+    surrogates = _surrogates(0.8, [0.8, 0.8, 0.8])
+    surrogates["recipe"] |= {"class_weighting": "none"}
+    sections = [
+        report_module.Section("Default", _baseline([90, 90, 90], [88, 88, 88], [0.95, 0.95, 0.95]), published),
+        report_module.Section("Plain", plain, published),
+        report_module.Section("Other", surrogates),
+    ]
+    page = report_module.results_markdown(sections, "# Results", "")
+    rows = _rows(page, "## Plaintext baselines against published figures")
+    assert rows["Default"][1] == "smallcnn, 28 px, official split"
+    # In the recipe's own order, whatever order results.json keeps the keys in.
+    assert rows["Plain"][1] == "smallcnn, 28 px (recipe: class-weighting none, augment light), official split"
+    assert _rows(page, "## Summary")["Other"][1] == "smallcnn, 28 px (recipe: class-weighting none)"
+    assert "### Plain: smallcnn, 28 px (recipe: class-weighting none, augment light)\n" in page
+    # Results from before recipes trained the legacy way, and say so.
+    del plain["recipe"]
+    assert report_module.setting_label(plain) == "smallcnn, 28 px (recipe: legacy)"
 
 
 def test_baselines_stay_out_of_the_summary_and_its_means_and_read_as_baselines():

@@ -186,17 +186,16 @@ def plan_recipe(plan: Plan) -> dict[str, Any]:
     return asdict(settings.recipe())
 
 
-def _check_recipe(path: Path, results: dict[str, Any], recipe: dict[str, Any]) -> None:
-    """Refuse to add cells trained with ``recipe`` to results whose cells were trained with another.
+def results_recipe(results: dict[str, Any]) -> Recipe:
+    """The recipe every cell of ``results`` trained with; results that keep none predate recipes (legacy training)."""
+    return Recipe(**results["recipe"]) if "recipe" in results else Recipe.legacy()
 
-    Results without a recipe predate recipes: their cells were trained the legacy way.
-    """
-    made_with = results.get("recipe", asdict(Recipe.legacy()))
-    changed = [
-        f"{key.replace('_', '-')} {made_with.get(key)!r}, not {value!r}"
-        for key, value in recipe.items()
-        if made_with.get(key) != value
-    ]
+
+def _check_recipe(path: Path, results: dict[str, Any], recipe: dict[str, Any]) -> None:
+    """Refuse to add cells trained with ``recipe`` to results whose cells were trained with another."""
+    made_with, wanted = results_recipe(results), Recipe(**recipe)
+    theirs, ours = made_with.changes_from(wanted), wanted.changes_from(made_with)
+    changed = [f"{key} {theirs[key]!r}, not {ours[key]!r}" for key in theirs]
     if changed and results["cells"]:
         raise ConfigError(
             f"{path}: its cells were trained with another recipe ({'; '.join(changed)}); "

@@ -9,9 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fesf_fed.federation.protocol import TEST_EXAMPLES
 from fesf_fed.quality import QUALITY_PAIRS
+from fesf_fed.recipe import Recipe
 from fesf_fed.task import classification_figures, one_class_answer
 
-from .experiment import cell_key
+from .experiment import cell_key, results_recipe
 from .paper import PAPER_MEAN_RATIO, paper_quality
 
 #: How the table names each training mode (the paper's symbols).
@@ -134,6 +135,19 @@ def _variant_text(variant: dict[str, float]) -> str:
     return ", ".join(f"{key} {value}" for key, value in variant.items())
 
 
+def setting_label(results: dict[str, Any]) -> str:
+    """What a reproduction trained: model and image size, and its recipe where not the default.
+
+    E.g. "smallcnn_wide, 28 px (recipe: class-weighting none)"; results from before recipes say "(recipe: legacy)".
+    """
+    label = f"{results['plan']['model']}, {results['dataset']['data']['image_size']} px"
+    recipe = results_recipe(results)
+    if recipe == Recipe.legacy():
+        return f"{label} (recipe: legacy)"
+    changes = ", ".join(f"{key} {value}" for key, value in recipe.changes_from(Recipe()).items())
+    return f"{label} (recipe: {changes})" if changes else label
+
+
 def majority_share(cell: dict[str, Any]) -> float:
     """The accuracy of always answering the test set's largest class: what a model that learned nothing scores."""
     confusion = cell["confusion"]
@@ -227,7 +241,6 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     done = "" if len(results["cells"]) == planned else f" **{len(results['cells'])} of {planned} cells finished.**"
     central = f", {plan['rounds'] * plan['local_epochs']} epochs central" if plan["central"] else ""
     environment = results.get("environment", {})
-    size = results["dataset"]["data"]["image_size"]
     official = "; each site's images in MedMNIST's official train/val/test parts" if _official(results) else ""
     surrogates = any(mode != "plaintext" for mode in plan["modes"])
     strengths = (
@@ -237,7 +250,7 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
         else ""
     )
     lines = [
-        f"### {dataset}: {plan['model']}, {size} px",
+        f"### {dataset}: {setting_label(results)}",
         "",
         (
             f"`{plan['name']}`: 3 sites (Dirichlet split{official}), {plan['rounds']} rounds x "
@@ -402,7 +415,7 @@ def _baselines_markdown(sections: Sequence[Section]) -> list[str]:
         rows.append(
             [
                 dataset,
-                f"{plan['model']}, {results['dataset']['data']['image_size']} px, {split}",
+                f"{setting_label(results)}, {split}",
                 _spread(central)
                 + _one_class_flag(_cells(results, "central", "plaintext"))
                 + (f" ({_shortfall(statistics.mean(central), published.accuracy)})" if central else ""),
@@ -499,13 +512,11 @@ def results_markdown(sections: Sequence[Section], preamble: str, notes: str) -> 
     for dataset, results, published in sections:
         if published is not None:
             continue
-        plan = results["plan"]
         quality = surrogate_quality(results)
         rows.append(
             [
                 dataset,
-                f"{plan['model']}, {results['dataset']['data']['image_size']} px"
-                + (f" ({_variant_text(results['variant'])})" if results.get("variant") else ""),
+                setting_label(results) + (f" ({_variant_text(results['variant'])})" if results.get("variant") else ""),
                 *_scores(results, "federated", "plaintext"),
                 *_scores(results, "federated", "x_su_prime"),
                 _spread(ratios(results, "federated", "x_su_prime")),
