@@ -451,7 +451,7 @@ def _final_metrics(run: RunFolder) -> FinalMetrics:
     evaluation = entry.evaluate if entry else {}
     figures = evaluation.get(GLOBAL, {})
     confusion = {
-        phase: tuple(tuple(row) for row in found[1])
+        phase: tuple(tuple(row) for row in found)
         for phase in _TEST_SETS
         if chosen is not None and (found := run.confusion(phase, chosen)) is not None
     }

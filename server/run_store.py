@@ -30,7 +30,14 @@ import torch
 
 from fesf_fed.atomic import atomic_writer, write_json
 from fesf_fed.errors import ConfigError
-from fesf_fed.federation.run_summary import GLOBAL, SUMMARY_FILE, FinalMetrics, RoundMetrics, RunSummary
+from fesf_fed.federation.run_summary import (
+    GLOBAL,
+    SUMMARY_FILE,
+    FinalMetrics,
+    RoundMetrics,
+    RunSummary,
+    selected_round,
+)
 from fesf_fed.federation.settings import RUN_NAME
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.progress import SiteProgress
@@ -137,13 +144,13 @@ class _Store:
         """Every stored round's metrics, in round order."""
         return [RoundMetrics.from_json(entry) for entry in self.history()]
 
-    def confusion(self, phase: str, server_round: int, scope: str = GLOBAL) -> tuple[int, list[list[int]]] | None:
-        """Round ``server_round``'s confusion matrix of ``phase`` and ``scope``, as ``(round, rows)``, or None."""
+    def confusion(self, phase: str, server_round: int, scope: str = GLOBAL) -> list[list[int]] | None:
+        """Round ``server_round``'s confusion matrix of ``phase`` and ``scope`` (rows: true class), or None."""
         row = self.store.execute(
-            "SELECT round, counts FROM confusion WHERE phase = ? AND scope = ? AND round = ?",
+            "SELECT counts FROM confusion WHERE phase = ? AND scope = ? AND round = ?",
             (phase, scope, server_round),
         ).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]))
+        return None if row is None else json.loads(row[0])
 
     def _checkpoints(self) -> list[Path]:
         return sorted((self.directory / "checkpoints").glob("round-*.pt"))
@@ -168,8 +175,17 @@ class _Store:
         return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
 
     def model_checkpoint_path(self) -> Path | None:
-        """The run's resulting model: ``best.pt``, else (no site validates) the newest round's checkpoint."""
-        return self.best_checkpoint_path if self.best_checkpoint_path.is_file() else self.latest_checkpoint_path()
+        """The file holding the run's resulting model, that of :func:`selected_round`, or None before any round.
+
+        The newest round's checkpoint when it is that round: also after an interruption between a
+        round's metrics and its ``best.pt``, which a resume mends but a run never resumed keeps.
+        Else ``best.pt`` (an earlier round, whose own checkpoint may be pruned); without one (no site
+        validates), the newest checkpoint.
+        """
+        latest = self.latest_checkpoint_path()
+        if latest is not None and int(latest.stem.removeprefix("round-")) == selected_round(self.rounds()):
+            return latest
+        return self.best_checkpoint_path if self.best_checkpoint_path.is_file() else latest
 
     def model_checkpoint(self) -> dict[str, Any] | None:
         """The run's resulting model (``round`` and ``arrays``; see :meth:`model_checkpoint_path`), or None."""

@@ -118,6 +118,15 @@ def test_the_runs_list_gives_each_runs_status_settings_and_its_models_round(clie
     assert "best_f1" not in run
 
 
+def _stored_details(name: str) -> RunDetails:
+    """What the run page reads of run ``name``, through the dashboard's read-only view of its store."""
+    stored = StoredRun(runs_folder() / name)
+    try:
+        return run_details(stored)
+    finally:
+        stored.close()
+
+
 def _validated_run(name: str) -> RunDetails:
     """A finished 4-round run whose best validation round (3) is neither its last nor its best test round (2)."""
     run = RunFolder(name)
@@ -138,10 +147,7 @@ def _validated_run(name: str) -> RunDetails:
         run.record_confusion(server_round, "evaluate", "global", counts)
     run.record_confusion(4, "central", "global", [[1, 0], [0, 1]])  # the last round's, not the model's
     run.close()
-    stored = StoredRun(runs_folder() / name)
-    details = run_details(stored)
-    stored.close()
-    return details
+    return _stored_details(name)
 
 
 def test_every_page_shows_the_best_validation_rounds_model_not_the_last_or_best_test_round():
@@ -254,10 +260,7 @@ def _old_run(name: str, pooled: list[list[int]]) -> RunDetails:
     run.record(1, "evaluate", "global", {"accuracy": 0.8, "precision": 0.4, "recall": 0.5, "f1": 0.44, "loss": 0.6})
     run.record_confusion(1, "evaluate", "global", pooled)
     run.close()
-    stored = StoredRun(runs_folder() / name)
-    details = run_details(stored)
-    stored.close()
-    return details
+    return _stored_details(name)
 
 
 def test_a_run_whose_model_answers_one_class_is_badged_on_every_page_and_old_runs_still_show():
@@ -312,10 +315,8 @@ def test_a_run_refused_for_a_bad_setting_is_listed_failed_with_its_one_line_erro
         server.app.main(None, context)  # type: ignore[arg-type]  # refused before any grid use
     (listed,) = list_runs(runs_folder())
     assert (listed.name, listed.status) == ("77", "failed")
-    stored = StoredRun(runs_folder() / "77")
-    (error,) = [c for c in _components(run_page(run_details(stored))) if getattr(c, "id", None) == "run-error"]
+    (error,) = [c for c in _components(run_page(_stored_details("77"))) if getattr(c, "id", None) == "run-error"]
     assert error.children.startswith("error: run config mode: Input should be") and "(got 'nonsense')" in error.children
-    stored.close()
 
 
 @pytest.mark.parametrize("name", ["nope", "..", "%2E%2E%2Fetc", "a b"])

@@ -290,6 +290,25 @@ def test_a_resumed_run_mends_a_best_model_that_an_interruption_left_unwritten():
     assert best is not None and best["round"] == 1 and torch.equal(best["arrays"]["weight"], arrays["1"]["weight"])
 
 
+def test_the_runs_model_file_holds_the_selected_round_even_when_best_pt_was_left_behind():
+    run = RunFolder("left-behind")
+    arrays = {r: {"weight": torch.full((2,), float(r))} for r in (1, 2, 3)}
+    for server_round, validation_f1 in ((1, 0.4), (2, 0.7)):
+        run.save_checkpoint(server_round, {"arrays": arrays[server_round]}, 2)
+        run.record(server_round, "validation", GLOBAL, {"f1": validation_f1})
+    run.save_best(1, arrays[1])
+    # Stopped after round 2's metrics, before its best.pt, and never resumed: round 2's checkpoint is the model.
+    assert run.model_checkpoint_path() == run.directory / "checkpoints" / "round-0002.pt"
+    # A later, worse round: the best round's checkpoint is pruned, best.pt holds it.
+    run.save_best(2, arrays[2])
+    run.save_checkpoint(3, {"arrays": arrays[3]}, 1)
+    run.record(3, "validation", GLOBAL, {"f1": 0.5})
+    model, path = run.model_checkpoint(), run.model_checkpoint_path()
+    run.close()
+    assert path == run.best_checkpoint_path
+    assert model is not None and model["round"] == 2 and torch.equal(model["arrays"]["weight"], arrays[2]["weight"])
+
+
 def test_a_final_model_that_answers_one_class_is_flagged_and_warned_about(caplog):
     run = RunFolder("one-class")
     run.record(1, "evaluate", GLOBAL, {"accuracy": 0.5, "balanced-accuracy": 0.5})

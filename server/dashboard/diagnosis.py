@@ -2,9 +2,9 @@
 
 A clinician's site turns a scan into a surrogate locally (``fesf predict``) and sends
 only the surrogate; the service returns the predicted class and the class
-probabilities. A run's model is the global model of its best validation round
-(``checkpoints/best.pt``), else, where no site validates, of its newest round. Uploads
-are decoded in memory and never written anywhere.
+probabilities. A run's model is the global model of its best validation round, else,
+where no site validates, of its newest round (``run_store._Store.model_checkpoint_path``).
+Uploads are decoded in memory and never written anywhere.
 """
 
 import io
@@ -109,7 +109,7 @@ class DiagnosisService:
         self._lock = threading.Lock()
 
     def global_model(self, name: str) -> GlobalModel:
-        """The run's model: its best validation round's (``best.pt``), else its newest round's; loaded once per file.
+        """The run's model: its best validation round's, else its newest round's; loaded once per file.
 
         Raises
         ------

@@ -109,24 +109,14 @@ def round_entry(history: list[dict[str, Any]], server_round: int | None) -> dict
     return next((entry for entry in history if entry["round"] == server_round), {})
 
 
-def _pooled(run: StoredRun, server_round: int | None) -> tuple[int, list[list[int]]] | None:
-    """The sites' summed federated confusion matrix of round ``server_round`` (None before any round)."""
-    return None if server_round is None else run.confusion("evaluate", server_round)
-
-
-def _summary(
-    run: StoredRun,
-    info: dict[str, Any],
-    sites: dict[str, Any],
-    history: list[dict[str, Any]],
-    pooled: tuple[int, list[list[int]]] | None,
-) -> RunRow:
-    """A run's list row; ``pooled`` is its model's round's summed federated confusion matrix (:func:`_pooled`)."""
+def _summary(run: StoredRun, info: dict[str, Any], sites: dict[str, Any], history: list[dict[str, Any]]) -> RunRow:
+    """A run's list row, of its model's round; call it within the store's snapshot that read ``history``."""
     config = info.get("config", {})
-    # From the matrix rather than the stored metric, so that runs stored before the federation
-    # recorded balanced accuracy show it too.
-    counts = None if pooled is None else np.asarray(pooled[1])
     chosen = model_round(history)
+    # From the round's summed confusion matrix rather than the stored metric, so that runs stored
+    # before the federation recorded balanced accuracy show it too.
+    pooled = None if chosen is None else run.confusion("evaluate", chosen)
+    counts = None if pooled is None else np.asarray(pooled)
     entry = round_entry(history, chosen)
     evaluation = entry.get("evaluate", {}).get(GLOBAL, {})
     return RunRow(
@@ -156,9 +146,7 @@ def list_runs(folder: Path) -> list[RunRow]:
             run = StoredRun(path)
             try:
                 with run.snapshot():  # the federation may commit a round meanwhile
-                    history = run.history()
-                    pooled = _pooled(run, model_round(history))
-                    summaries.append(_summary(run, run.info(), run.sites(), history, pooled))
+                    summaries.append(_summary(run, run.info(), run.sites(), run.history()))
             finally:
                 run.close()
         except (sqlite3.Error, OSError, ValueError) as exc:
@@ -173,8 +161,7 @@ def _confusion(run: StoredRun, classes: list[str], server_round: int | None) -> 
     if server_round is None:
         return None
     for phase, source in (("central", "central evaluation"), ("evaluate", "federated evaluation, summed over sites")):
-        if found := run.confusion(phase, server_round):
-            server_round, counts = found
+        if counts := run.confusion(phase, server_round):
             return {"round": server_round, "source": source, "classes": classes, "counts": counts}
     return None
 
@@ -184,12 +171,11 @@ def run_details(run: StoredRun) -> RunDetails:
     with run.snapshot():  # the federation may commit a round meanwhile
         info, sites, history = run.info(), run.sites(), run.history()
         classes = list(info.get("classes", []))
-        chosen = model_round(history)
-        confusion = _confusion(run, classes, chosen)
-        pooled = _pooled(run, chosen)
+        summary = _summary(run, info, sites, history)
+        confusion = _confusion(run, classes, summary.model_round)
         preparation = run.preparation()
     return RunDetails(
-        summary=_summary(run, info, sites, history, pooled),
+        summary=summary,
         config=info.get("config", {}),
         classes=classes,
         input=info.get("input", {}),

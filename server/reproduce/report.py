@@ -58,6 +58,11 @@ def _spread(values: Sequence[float], digits: int = 3) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def _setting_cells(results: dict[str, Any], setting: str) -> list[dict[str, Any]]:
+    """The finished cells of a setting (``federated`` or ``central``), every mode."""
+    return [cell for key, cell in results["cells"].items() if key.startswith(setting + "/")]
+
+
 def _cells(results: dict[str, Any], setting: str, mode: str) -> list[dict[str, Any]]:
     """The finished cells of a setting and mode, in the plan's seed order."""
     cells = results["cells"]
@@ -195,7 +200,7 @@ def _minutes(seconds: float) -> str:
 
 def _mean_seconds(results: dict[str, Any], setting: str) -> float | None:
     """The mean seconds of a setting's finished cells (every mode); None when it has none."""
-    seconds = [cell["seconds"] for key, cell in results["cells"].items() if key.startswith(setting + "/")]
+    seconds = [cell["seconds"] for cell in _setting_cells(results, setting)]
     return statistics.mean(seconds) if seconds else None
 
 
@@ -308,7 +313,7 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
             )
         lines += _table(["pair", "SSIM", "PSNR (dB)", "paper SSIM", "paper PSNR (dB)"], quality_rows)
     seconds = {
-        setting: sum(cell["seconds"] for key, cell in results["cells"].items() if key.startswith(setting + "/"))
+        setting: sum(cell["seconds"] for cell in _setting_cells(results, setting))
         for setting in ("federated", "central")
     }
     per_cell = {
@@ -359,7 +364,7 @@ def _chosen_models(results: dict[str, Any]) -> str:
         ("federated", "round", "round", plan["rounds"]),
         ("central", "epoch", "epoch", plan["rounds"] * plan["local_epochs"]),
     ):
-        cells = [cell for name, cell in results["cells"].items() if name.startswith(setting + "/")]
+        cells = _setting_cells(results, setting)
         found = [cell[key] for cell in cells if cell.get(key) is not None]
         if found:
             some = "" if len(found) == len(cells) else f" ({len(found)} of its {len(cells)} cells record it)"
