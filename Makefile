@@ -10,7 +10,7 @@ export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: federate stop dashboard demo br35h loopback results test benchmark
+.PHONY: federate stop dashboard demo br35h audit loopback results test benchmark
 
 $(BIN)/fesf: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -38,6 +38,9 @@ demo: $(BIN)/fesf  ## build surrogates for the built-in phantom data (one site, 
 
 br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 128 px (CPU-friendly)
 	$(BIN)/fesf surrogates --config configs/br35h.yaml --image-size 128
+
+audit: $(BIN)/fesf  ## attack Br35H's surrogates at 64 px (fesf audit, about 25 min on 2 cores): ~/.fesf/audits/br35h/privacy.md
+	$(BIN)/fesf audit --config configs/br35h.yaml --image-size 64
 
 loopback: $(BIN)/fesf  ## rehearse a TLS-secured, authenticated deployment of two sites on 127.0.0.1
 	PATH="$(abspath $(BIN)):$$PATH" deploy/loopback.sh

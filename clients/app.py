@@ -10,7 +10,10 @@ surrogate, never do. Message types:
   for the ServerApp (:mod:`fesf_fed.progress`);
 - ``train`` / ``evaluate``: local training and evaluation of the global model; an
   evaluation also returns its confusion matrices of the test and the validation images
-  (counts only: the server picks the best round's model by the latter).
+  (counts only: the server picks the best round's model by the latter). With DP-SGD a
+  training reply also carries the epsilon the site has spent so far in the run, from the
+  accountant it keeps in ``$FESF_HOME/privacy/<run>/<site>.json`` (:mod:`fesf_fed.dp_sgd`);
+  with ``dp-aggregate = "client-fixed"`` Flower's ``fixedclipping_mod`` clips its update.
 """
 
 import zlib
@@ -19,7 +22,10 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from fesf_fed import dp_sgd
 from fesf_fed.config import SiteConfig
 from fesf_fed.device import select_device
 from fesf_fed.errors import FesfError
@@ -86,13 +92,36 @@ def prepare(message: Message, context: Context) -> Message:
     return _site_reply(message, config.site, **records)
 
 
-@app.train()
+def clip_when_asked(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Flower's ``fixedclipping_mod`` for a train message that carries a clipping norm, else nothing.
+
+    Flower's client-side DP wrapper (``dp-aggregate = "client-fixed"``) sends the norm, and only it:
+    the mod clips the site's update to it before the reply leaves.
+    """
+    if protocol.CLIPPING_NORM in protocol.config_of(message.content):
+        return fixedclipping_mod(message, context, call_next)
+    return call_next(message, context)
+
+
+#: The train handler's mods (``server.simulation`` registers the handler with them too).
+TRAIN_MODS: list[Mod] = [clip_when_asked]
+
+
+@app.train(mods=TRAIN_MODS)
 def train_round(message: Message, context: Context) -> Message:
     """Train the global model on the site's training images for the configured local epochs, as the run's recipe says."""
     settings, config, data = _site(message, context)
     model = _global_model(message, settings, data)
     server_config = protocol.config_of(message.content)
     server_round = int(server_config.get(protocol.SERVER_ROUND, 0))
+    recipe = settings.recipe()
+    # DP-SGD's accountant stays at the site from round to round, and across a resumption of the run.
+    ledger = dp_sgd.accountant_path(settings.run_folder(str(message.metadata.run_id)), config.site)
+    accountant = None
+    if recipe.dp_sgd:
+        # A new run starts afresh, over whatever a deleted run of the same name left behind.
+        fresh = server_round == 1 and not settings.resume
+        accountant = dp_sgd.new_accountant() if fresh else dp_sgd.read_accountant(ledger)
     # The learning-rate schedule spans the whole run: this round's epochs are a stretch of it.
     first_epoch, total_epochs = settings.epoch_position(server_round)
     loss = train(
@@ -106,11 +135,15 @@ def train_round(message: Message, context: Context) -> Message:
         # A different shuffle per site and round, reproducible from the run's seed.
         seed=zlib.crc32(f"{settings.seed}/{config.site}/{server_round}".encode()),
         proximal_mu=float(server_config.get(protocol.PROXIMAL_MU, 0.0)),
-        recipe=settings.recipe(),
+        recipe=recipe,
         first_epoch=first_epoch,
         total_epochs=total_epochs,
+        accountant=accountant,
     )
     metrics = MetricRecord({protocol.NUM_EXAMPLES: len(data.train_labels), protocol.TRAIN_LOSS: loss})
+    if accountant is not None:
+        dp_sgd.write_accountant(accountant, ledger)  # before the weights leave: they spent it
+        metrics[protocol.DP_SGD_EPSILON] = accountant.get_epsilon(recipe.dp_sgd_delta)
     records: dict[str, Record] = {protocol.ARRAYS: ArrayRecord(model.state_dict()), protocol.METRICS: metrics}
     return _site_reply(message, config.site, **records)
 

@@ -75,6 +75,7 @@ class _Inputs:
     host_index: np.ndarray
     splits: dict[str, np.ndarray]
     device: torch.device
+    site_key: bytes
 
 
 def _host_folder(config: SiteConfig) -> Path:
@@ -87,17 +88,15 @@ def _host_folder(config: SiteConfig) -> Path:
 def _plan(config: SiteConfig) -> _Plan:
     """Compute the content keys of the IQEM weights and of the surrogates (which also depend on G)."""
     site_key = load_site_key(config.hosts.secret_file, config.site)
-    if config.hosts.source == "phantom":
-        bank = phantom_bank_fingerprint(config.hosts.phantom_count, config.data.image_size, phantom_bank_seed(site_key))
-    else:
-        bank = folder_bank_fingerprint(_host_folder(config))
     iqem_key = content_key(
         {
             "data": source_fingerprint(config.data),
             "split": split_key(config.data),
-            "hosts": bank,
+            "hosts": host_bank_fingerprint(config, site_key),
             "site_key": key_fingerprint(site_key),
-            "hide": [config.pipeline.alpha, config.pipeline.beta],
+            "hide": [config.pipeline.alpha, config.pipeline.beta]
+            # Listed only when on, so the keys of builds made before the setting existed stay valid.
+            + ([config.pipeline.amplitude_noise] if config.pipeline.amplitude_noise else []),
             # How often a checkpoint is written does not change the weights.
             "iqem": config.iqem.model_dump(exclude={"checkpoint_every"}),
         }
@@ -109,6 +108,13 @@ def _plan(config: SiteConfig) -> _Plan:
         cache=SurrogateCache(site_dir / f"surrogates-{content_key({'iqem': iqem_key, 'refine': refine})[:20]}"),
         checkpoint=site_dir / f"iqem-{iqem_key[:20]}" / "checkpoint.pt",
     )
+
+
+def host_bank_fingerprint(config: SiteConfig, site_key: bytes) -> str:
+    """What identifies the host bank ``config`` names (a phantom bank is seeded by ``site_key``), no image decoded."""
+    if config.hosts.source == "phantom":
+        return phantom_bank_fingerprint(config.hosts.phantom_count, config.data.image_size, phantom_bank_seed(site_key))
+    return folder_bank_fingerprint(_host_folder(config))
 
 
 def _site_dir(config: SiteConfig) -> Path:
@@ -125,8 +131,16 @@ def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield indices[start : start + size]
 
 
-def _hosts(config: SiteConfig, site_key: bytes, channels: int, device: torch.device) -> tuple[HostBank, HostSpectrum]:
-    """The site's host bank with ``channels`` channels, and its spectra on ``device``."""
+def site_hosts(
+    config: SiteConfig, site_key: bytes, channels: int, device: torch.device
+) -> tuple[HostBank, HostSpectrum]:
+    """The host bank that ``config`` names (phantoms seeded by ``site_key``) with ``channels`` channels, and its spectra.
+
+    Raises
+    ------
+    FesfError
+        For an unusable host folder.
+    """
     if config.hosts.source == "phantom":
         seed = phantom_bank_seed(site_key)
         bank = phantom_host_bank(config.hosts.phantom_count, config.data.image_size, seed)
@@ -165,8 +179,9 @@ def site_pipeline(config: SiteConfig, channels: int) -> tuple[SurrogatePipeline,
     """
     plan = _plan(config)
     device = select_device(config.device)
-    bank, spectra = _hosts(config, plan.site_key, channels, device)
-    return SurrogatePipeline(spectra, load_generator(plan.checkpoint, device), config.pipeline), bank, plan.site_key
+    bank, spectra = site_hosts(config, plan.site_key, channels, device)
+    generator = load_generator(plan.checkpoint, device)
+    return SurrogatePipeline(spectra, generator, config.pipeline, plan.site_key), bank, plan.site_key
 
 
 def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs:
@@ -180,7 +195,7 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
         )
     split = site_split(data, config.data)
     device = select_device(config.device)
-    bank, spectra = _hosts(config, site_key, data.images.shape[1], device)
+    bank, spectra = site_hosts(config, site_key, data.images.shape[1], device)
     return _Inputs(
         data=data,
         bank=bank,
@@ -188,23 +203,35 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
         host_index=assign_hosts(data.ids, len(bank.ids), site_key),
         splits=split.parts(),
         device=device,
+        site_key=site_key,
     )
 
 
-def _train_generator(
-    config: SiteConfig, inputs: _Inputs, checkpoint: Path, progress: bool, meter: ProgressMeter
+def train_generator(
+    config: SiteConfig,
+    plain: np.ndarray,
+    host_index: np.ndarray,
+    bank: HostBank,
+    spectra: HostSpectrum,
+    site_key: bytes,
+    checkpoint: Path,
+    progress: bool = True,
+    meter: ProgressMeter | None = None,
 ) -> torch.nn.Module:
-    """Train IQEM on the training split's x_sy (the first IHM step) only."""
-    first_hiding = SurrogatePipeline(inputs.spectra, torch.nn.Identity(), config.pipeline)
+    """Train (or resume, or reuse from ``checkpoint``) IQEM's G on the x_sy of ``plain``, the first IHM step.
+
+    ``plain`` are uint8 ``(N, C, H, W)`` training images, ``host_index`` their hosts in
+    ``bank`` (whose ``spectra`` are on the device G trains on).
+    """
+    device = spectra.amplitude.device
+    first_hiding = SurrogatePipeline(spectra, torch.nn.Identity(), config.pipeline, site_key)
     x_sy = np.concatenate(
         [
-            tensor_to_uint8(
-                first_hiding.hide(to_unit_float(inputs.data.images[batch], inputs.device), inputs.host_index[batch])
-            )
-            for batch in _batches(inputs.splits["train"], config.pipeline.batch_size)
+            tensor_to_uint8(first_hiding.hide(to_unit_float(plain[batch], device), host_index[batch]))
+            for batch in _batches(np.arange(len(plain)), config.pipeline.batch_size)
         ]
     )
-    return train_iqem(x_sy, inputs.bank.images, config.iqem, inputs.device, checkpoint, progress=progress, meter=meter)
+    return train_iqem(x_sy, bank.images, config.iqem, device, checkpoint, progress=progress, meter=meter)
 
 
 def _convert(
@@ -341,9 +368,20 @@ def build_surrogates(config: SiteConfig, progress: bool = True, report: Progress
     if plan.cache.complete:  # only the quality settings changed: reuse G, measure again
         generator = load_generator(plan.checkpoint, inputs.device)
     else:
-        generator = _train_generator(config, inputs, plan.checkpoint, progress, meter)
+        train = inputs.splits["train"]  # IQEM learns from the training split only
+        generator = train_generator(
+            config,
+            inputs.data.images[train],
+            inputs.host_index[train],
+            inputs.bank,
+            inputs.spectra,
+            plan.site_key,
+            plan.checkpoint,
+            progress,
+            meter,
+        )
         timings["iqem"] = time.perf_counter() - mark
-    pipeline = SurrogatePipeline(inputs.spectra, generator, config.pipeline)
+    pipeline = SurrogatePipeline(inputs.spectra, generator, config.pipeline, plan.site_key)
     if not plan.cache.complete:
         mark = time.perf_counter()
         _convert(config, inputs, pipeline, plan.cache, progress, meter)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fesf_fed import dp_sgd
 from fesf_fed.config import SiteConfig
 from fesf_fed.errors import DataError
 from fesf_fed.models import build_model
@@ -68,11 +69,14 @@ class CentralResult:
 
     ``epoch`` is the epoch (from 1) with the best validation macro-F1, the earliest on a tie,
     and ``validation_f1`` that figure; without validation images, the last epoch and None.
+    ``epsilon`` is the DP-SGD privacy spent on the pooled images over all the epochs, at the
+    recipe's ``dp_sgd_delta``; None without DP-SGD.
     """
 
     test: Evaluation
     epoch: int
     validation_f1: float | None
+    epsilon: float | None = None
 
 
 class _BestEpoch:
@@ -132,13 +136,23 @@ def train_central(
         A local torchvision state dict for the backbone.
     recipe : Recipe
         How to train (:class:`fesf_fed.recipe.Recipe`): the federation's, for parity
-        (``RunSettings.recipe()``). The learning-rate schedule spans the ``epochs``.
+        (``RunSettings.recipe()``). The learning-rate schedule spans the ``epochs``; with
+        DP-SGD, ``epsilon`` is the privacy spent over them.
+
+    Raises
+    ------
+    ConfigError
+        With DP-SGD, for a model that Opacus cannot train privately.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(
             model_name, len(data.classes), data.channels, weights=weights, image_size=int(data.train_images.shape[-1])
         )
+    accountant = None
+    if recipe.dp_sgd:
+        dp_sgd.check_model(model, model_name)
+        accountant = dp_sgd.new_accountant()
     best = _BestEpoch(model, data, batch_size, device) if len(data.val_labels) else None
     train(
         model,
@@ -151,6 +165,7 @@ def train_central(
         seed=seed,
         recipe=recipe,
         after_epoch=best,
+        accountant=accountant,
     )
     if best is not None and best.state is not None:
         model.load_state_dict(best.state)
@@ -162,4 +177,5 @@ def train_central(
         batch_size=batch_size,
         device=device,
     )
-    return CentralResult(test, best.epoch if best else epochs, best.f1 if best else None)
+    epsilon = None if accountant is None else accountant.get_epsilon(recipe.dp_sgd_delta)
+    return CentralResult(test, best.epoch if best else epochs, best.f1 if best else None, epsilon)

@@ -1,4 +1,4 @@
-"""The ``fesf`` command: build a site's surrogates, show their quality, check a data folder, diagnose scans."""
+"""The ``fesf`` command: build a site's surrogates, show their quality, audit their privacy, check data, diagnose scans."""
 
 import argparse
 import logging
@@ -11,6 +11,9 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from fesf_fed.audit.report import figure_cells, verdict_label
+from fesf_fed.audit.result import ATTACKS, AuditReport
+from fesf_fed.audit.run import run_audit
 from fesf_fed.build import SiteBuild, build_surrogates, site_cache
 from fesf_fed.config import DUPLICATE_DISTANCE, DataConfig, SiteConfig, load_config, parse_assignments
 from fesf_fed.data import ImageSet, SkippedFile, load_dataset
@@ -125,6 +128,26 @@ def _run_quality(args: argparse.Namespace) -> None:
     console.print(_quality_table(build_surrogates(config, progress=not args.quiet).quality))
 
 
+def _audit_table(report: AuditReport) -> Table:
+    table = Table(title=f"privacy audit {report.name}", title_justify="left")
+    for column in ("attack", "result", "baselines", "verdict"):
+        table.add_column(column, overflow="fold")
+    for result in report.attacks:
+        label = f"[red]{verdict_label(result)}[/red]" if result.leaks else verdict_label(result)
+        verdict = f"{label}: {result.verdict}"
+        table.add_row(result.attack, figure_cells(result.figures), figure_cells(result.baselines), verdict)
+    return table
+
+
+def _run_audit(args: argparse.Namespace) -> None:
+    config = _site_config(args)
+    name = args.name or (args.config.stem if args.config else "demo")
+    attacks = [attack.strip() for attack in args.attack.split(",")] if args.attack else None
+    report, folder = run_audit(config, name, attacks, progress=not args.quiet, report=console.print)
+    console.print(_audit_table(report))
+    console.print(f"{report.seconds / 60:.1f} min; report: {folder / 'privacy.md'}")
+
+
 def _run_predict(args: argparse.Namespace) -> None:
     config = _site_config(args)
     result = predict_folder(
@@ -237,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _site_arguments(quality)
     quality.set_defaults(run=_run_quality)
+
+    audit = commands.add_parser(
+        "audit", parents=[common], help="attack the site's surrogates and updates; write privacy.json and privacy.md"
+    )
+    audit.add_argument("--name", help="the audit's folder in $FESF_HOME/audits (default: the config file's name)")
+    audit.add_argument("--attack", metavar="A,B", help=f"run only these attacks: {', '.join(ATTACKS)}")
+    _site_arguments(audit)
+    audit.set_defaults(run=_run_audit)
 
     predict = commands.add_parser(
         "predict", parents=[common], help="diagnose scans with a run's global model, sending only their surrogates"

@@ -114,7 +114,9 @@ class HostConfig(_Section):
 
     source: Literal["phantom", "folder"] | None = None
     path: Path | None = None
-    phantom_count: int = Field(8, ge=1)
+    #: Thousands, so that nearly every image has a host of its own: shared hosts let an attacker
+    #: average them away and link surrogates to their plaintexts (docs/privacy.md).
+    phantom_count: int = Field(4096, ge=1)
     secret_file: Path | None = None
 
     @model_validator(mode="after")
@@ -125,12 +127,21 @@ class HostConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    """IHM strengths (Eq. 2-3) of the first and the refining hiding step."""
+    """IHM strengths (Eq. 2-3) of the first and the refining hiding step.
 
-    alpha: float = Field(0.5, gt=0, le=0.5)
-    beta: float = Field(0.5, ge=0, le=1)
-    refine_alpha: float = Field(0.5, gt=0, le=0.5)
-    refine_beta: float = Field(0.1, ge=0, le=1)
+    The defaults are the audited ones (docs/privacy.md, "Recommended default"): a small window
+    (alpha 0.05) and a weak blend (beta 0.05), no second injection. At the paper's strengths
+    (alpha 0.5, beta 0.5, alpha' 0.5, beta' 0.1; configs/br35h.yaml and the other dataset configs
+    set them) a surrogate's amplitude names its plaintext 97 % of the time.
+    """
+
+    alpha: float = Field(0.05, gt=0, le=0.5)
+    beta: float = Field(0.05, ge=0, le=1)
+    refine_alpha: float = Field(0.05, gt=0, le=0.5)
+    refine_beta: float = Field(0.0, ge=0, le=1)
+    #: Defence against linkage (fesf_fed/amplitude.py): standard deviation of the logarithm of keyed
+    #: random factors on the injected plaintext amplitude. 0 (the default): the paper's IHM.
+    amplitude_noise: float = Field(0.0, ge=0, le=8)
     outputs: tuple[SurrogateKind, ...] = SURROGATE_KINDS
     batch_size: int = Field(16, ge=1)
 
@@ -165,6 +176,31 @@ class QualityConfig(_Section):
     lpips_weights: Path | None = None
 
 
+class AuditConfig(_Section):
+    """The privacy audit's attacker and its budgets (``fesf audit``, docs/privacy.md).
+
+    The attacker holds ``attacker_fraction`` of the site's images (a seeded split that
+    keeps near-duplicates on one side) or, with ``public``, a folder laid out like
+    ``data.path``; the victim is the rest of the site's images.
+    """
+
+    attacker_fraction: float = Field(0.5, gt=0, lt=1)
+    public: Path | None = None
+    #: Epochs of the learned inversion (x_su' -> x_pl); the audit reports SSIM after each one.
+    inversion_epochs: int = Field(8, ge=1)
+    #: Iterations of HIO/ER phase retrieval in the known-host attack.
+    phase_iterations: int = Field(300, ge=1)
+    #: Images inverted one by one from a single-image update, and the size of the batch inverted at once.
+    gradient_images: int = Field(4, ge=0)
+    gradient_batch: int = Field(8, ge=0)
+    gradient_iterations: int = Field(500, ge=1)
+    #: Epochs the membership target and shadow models train, long enough to overfit.
+    membership_epochs: int = Field(60, ge=1)
+    #: DP-SGD for the membership target (0: off): its noise multiplier at clipping norm 1 (fesf_fed/dp_sgd.py).
+    membership_dp_sgd: float = Field(0.0, ge=0)
+    seed: int = Field(0, ge=0)
+
+
 class SiteConfig(_Section):
     """Everything one site needs to build its surrogates."""
 
@@ -175,6 +211,7 @@ class SiteConfig(_Section):
     pipeline: PipelineConfig = PipelineConfig()
     iqem: IqemConfig = IqemConfig()
     quality: QualityConfig = QualityConfig()
+    audit: AuditConfig = AuditConfig()
 
     @model_validator(mode="after")
     def _hosts_named_for_real_data(self) -> "SiteConfig":
@@ -200,7 +237,7 @@ def _section_model(section: str) -> type[BaseModel]:
 #: Dotted names of the fields that hold paths: relative ones are relative to the config file's folder.
 PATH_FIELDS = frozenset(
     f"{section}.{field}"
-    for section in ("data", "hosts", "quality")
+    for section in ("data", "hosts", "quality", "audit")
     for field, info in _section_model(section).model_fields.items()
     if Path in typing.get_args(info.annotation)
 )

@@ -9,7 +9,8 @@ def fesf_home() -> Path:
 
     It holds ``cache/<site>/`` (surrogates and IQEM weights), ``secrets/<site>.key``
     (the key of the host assignment) and, from the federation on, ``runs/`` (and, while
-    simulated sites prepare, ``progress/``: see :mod:`fesf_fed.progress`).
+    simulated sites prepare, ``progress/``: see :mod:`fesf_fed.progress`; with DP-SGD, a
+    site's accountant per run in ``privacy/``: see :mod:`fesf_fed.dp_sgd`).
     """
     return Path(os.environ.get("FESF_HOME") or Path.home() / ".fesf").expanduser().resolve()
 

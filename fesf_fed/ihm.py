@@ -163,6 +163,7 @@ def hide(
     host: torch.Tensor | HostSpectrum,
     alpha: float = 0.5,
     beta: float = 0.5,
+    plain_gain: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hide plaintext images in host images by exchanging Fourier amplitude (Eq. 1-4).
 
@@ -178,6 +179,10 @@ def hide(
     beta : float
         Weight of the plaintext amplitude inside the window, in [0, 1]. 0 returns the
         host. Default 0.5 (the paper's).
+    plain_gain : torch.Tensor, optional
+        ``(B, C, H, W // 2 + 1)`` positive factors on the plaintext's half-spectrum
+        amplitude before it is blended in: an amplitude perturbation
+        (:func:`fesf_fed.amplitude.amplitude_gains`). None leaves Eq. 3 as published.
 
     Returns
     -------
@@ -201,6 +206,11 @@ def hide(
         )
     spectrum = spectrum.to(plain.device)
     height, width = plain.shape[-2:]
+    if plain_gain is not None and tuple(plain_gain.shape) != (*plain.shape[:-1], width // 2 + 1):
+        raise ValueError(
+            f"plain_gain must have the half-spectrum shape {(*plain.shape[:-1], width // 2 + 1)}, "
+            f"got {tuple(plain_gain.shape)}"
+        )
     weight = beta * _half_spectrum_mask(height, width, float(alpha), plain.device)
     hidden = torch.empty(plain.shape, dtype=torch.float32, device=plain.device)
     # On a CPU, a few images at a time keep the spectra in cache: 2-3x faster than
@@ -210,6 +220,8 @@ def hide(
         chunk = slice(start, start + step)
         host = spectrum[chunk] if len(host_shape) == 4 else spectrum
         amplitude = torch.fft.rfft2(plain[chunk].float()).abs()
+        if plain_gain is not None:
+            amplitude.mul_(plain_gain[chunk].to(amplitude.device))
         # Eq. 3 rearranged: A_host + beta * M * (A_plain - A_host), one fused pass.
         torch.lerp(host.amplitude, amplitude, weight, out=amplitude)
         torch.fft.irfft2(amplitude * host.phasor, s=(height, width), out=hidden[chunk])  # Eq. 4

@@ -5,7 +5,8 @@ classes, often a rare class or two. :class:`Recipe` holds the choices that make 
 training from scratch robust there, each with a default that needs no per-dataset
 constant and each switchable on its own (run settings ``class-weighting``, ``augment``,
 ``optimiser``, ``weight-decay``, ``lr-schedule``, ``warmup-fraction``,
-``clip-grad-norm``):
+``clip-grad-norm``, and DP-SGD's ``dp-sgd-noise-multiplier``, ``dp-sgd-max-grad-norm``,
+``dp-sgd-delta``):
 
 - class-balanced cross-entropy, from the site's own training counts, so the rare class
   is not drowned by the common one (a model answering the majority class is no longer
@@ -14,7 +15,10 @@ constant and each switchable on its own (run settings ``class-weighting``, ``aug
   hundred images are not memorised as easily;
 - AdamW with decoupled weight decay, a short linear warm-up and a cosine decay of the
   learning rate over the *whole* run (federated: every round's local epochs), and
-  gradient-norm clipping.
+  gradient-norm clipping;
+- optionally DP-SGD (off by default): each image's gradient clipped and Gaussian noise
+  added to their sum (:mod:`fesf_fed.dp_sgd`), a differential-privacy guarantee for the
+  site's records against anyone who sees the weights.
 
 :meth:`Recipe.legacy` is the training before recipes existed (Adam at a constant
 learning rate, plain cross-entropy, no augmentation, no clipping). This module does not
@@ -93,6 +97,20 @@ class Recipe:
     clip_grad_norm : float
         Clip the gradients' global L2 norm to this value (5.0; 0 = off). Only the rare
         outsized step is cut: with class weights a batch of rare images can give one.
+        Not applied with DP-SGD, whose per-image clipping bounds every step.
+    dp_sgd_noise_multiplier : float
+        DP-SGD's noise: the standard deviation of the Gaussian noise added to a batch's summed
+        clipped gradients, in units of ``dp_sgd_max_grad_norm`` (0, the default: no DP-SGD).
+        With it, batches are Poisson-sampled and :func:`fesf_fed.task.train` reports the
+        privacy spent to an accountant (:mod:`fesf_fed.dp_sgd`). It needs ``class_weighting``
+        "none": balanced weights come from the site's class counts, so each image's loss would
+        depend on the other images' labels, which the per-image guarantee does not cover.
+    dp_sgd_max_grad_norm : float
+        DP-SGD's per-image clipping norm (1.0): each image's gradient is scaled down to at most
+        this L2 norm, which bounds what one image can change.
+    dp_sgd_delta : float
+        The delta at which the privacy spent is reported as epsilon (1e-5); keep it well
+        below one over a site's training images.
     """
 
     class_weighting: ClassWeighting = "balanced"
@@ -102,6 +120,9 @@ class Recipe:
     lr_schedule: LrSchedule = "cosine"
     warmup_fraction: float = 0.05
     clip_grad_norm: float = 5.0
+    dp_sgd_noise_multiplier: float = 0.0
+    dp_sgd_max_grad_norm: float = 1.0
+    dp_sgd_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         for name, allowed in (
@@ -117,6 +138,21 @@ class Recipe:
                 "recipe: weight_decay and clip_grad_norm must be >= 0 and warmup_fraction in [0, 1), got "
                 f"{self.weight_decay}, {self.clip_grad_norm}, {self.warmup_fraction}"
             )
+        if not self.dp_sgd_noise_multiplier >= 0 or not self.dp_sgd_max_grad_norm > 0 or not 0 < self.dp_sgd_delta < 1:
+            raise ValueError(
+                "recipe: dp_sgd_noise_multiplier must be >= 0, dp_sgd_max_grad_norm > 0 and dp_sgd_delta in (0, 1), "
+                f"got {self.dp_sgd_noise_multiplier}, {self.dp_sgd_max_grad_norm}, {self.dp_sgd_delta}"
+            )
+        if self.dp_sgd and self.class_weighting == "balanced":
+            raise ValueError(
+                "class-weighting: 'balanced' weighs each image by its site's class counts, which DP-SGD's per-image "
+                'guarantee does not cover; set class-weighting = "none" to train with dp-sgd-noise-multiplier > 0'
+            )
+
+    @property
+    def dp_sgd(self) -> bool:
+        """Whether training is DP-SGD: a noise multiplier above 0."""
+        return self.dp_sgd_noise_multiplier > 0
 
     @classmethod
     def legacy(cls) -> "Recipe":

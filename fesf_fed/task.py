@@ -8,14 +8,20 @@ uint8 ``(N, C, H, W)``, and move to the device one batch at a time.
 
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from fesf_fed.dp_sgd import PrivateSteps, private_training
 from fesf_fed.pixels import to_unit_float
 from fesf_fed.recipe import Recipe, augment_batch, build_optimiser, class_weights
+
+if TYPE_CHECKING:
+    from opacus.accountants import RDPAccountant
 
 #: The training :func:`train` does unless told otherwise: the run settings' defaults.
 DEFAULT_RECIPE = Recipe()
@@ -78,6 +84,7 @@ def train(
     total_epochs: int | None = None,
     lr_trace: list[float] | None = None,
     after_epoch: Callable[[int], None] | None = None,
+    accountant: "RDPAccountant | None" = None,
 ) -> float:
     """Train ``model`` in place as ``recipe`` says; return the mean loss of the last epoch.
 
@@ -97,9 +104,11 @@ def train(
         FedProx's proximal term (Li et al., 2020): adds ``mu / 2 * ||w - w_start||^2``
         to the loss, which keeps a site's update near the global model it started from.
     recipe : Recipe
-        Class weighting, augmentation, optimiser, learning-rate schedule and clipping
+        Class weighting, augmentation, optimiser, learning-rate schedule, clipping and DP-SGD
         (:class:`fesf_fed.recipe.Recipe`; its defaults unless given, ``Recipe.legacy()`` for
         Adam at a constant rate on plain cross-entropy). Class weights come from ``labels``.
+        With DP-SGD each epoch is ``ceil(N / batch_size)`` steps on Poisson-sampled batches
+        (:mod:`fesf_fed.dp_sgd`) instead of a shuffled pass, and ``seed`` no longer fixes them.
     first_epoch, total_epochs : int, int or None
         Where these ``epochs`` lie in the whole run, for the learning-rate schedule: a
         federated round ``r`` (from 1) of ``E`` local epochs in ``R`` rounds starts at
@@ -109,6 +118,9 @@ def train(
     after_epoch : callable, optional
         Called after each epoch with the number of epochs done in the whole run (from 1), e.g.
         to validate the model; training goes on in training mode afterwards.
+    accountant : opacus.accountants.RDPAccountant, optional
+        Required with DP-SGD: every private step is added to it
+        (:func:`fesf_fed.dp_sgd.new_accountant`, or the one a site keeps across rounds).
     """
     _check_set(images, labels)
     total_epochs = epochs if total_epochs is None else total_epochs
@@ -121,6 +133,9 @@ def train(
         raise ValueError(
             f"epochs {first_epoch} to {first_epoch + epochs} do not lie in a run of total_epochs {total_epochs}"
         )
+    if recipe.dp_sgd and (accountant is None or proximal_mu):
+        # Opacus noises the per-image gradients only: a proximal term's gradient would be dropped.
+        raise ValueError("DP-SGD needs an accountant for its steps and takes no proximal term (proximal_mu 0)")
     model.to(device).train()
     global_weights = [parameter.detach().clone() for parameter in model.parameters()]
     optimiser = build_optimiser(model, lr, recipe)
@@ -131,42 +146,55 @@ def train(
     weights: torch.Tensor | None = None
     steps = -(-len(images) // batch_size)
     epoch_loss = 0.0
-    for epoch in range(first_epoch, first_epoch + epochs):
-        order = torch.randperm(len(images), generator=shuffle)
-        total = 0.0
-        for step, start in enumerate(range(0, len(order), batch_size)):
-            rate = recipe.learning_rate(lr, epoch + (step + 0.5) / steps, total_epochs)
-            for group in optimiser.param_groups:
-                group["lr"] = rate
-            if lr_trace is not None:
-                lr_trace.append(rate)
-            batch = order[start : start + batch_size]
-            inputs = augment_batch(to_unit_float(images[batch.numpy()], device), recipe.augment, augmentation)
-            logits = model(inputs)
-            if weights is None and recipe.class_weighting == "balanced":
-                weights = class_weights(labels, logits.shape[1]).to(device)
-            if weights is None:
-                loss = nn.functional.cross_entropy(logits, targets[batch].to(device))
+    with ExitStack() as stack:  # with DP-SGD, the model is a plain module again however training ends
+        private: PrivateSteps | None = None
+        if recipe.dp_sgd:
+            private = stack.enter_context(
+                private_training(model, optimiser, recipe, batch_size, len(images), accountant)
+            )
+        step_optimiser = optimiser if private is None else private.optimiser
+        for epoch in range(first_epoch, first_epoch + epochs):
+            if private is None:
+                batches = list(torch.randperm(len(images), generator=shuffle).split(batch_size))
             else:
-                # Divided by the batch size, not by the batch's summed weights (cross_entropy's "mean"): the
-                # weights average 1 over the set, so this is an unbiased estimate of the class-balanced loss.
-                # The "mean" would give a batch without a rare image (most, at batch size 8 on a skewed site)
-                # the full pull towards the common classes, and dilute the balancing.
-                summed = nn.functional.cross_entropy(logits, targets[batch].to(device), weight=weights, reduction="sum")
-                loss = summed / len(batch)
-            if proximal_mu:
-                distance = sum(((now - then) ** 2).sum() for now, then in zip(model.parameters(), global_weights))
-                loss = loss + proximal_mu / 2 * distance
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.clip_grad_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
-            optimiser.step()
-            total += loss.item() * len(batch)
-        epoch_loss = total / len(order)
-        if after_epoch is not None:
-            after_epoch(epoch + 1)
-            model.train()
+                batches = [private.batch(len(images)) for _ in range(steps)]
+            total, seen = 0.0, 0
+            for step, batch in enumerate(batches):
+                rate = recipe.learning_rate(lr, epoch + (step + 0.5) / steps, total_epochs)
+                for group in optimiser.param_groups:
+                    group["lr"] = rate
+                if lr_trace is not None:
+                    lr_trace.append(rate)
+                inputs = augment_batch(to_unit_float(images[batch.numpy()], device), recipe.augment, augmentation)
+                logits = model(inputs)
+                if weights is None and recipe.class_weighting == "balanced":
+                    weights = class_weights(labels, logits.shape[1]).to(device)
+                if weights is None and private is None:
+                    loss = nn.functional.cross_entropy(logits, targets[batch].to(device))
+                else:
+                    # Divided by the batch size, not by the batch's summed weights (cross_entropy's "mean"): the
+                    # weights average 1 over the set, so this is an unbiased estimate of the class-balanced loss.
+                    # The "mean" would give a batch without a rare image (most, at batch size 8 on a skewed site)
+                    # the full pull towards the common classes, and dilute the balancing. A Poisson batch of
+                    # DP-SGD may be empty: its loss is 0, and its step adds the noise all the same.
+                    summed = nn.functional.cross_entropy(
+                        logits, targets[batch].to(device), weight=weights, reduction="sum"
+                    )
+                    loss = summed / max(len(batch), 1)
+                if proximal_mu:
+                    distance = sum(((now - then) ** 2).sum() for now, then in zip(model.parameters(), global_weights))
+                    loss = loss + proximal_mu / 2 * distance
+                step_optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.clip_grad_norm and private is None:  # DP-SGD clips each image's gradient instead
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.clip_grad_norm)
+                step_optimiser.step()
+                total += loss.item() * len(batch)
+                seen += len(batch)
+            epoch_loss = total / max(seen, 1)
+            if after_epoch is not None:
+                after_epoch(epoch + 1)
+                model.train()
     return epoch_loss
 
 

@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from fesf_fed import dp_sgd
 from fesf_fed.config import DataConfig, load_config
 from fesf_fed.data import SPLIT_VERSION, split_key
 from fesf_fed.device import select_device
@@ -35,6 +36,7 @@ from fesf_fed.errors import ConfigError, FesfError
 from fesf_fed.federation import protocol
 from fesf_fed.federation.protocol import (
     AUROC,
+    DP_SGD_EPSILON,
     METRICS,
     NUM_EXAMPLES,
     VAL_CONFUSION,
@@ -85,6 +87,13 @@ _FIXED_ON_RESUME = (
     "lr-schedule",
     "warmup-fraction",
     "clip-grad-norm",
+    # Differential privacy: a resumed run protects its rounds as it began (and its sites' epsilons add up).
+    "dp-sgd-noise-multiplier",
+    "dp-sgd-max-grad-norm",
+    "dp-sgd-delta",
+    "dp-aggregate",
+    "dp-aggregate-noise-multiplier",
+    "dp-aggregate-clipping-norm",
 )
 
 
@@ -261,6 +270,25 @@ def _record_auroc(run: RunFolder, server_round: int, replies: list[Message]) -> 
     auroc = sum(weight * value for weight, value in weighted) / examples
     run.record(server_round, "evaluate", GLOBAL, {AUROC: auroc})
     return auroc
+
+
+def _record_epsilon(run: RunFolder, server_round: int) -> float | None:
+    """Store the federation's DP-SGD epsilon, the global ``dp-sgd-epsilon``: the largest any site has reported.
+
+    Each site reports the epsilon of all its rounds so far; the run's guarantee is the weakest
+    of them, not Flower's example-weighted mean, which this replaces. A site left out of this
+    round counts with its latest. Returns it, or None when no site trains with DP-SGD.
+    """
+    reported = [
+        figures[DP_SGD_EPSILON]
+        for entry in run.rounds()
+        for scope, figures in entry.train.items()
+        if scope != GLOBAL and DP_SGD_EPSILON in figures
+    ]
+    if not reported:
+        return None
+    run.record(server_round, "train", GLOBAL, {DP_SGD_EPSILON: max(reported)})
+    return max(reported)
 
 
 def _validation(replies: list[Message], num_classes: int) -> dict[str, np.ndarray]:
@@ -534,7 +562,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
     """
     try:
         run = RunFolder(
-            settings.resume or settings.run_name or flower_run,
+            settings.run_folder(flower_run),
             must_exist=bool(settings.resume),
             must_be_new=bool(settings.run_name),
         )
@@ -568,9 +596,11 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
         )
         if settings.resume:
             run.set_preparation([])  # the stages of the attempt before
-        strategy = build_strategy(settings)
+        if settings.dp_sgd_noise_multiplier:  # before the sites spend their time preparing
+            dp_sgd.check_model(build_model(settings.model, 2), settings.model)
         sites = discover_sites(grid, settings, site_defaults, settings.round_timeout)
         check_minimums(settings, sites)
+        strategy = build_strategy(settings, len(sites))
         site_grid = SiteGrid(grid, sites)
         log(INFO, "Sites: %s", ", ".join(site.name for site in sites))
         began = time.perf_counter()
@@ -630,6 +660,7 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
             run.record(server_round, "evaluate", GLOBAL, _scalars(evaluate_metrics))
             balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
             auroc = _record_auroc(run, server_round, evaluate_replies)
+            epsilon = _record_epsilon(run, server_round)
             validation_f1 = _record_validation(
                 run, server_round, _validation(evaluate_replies, len(classes)), validating
             )
@@ -644,6 +675,15 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
                 run.save_best(server_round, arrays.to_torch_state_dict())
             run.write_summary(final=None)
             _log_round(server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, auroc, seconds)
+            if epsilon is not None:
+                log(
+                    INFO,
+                    "Round %d/%d: DP-SGD epsilon %.2f at delta %g (the sites' largest so far)",
+                    server_round,
+                    settings.num_server_rounds,
+                    epsilon,
+                    settings.dp_sgd_delta,
+                )
             if validation_f1 is not None:
                 log(
                     INFO,

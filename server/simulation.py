@@ -47,7 +47,7 @@ def _client_app(config: dict[str, Any], instrument: Callable[[Handler], Handler]
     for register, handler in (
         (app.query(protocol.DESCRIBE_ACTION), handlers.describe),
         (app.query(protocol.PREPARE_ACTION), handlers.prepare),
-        (app.train(), handlers.train_round),
+        (app.train(mods=handlers.TRAIN_MODS), handlers.train_round),
         (app.evaluate(), handlers.evaluate_round),
     ):
 

@@ -1,4 +1,12 @@
-"""Flower's aggregation strategies, built by name from the run settings, and their resumable state."""
+"""Flower's aggregation strategies, built by name from the run settings, and their resumable state.
+
+With ``dp-aggregate`` set, the strategy is wrapped in Flower's differential-privacy wrapper
+for fixed clipping: each site's update (its weights minus the global model's) is clipped to
+``dp-aggregate-clipping-norm``, at the server ("server-fixed") or by the site itself
+("client-fixed", with Flower's ``fixedclipping_mod`` in the ClientApp), and Gaussian noise of
+standard deviation ``dp-aggregate-noise-multiplier x clipping norm / sampled sites`` is added to
+the aggregate. The clipping and the noise are Flower's.
+"""
 
 from collections.abc import Callable
 from typing import TypedDict
@@ -6,6 +14,8 @@ from typing import TypedDict
 import numpy as np
 import torch
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
     FedAvgM,
@@ -15,6 +25,7 @@ from flwr.serverapp.strategy import (
     FedYogi,
     Strategy,
 )
+from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
 from fesf_fed.federation.settings import RunSettings
 
@@ -58,9 +69,31 @@ _BUILDERS: dict[str, Callable[[RunSettings], Strategy]] = {
 }
 
 
-def build_strategy(settings: RunSettings) -> Strategy:
-    """The strategy named by ``settings.strategy``, with the run's fractions and minimums."""
-    return _BUILDERS[settings.strategy](settings)
+#: Flower's wrappers by ``dp-aggregate`` value; they keep the wrapped strategy as ``strategy``.
+_DP_WRAPPERS: dict[str, type[DifferentialPrivacyFixedClippingBase]] = {
+    "server-fixed": DifferentialPrivacyServerSideFixedClipping,
+    "client-fixed": DifferentialPrivacyClientSideFixedClipping,
+}
+
+
+def build_strategy(settings: RunSettings, num_sites: int) -> Strategy:
+    """The strategy named by ``settings.strategy``, with the run's fractions and minimums, in ``dp-aggregate``'s wrapper.
+
+    ``num_sites``, the run's site count, gives the wrapper the number of sites each round samples
+    (as Flower's ``configure_train`` does), which divides the noise on the aggregate.
+    """
+    strategy = _BUILDERS[settings.strategy](settings)
+    if settings.dp_aggregate == "none":
+        return strategy
+    sampled = max(int(num_sites * settings.fraction_train), settings.min_train_nodes)
+    return _DP_WRAPPERS[settings.dp_aggregate](
+        strategy, settings.dp_aggregate_noise_multiplier, settings.dp_aggregate_clipping_norm, sampled
+    )
+
+
+def _optimiser_holder(strategy: Strategy) -> Strategy:
+    """The strategy that holds the optimiser state: the wrapped one, behind a DP wrapper."""
+    return strategy.strategy if isinstance(strategy, DifferentialPrivacyFixedClippingBase) else strategy
 
 
 #: One attribute of that state: arrays by parameter name (FedAdam's, FedYogi's m_t and v_t) or in
@@ -83,14 +116,15 @@ def _to_arrays(value: TensorState) -> ArrayState:
 
 def strategy_state(strategy: Strategy) -> dict[str, TensorState]:
     """The strategy's optimiser state as tensors (what ``torch.load(weights_only=True)`` reads back)."""
+    holder = _optimiser_holder(strategy)
     return {
-        name: _to_tensors(getattr(strategy, name))
+        name: _to_tensors(getattr(holder, name))
         for name in _STATE_ATTRIBUTES
-        if getattr(strategy, name, None) is not None
+        if getattr(holder, name, None) is not None
     }
 
 
 def restore_strategy_state(strategy: Strategy, state: dict[str, TensorState]) -> None:
     """Put back what :func:`strategy_state` saved."""
     for name, value in state.items():
-        setattr(strategy, name, _to_arrays(value))
+        setattr(_optimiser_holder(strategy), name, _to_arrays(value))

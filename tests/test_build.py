@@ -31,7 +31,11 @@ def _folders(home: Path, prefix: str) -> list[Path]:
 def test_pipeline_chains_hide_generator_and_refinement() -> None:
     generator = torch.Generator().manual_seed(0)
     plain, hosts = torch.rand(4, 1, 12, 12, generator=generator), torch.rand(3, 1, 12, 12, generator=generator)
-    pipeline = SurrogatePipeline(host_spectrum(hosts), torch.nn.Identity(), PipelineConfig(beta=0.4, refine_beta=0.2))
+    pipeline = SurrogatePipeline(
+        host_spectrum(hosts),
+        torch.nn.Identity(),
+        PipelineConfig(alpha=0.5, beta=0.4, refine_alpha=0.5, refine_beta=0.2),
+    )
     assigned = np.array([2, 0, 1, 2])
     stages = pipeline(plain, assigned)
     torch.testing.assert_close(stages["x_sy"], hide(plain, hosts[assigned], 0.5, 0.4))
@@ -58,7 +62,7 @@ def test_build_keeps_every_stage_with_labels_counts_and_quality(fesf_home: Path)
         assert labels.tolist() == manifest["splits"]["test"]["labels"]
     assert build.quality["images"] == 4 and len(build.quality["pairs"]) == 4
     assert build.quality["lpips_unavailable"].startswith("no local AlexNet weights")
-    assert manifest["mask_coverage"]["hide"] == 1.0
+    assert manifest["mask_coverage"]["hide"] == 1 / 256  # alpha 0.05 at 16 px: the DC coefficient alone
 
 
 def test_a_second_build_with_the_same_inputs_does_no_work(fesf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

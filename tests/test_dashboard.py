@@ -1,6 +1,6 @@
 """The dashboard and the diagnosis service: its API on a real finished run, access control, the
 read-only store, and a real browser (Debian's headless Chromium driven by Playwright) on a
-finished run and on a live one.
+finished run, on a live one and on privacy audits.
 
 Servers bind to 127.0.0.1 on free ports, and every process a test starts is stopped by its
 PID (process group) before the test ends.
@@ -22,6 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fesf_fed.audit.result import ATTACKS, AttackResult, AuditReport, CurvePoint, audits_folder
 from fesf_fed.deployment.processes import FlowerProcess, flower_env
 from fesf_fed.federation import protocol
 from fesf_fed.models import build_model
@@ -444,6 +445,12 @@ def test_with_a_token_every_request_needs_it(runs):
     assert client.get("/api/runs").status_code == 200  # the browser's cookie now opens it
 
 
+def test_the_audits_page_needs_the_token_like_every_other_page():
+    client = create_app(runs_folder(), token=TOKEN).server.test_client()
+    assert client.get("/audits").status_code == 401
+    assert client.get("/audits", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
 # --- a real browser -------------------------------------------------------------------------
 
 
@@ -550,3 +557,92 @@ def test_a_live_run_appears_and_its_rounds_show_without_a_reload(browser, tmp_pa
     finally:
         federation.stop(grace=10)
     shutil.rmtree(home, ignore_errors=True)
+
+
+def _audit(name: str, created: str) -> AuditReport:
+    """An audit as ``fesf audit`` stores it: linkage leaks, the learned inversion (with its curve) holds."""
+    linkage = AttackResult(
+        attack="linkage",
+        title=ATTACKS["linkage"],
+        figures={"top1": 0.969, "top1_over_chance": 1066.0},
+        baselines={"chance_top1": 0.0009},
+        leaks=True,
+        verdict="top-1 0.969 of 1101 candidates is 1066x chance (above the goal of 5x)",
+        seconds=12.0,
+    )
+    inversion = AttackResult(
+        attack="inversion",
+        title=ATTACKS["inversion"],
+        figures={"ssim_x_su_prime": 0.264},
+        baselines={"mean_image_ssim": 0.21},
+        leaks=False,
+        verdict="SSIM 0.264 against 0.210 for the mean image: no better than the nearest public image",
+        curve=[CurvePoint(epoch=epoch, ssim=0.2 + 0.01 * epoch) for epoch in range(1, 7)],
+        seconds=300.0,
+    )
+    return AuditReport(
+        name=name,
+        created=created,
+        settings={
+            "pipeline": {"alpha": 0.5, "beta": 0.5, "refine_alpha": 0.5, "refine_beta": 0.1, "amplitude_noise": 0.0},
+            "data": {"path": None, "source": "br35h", "image_size": 64},
+        },
+        scenario={
+            "victim_images": 440,
+            "attacker_images": 1101,
+            "attacker_data": "disjoint part of the site's data",
+            "host_bank": 16,
+            "image_shape": [1, 64, 64],
+        },
+        attacks=[linkage, inversion],
+        seconds=900.0,
+    )
+
+
+def _store_audit(name: str, text: str | None) -> None:
+    """Folder ``name`` of the audits, with ``text`` as its privacy.json (none when None, as while an audit runs)."""
+    folder = audits_folder() / name
+    folder.mkdir(parents=True)
+    if text is not None:
+        (folder / "privacy.json").write_text(text)
+
+
+def test_the_audits_page_shows_each_attacks_verdict_flags_leaks_and_names_unreadable_audits(browser):
+    _store_audit("br35h-paper", _audit("br35h-paper", "2026-03-01T10:00:00+00:00").model_dump_json())
+    _store_audit("half-written", '{"name": "half-written", "attacks": []}')
+    _store_audit("running", None)
+    alien = _audit("alien", "2026-03-03T10:00:00+00:00").model_copy(update={"settings": {"data": {}}})
+    _store_audit("alien", alien.model_dump_json())  # validates, but its settings are no site config's
+    page = browser.page
+    with dashboard(runs_folder()) as served:
+        page.goto(served.url + "/")
+        page.get_by_role("link", name="Audits").click()
+        audit = page.locator("section.audit", has_text="br35h-paper")
+        settings = "alpha 0.5 · beta 0.5 · alpha' 0.5 · beta' 0.1 · noise 0.0 · 16 hosts"
+        assert settings in audit.locator(".note").inner_text()
+        leaking = audit.locator("tr", has_text=ATTACKS["linkage"])
+        holding = audit.locator("tr", has_text=ATTACKS["inversion"])
+        assert "1066x chance (above the goal of 5x)" in leaking.inner_text()
+        assert "top-1 0.969; top-1 / chance 1.07e+03" in leaking.inner_text()  # report.figure_cells' labels
+        assert "no better than the nearest public image" in holding.inner_text()
+        # Counted, not waited for: the page is drawn at once, so a missing badge fails here and now.
+        assert leaking.locator(".leaks").all_inner_texts() == ["leaks"] and holding.locator(".leaks").count() == 0
+        # Styled as the one-class badge: the same red.
+        background = leaking.locator(".leaks").evaluate("badge => getComputedStyle(badge).backgroundColor")
+        assert background == "rgb(254, 226, 226)"
+        holding.locator(".scatterlayer .trace").wait_for()  # plotly draws the curve after the page
+        assert holding.locator(".scatterlayer .trace path.point").count() == 6  # an epoch a point
+        assert leaking.locator(".js-plotly-plot").count() == 0
+        lines = {line.split(" — ")[0]: line for line in page.locator("p.audit").all_inner_texts()}
+        assert lines.keys() == {"half-written", "running", "alien"}
+        assert "unreadable: privacy.json does not hold a site config's surrogate settings" in lines["alien"]
+        assert "unreadable: privacy.json is not an audit report (created: Field required" in lines["half-written"]
+        assert "unreadable: no privacy.json" in lines["running"]
+        # An audit that finishes while the page is open appears without a reload.
+        page.evaluate("window.notReloaded = true")
+        (audits_folder() / "running" / "privacy.json").write_text(
+            _audit("running", "2026-03-02T10:00:00+00:00").model_dump_json()
+        )
+        page.locator("section.audit", has_text="running").wait_for(timeout=10_000)
+        assert page.evaluate("window.notReloaded") is True
+        assert page.locator("section.audit h2").all_inner_texts() == ["running", "br35h-paper"]  # newest first

@@ -268,7 +268,7 @@ def test_a_resumed_run_mends_a_best_model_that_an_interruption_left_unwritten():
     from server.strategies import build_strategy, strategy_state
 
     settings, _ = parse_run_settings(run_config(resume="interrupted"))
-    strategy = build_strategy(settings)
+    strategy = build_strategy(settings, settings.num_sites)
     run = RunFolder("interrupted")
     arrays = {str(r): {"weight": torch.full((2,), float(r))} for r in (1, 2)}
     for server_round, validation_f1 in ((1, 0.4), (2, 0.7)):

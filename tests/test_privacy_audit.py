@@ -73,7 +73,8 @@ KEYS: dict[tuple[str, str], set[str]] = {
     ("query.describe", "node"): {"partition-id", "num-partitions"},
     ("query.prepare", "data"): {"classes", "channels", "image-size"},
     ("query.prepare", "metrics"): {"train-examples", "val-examples", "test-examples", *_QUALITY},
-    ("train", "metrics"): {"num-examples", "train-loss"},
+    # With DP-SGD, the epsilon the site has spent: a function of the run's settings and its image count.
+    ("train", "metrics"): {"num-examples", "train-loss", "dp-sgd-epsilon"},
     ("evaluate", "metrics"): {
         "num-examples",
         "loss",
@@ -88,8 +89,12 @@ KEYS: dict[tuple[str, str], set[str]] = {
     ("evaluate", "val-confusion"): {"counts"},
     **{(kind, "site"): {"name"} for kind in ("query.prepare", "train", "evaluate")},
 }
-#: Keys of KEYS a record may leave out: a site whose test split holds one class has no AUROC to send.
-OPTIONAL: dict[tuple[str, str], set[str]] = {("evaluate", "metrics"): {"auroc"}}
+#: Keys of KEYS a record may leave out: a site whose test split holds one class has no AUROC to send, and
+#: one that trains without DP-SGD no epsilon.
+OPTIONAL: dict[tuple[str, str], set[str]] = {
+    ("evaluate", "metrics"): {"auroc"},
+    ("train", "metrics"): {"dp-sgd-epsilon"},
+}
 #: Records of RECORDS a reply may leave out: a site with no validation part sends no validation counts.
 OPTIONAL_RECORDS: dict[str, set[str]] = {"evaluate": {"val-confusion"}}
 #: Longest string a config value may be: site and class names, not documents.

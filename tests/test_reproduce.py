@@ -14,6 +14,7 @@ import yaml
 import server.reproduce.experiment as experiment_module
 import server.reproduce.report as report_module
 from fesf_fed.config import load_config
+from fesf_fed.errors import ConfigError
 from fesf_fed.recipe import Recipe
 from fesf_fed.task import classification_figures
 from server.reproduce.cli import load_suite, main
@@ -522,3 +523,21 @@ def test_a_suite_entrys_published_figures_reach_the_page(tmp_path, monkeypatch):
     rows = _rows(page, "## Plaintext baselines against published figures")
     assert list(rows) == ["dataset", "Base"] and rows["Base"][2] == "0.820 ± 0.020 (short by 0.043)"
     assert "Base" not in _rows(page, "## Summary") and "### Base: smallcnn, 28 px" in page
+
+
+def test_results_made_before_a_site_config_field_existed_still_resume(reproduction, tmp_path, monkeypatch):
+    """A dataset config stored without a field added since (here the audit section and the amplitude noise)."""
+    home, _, _ = reproduction
+    folder = tmp_path / "home" / "reproductions" / "tiny"
+    shutil.copytree(home / "reproductions" / "tiny", folder)
+    monkeypatch.setenv("FESF_HOME", str(tmp_path / "home"))
+    older = json.loads((folder / "results.json").read_text())
+    del older["dataset"]["audit"], older["dataset"]["pipeline"]["amplitude_noise"]
+    (folder / "results.json").write_text(json.dumps(older))
+    plan = experiment_module.Plan.model_validate(older["plan"])
+    assert experiment_module.load_plan_results(plan)["cells"] == older["cells"]
+
+    older["dataset"]["pipeline"]["beta"] = 0.25  # a real change is still refused
+    (folder / "results.json").write_text(json.dumps(older))
+    with pytest.raises(ConfigError, match="the dataset's site config"):
+        experiment_module.load_plan_results(plan)

@@ -57,7 +57,7 @@ def test_pyproject_defaults_are_valid_and_simulate_three_sites_on_the_demo_set()
 )
 def test_one_run_config_value_selects_the_strategy_and_its_settings(name, cls, attribute, key, value):
     settings, _ = parse_run_settings(run_config(strategy=name, **{key: value}))
-    strategy = build_strategy(settings)
+    strategy = build_strategy(settings, settings.num_sites)
     assert type(strategy) is cls
     assert getattr(strategy, attribute) == value
 
@@ -65,7 +65,7 @@ def test_one_run_config_value_selects_the_strategy_and_its_settings(name, cls, a
 def test_every_strategy_name_the_run_config_accepts_builds():
     for name in STRATEGY_NAMES:
         settings, _ = parse_run_settings(run_config(strategy=name))
-        assert type(build_strategy(settings)).__name__.lower() == name
+        assert type(build_strategy(settings, settings.num_sites)).__name__.lower() == name
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,9 @@ The messages, and what each carries (record name: content):
   (``train-examples``, ``val-examples``, ``test-examples``) and the surrogates' quality
   figures (SSIM, PSNR).
 - ``train`` (Flower's strategies: ``arrays``, ``config`` with ``server-round`` and, for
-  FedProx, ``proximal-mu``; ``site-index`` for a simulated site). Reply ``site``,
-  ``arrays``, ``metrics`` (``num-examples``, ``train-loss``).
+  FedProx, ``proximal-mu``, with ``dp-aggregate = "client-fixed"`` Flower's ``clipping_norm``;
+  ``site-index`` for a simulated site). Reply ``site``, ``arrays``, ``metrics``
+  (``num-examples``, ``train-loss``; with DP-SGD, ``dp-sgd-epsilon``).
 - ``evaluate`` (``arrays``, ``config`` with ``server-round``; ``site-index`` for a simulated
   site). Reply ``site``, ``metrics`` (``num-examples`` and the figures of
   :meth:`fesf_fed.task.Evaluation.scalars`: ``auroc`` only where the test split holds two
@@ -56,14 +57,19 @@ CONFUSION = "confusion"
 VAL_CONFUSION = "val-confusion"
 
 #: ``config`` keys: which simulated site a message is for (set by ``server.sites.SiteGrid``),
-#: and two that Flower's strategies set.
+#: and three that Flower's strategies set: the last by its client-side DP wrapper, for its
+#: ``fixedclipping_mod`` at the site (Flower's ``KEY_CLIPPING_NORM``).
 SITE_INDEX = "site-index"
 SERVER_ROUND = "server-round"
 PROXIMAL_MU = "proximal-mu"
+CLIPPING_NORM = "clipping_norm"
 
 #: ``metrics`` keys that Flower's strategies weigh by, and the training loss.
 NUM_EXAMPLES = "num-examples"
 TRAIN_LOSS = "train-loss"
+#: The train reply's DP-SGD epsilon: the privacy the site has spent in all its rounds of the run
+#: so far, at the run's ``dp-sgd-delta`` (only with DP-SGD).
+DP_SGD_EPSILON = "dp-sgd-epsilon"
 #: ``metrics`` keys of a prepare reply: the site's training, validation and test image counts.
 TRAIN_EXAMPLES = "train-examples"
 VAL_EXAMPLES = "val-examples"

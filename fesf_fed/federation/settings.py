@@ -32,6 +32,9 @@ STRATEGY_NAMES: tuple[str, ...] = (
     "fedmedian",
     "fedtrimmedavg",
 )
+#: How the aggregate is made differentially private, with Flower's strategy wrappers (``dp-aggregate``):
+#: not at all, by clipping each site's update at the server, or by having each site clip its own.
+DpAggregate = Literal["none", "server-fixed", "client-fixed"]
 #: Run-config keys with this prefix give every site's config a value for that dotted field
 #: (a site's own config file wins).
 SITE_OVERRIDE_PREFIX = "site."
@@ -73,6 +76,14 @@ class RunSettings(BaseModel):
     lr_schedule: LrSchedule = "cosine"
     warmup_fraction: float = Field(0.05, ge=0, lt=1)
     clip_grad_norm: float = Field(5.0, ge=0)
+    # DP-SGD at the sites (fesf_fed.dp_sgd), part of the recipe.
+    dp_sgd_noise_multiplier: float = Field(0.0, ge=0)
+    dp_sgd_max_grad_norm: float = Field(1.0, gt=0)
+    dp_sgd_delta: float = Field(1e-5, gt=0, lt=1)
+    # Flower's differential privacy for the aggregate (server/strategies.py).
+    dp_aggregate: DpAggregate = "none"
+    dp_aggregate_noise_multiplier: float = Field(1.0, ge=0)
+    dp_aggregate_clipping_norm: float = Field(1.0, gt=0)
     site_config: str = ""
     sites_file: str = ""
     num_sites: int = Field(3, ge=1)
@@ -106,7 +117,14 @@ class RunSettings(BaseModel):
             lr_schedule=self.lr_schedule,
             warmup_fraction=self.warmup_fraction,
             clip_grad_norm=self.clip_grad_norm,
+            dp_sgd_noise_multiplier=self.dp_sgd_noise_multiplier,
+            dp_sgd_max_grad_norm=self.dp_sgd_max_grad_norm,
+            dp_sgd_delta=self.dp_sgd_delta,
         )
+
+    def run_folder(self, flower_run: str) -> str:
+        """The run's folder name in ``$FESF_HOME/runs``: the run to resume, else ``run-name``, else Flower's run id."""
+        return self.resume or self.run_name or flower_run
 
     def epoch_position(self, server_round: int) -> tuple[int, int]:
         """Where round ``server_round``'s local epochs lie in the whole run: ``(first_epoch, total_epochs)``.
@@ -172,6 +190,15 @@ def parse_run_settings(
         raise ConfigError(
             f"run config run-name: {settings.run_name!r} names a new run and resume {settings.resume!r} "
             "continues one; give only one of them"
+        )
+    try:
+        settings.recipe()
+    except ValueError as exc:  # settings that are valid one by one but not together
+        raise ConfigError(f"run config {exc}") from None
+    if settings.dp_sgd_noise_multiplier and settings.strategy == "fedprox":
+        raise ConfigError(
+            "run config strategy: fedprox's proximal term cannot be trained with DP-SGD (Opacus noises only "
+            "the per-image gradients); choose another strategy or set dp-sgd-noise-multiplier = 0"
         )
     for key in ("pretrained-weights", "site-config", "sites-file", "central-eval"):
         value = getattr(settings, key.replace("-", "_"))

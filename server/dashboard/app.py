@@ -1,4 +1,4 @@
-"""The dashboard as one Dash app: pages by address, refreshed while runs change, plus the HTTP API."""
+"""The dashboard as one Dash app: pages by address, refreshed while runs and audits change, plus the HTTP API."""
 
 import base64
 import binascii
@@ -10,11 +10,14 @@ import torch
 from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
 
+from fesf_fed.audit.result import REPORT_FILE, audits_folder
+
 from ..run_store import stored_runs
 from .access import require_token
 from .api import api_blueprint
+from .audits import audit_folders, list_audits
 from .diagnosis import DiagnosisError, DiagnosisService
-from .pages import compare_page, diagnose_section, message_page, run_page, runs_page, table
+from .pages import audits_page, compare_page, diagnose_section, message_page, run_page, runs_page, table
 from .runs import UnknownRun, list_runs, open_run, run_details
 
 #: How often an open page checks its runs for new rounds.
@@ -33,25 +36,29 @@ def _compared(search: str | None) -> list[str]:
 class _Pages:
     """Builds a page for an address, and says whether what it shows has changed since it was built."""
 
-    def __init__(self, runs: Path) -> None:
+    def __init__(self, runs: Path, audits: Path) -> None:
         self.runs = runs
+        self.audits = audits
 
-    def _stamp(self, names: list[str]) -> list[Any]:
-        stamps = []
-        for name in names:
-            store = self.runs / name / "store.sqlite"
-            stamps.append([name, store.stat().st_mtime_ns if store.is_file() else None])
-        return stamps
+    @staticmethod
+    def _stamp(files: list[Path]) -> list[Any]:
+        return [[str(path), path.stat().st_mtime_ns if path.is_file() else None] for path in files]
 
     def version(self, pathname: str, search: str | None) -> list[Any]:
-        """What the page at this address depends on: the address and its runs' store times."""
+        """What the page at this address depends on: the address and its runs' store (or audits' report) times."""
+        if pathname == "/audits":
+            return [
+                pathname,
+                search or "",
+                self._stamp([folder / REPORT_FILE for folder in audit_folders(self.audits)]),
+            ]
         if pathname.startswith("/runs/"):
             names = [_run_name(pathname)]
         elif pathname == "/compare":
             names = _compared(search)
         else:
             names = [path.name for path in stored_runs(self.runs)]
-        return [pathname, search or "", self._stamp(names)]
+        return [pathname, search or "", self._stamp([self.runs / name / "store.sqlite" for name in names])]
 
     def details(self, name: str):
         run = open_run(self.runs, name)
@@ -70,6 +77,8 @@ class _Pages:
             return message_page("Unknown run", f"{exc}. The runs list shows every run there is.")
         if pathname in ("/", ""):
             return runs_page(list_runs(self.runs), str(self.runs))
+        if pathname == "/audits":
+            return audits_page(list_audits(self.audits), str(self.audits))
         return message_page("Not found", f"There is no page {pathname}; start from the runs list.")
 
 
@@ -90,6 +99,7 @@ def _diagnosis_view(result: dict[str, Any]) -> list[Any]:
 def create_app(
     runs: Path,
     *,
+    audits: Path | None = None,
     token: str | None = None,
     resize: bool = False,
     max_upload: int = 10 * 2**20,
@@ -101,6 +111,8 @@ def create_app(
     ----------
     runs : Path
         The folder of run folders (``$FESF_HOME/runs``); read only.
+    audits : Path, optional
+        The folder of audit folders (default ``$FESF_HOME/audits``); read only.
     token : str, optional
         Access token every request must carry (see :mod:`server.dashboard.access`).
     resize : bool
@@ -110,7 +122,7 @@ def create_app(
     device : torch.device, optional
         Where the diagnosis service runs models (default: the CPU).
     """
-    pages = _Pages(runs)
+    pages = _Pages(runs, audits or audits_folder())
     diagnosis = DiagnosisService(runs, resize, device or torch.device("cpu"))
     app = Dash(
         __name__,
@@ -131,7 +143,13 @@ def create_app(
             dcc.Interval(id="tick", interval=REFRESH_MS),
             dcc.Store(id="shown"),
             dcc.Store(id="diagnose-shown"),
-            html.Header([dcc.Link("FESF-Fed", href="/", className="brand"), dcc.Link("Runs", href="/")]),
+            html.Header(
+                [
+                    dcc.Link("FESF-Fed", href="/", className="brand"),
+                    dcc.Link("Runs", href="/"),
+                    dcc.Link("Audits", href="/audits"),
+                ]
+            ),
             html.Main([html.Div(id="page"), html.Div(id="diagnose-area")]),
         ]
     )

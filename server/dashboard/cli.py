@@ -1,7 +1,7 @@
 """``fesf-dashboard``: serve the evaluation dashboard and the diagnosis service over a run folder.
 
 It binds 127.0.0.1 unless told otherwise; any other address needs an access token
-(``FESF_DASHBOARD_TOKEN``). The run store is only ever read.
+(``FESF_DASHBOARD_TOKEN``). The run store and the privacy audits are only ever read.
 """
 
 import argparse
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import waitress
 
+from fesf_fed.audit.result import audits_folder
 from fesf_fed.deployment.diagnose import TOKEN_VARIABLE
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, run_command
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Watch and compare federated runs, and diagnose surrogates with a run's global model.",
     )
     parser.add_argument("--runs", type=Path, default=None, help="folder of runs (default: $FESF_HOME/runs)")
+    parser.add_argument(
+        "--audits", type=Path, default=None, help="folder of privacy audits (default: $FESF_HOME/audits)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8050, help="port (default 8050)")
     parser.add_argument(
@@ -39,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     runs = (args.runs or runs_folder()).expanduser().resolve()
+    audits = (args.audits or audits_folder()).expanduser().resolve()
     # From the environment, not a flag: that keeps it out of ``ps`` and shell history.
     token = os.environ.get(TOKEN_VARIABLE) or None
     if problem := check_token(args.host, token):
@@ -53,6 +58,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"note: {runs} does not exist yet; runs appear once a federation starts", file=sys.stderr)
     app = create_app(
         runs,
+        audits=audits,
         token=token,
         resize=args.resize,
         max_upload=int(args.max_upload_mb * 2**20),

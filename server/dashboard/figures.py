@@ -1,10 +1,12 @@
-"""Plotly figures of a run: metrics per round, per site, the confusion matrix, and runs compared."""
+"""Plotly figures of a run (metrics per round, per site, the confusion matrix), of runs compared, and of an audit."""
 
 from typing import Any
 
 import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from fesf_fed.audit.result import CurvePoint
 
 from ..run_store import GLOBAL
 from .runs import METRICS, RunDetails, metric_label, series
@@ -112,3 +114,20 @@ def compare_figure(runs: list[RunDetails]) -> go.Figure:
     figure.update_yaxes(range=[0, 1.02])
     figure.update_xaxes(title_text="round", dtick=1)
     return figure.update_layout(**_LAYOUT, height=380)
+
+
+def curve_figure(curve: list[CurvePoint]) -> go.Figure:
+    """A learning attack's victim SSIM after each epoch, small enough for a table cell."""
+    figure = go.Figure(
+        go.Scatter(
+            x=[point.epoch for point in curve],
+            y=[point.ssim for point in curve],
+            mode="lines+markers",
+            hovertemplate="epoch %{x}: SSIM %{y:.3f}<extra></extra>",
+        )
+    )
+    figure.update_xaxes(title_text="epoch")
+    figure.update_yaxes(title_text="victim SSIM")
+    return figure.update_layout(
+        **{**_LAYOUT, "hovermode": "closest", "margin": {"l": 50, "r": 10, "t": 10, "b": 40}}, height=170, width=300
+    )

@@ -1,4 +1,4 @@
-"""The dashboard's pages as Dash components: the runs list, a run, and runs compared."""
+"""The dashboard's pages as Dash components: the runs list, a run, runs compared, and privacy audits."""
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -7,11 +7,14 @@ from urllib.parse import quote
 
 from dash import dcc, html
 
+from fesf_fed.audit.report import figure_cells
+from fesf_fed.audit.result import AttackResult
 from fesf_fed.federation import protocol
 from fesf_fed.quality import QUALITY_PAIRS
 
 from ..run_store import GLOBAL
-from .figures import compare_figure, confusion_figure, global_figure, sites_figure
+from .audits import AuditEntry
+from .figures import compare_figure, confusion_figure, curve_figure, global_figure, sites_figure
 from .runs import METRICS, RunDetails, RunRow, final_metrics, metric_label, participation, round_entry
 
 _GRAPH_CONFIG: "dcc.Graph.Config" = {"displaylogo": False, "responsive": True}
@@ -27,15 +30,17 @@ def _number(value: Any, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def table(header: Sequence[str | list[Any]], rows: Sequence[Sequence[Any]], table_id: str) -> html.Table:
+def table(header: Sequence[str | list[Any]], rows: Sequence[Sequence[Any]], table_id: str | None = None) -> html.Table:
     """A plain HTML table; cells may be text or components."""
+    # Dash refuses an id of None: a table without one gets no id prop at all.
+    named: dict[str, Any] = {} if table_id is None else {"id": table_id}
     return html.Table(
         [
             html.Thead(html.Tr([html.Th(name) for name in header])),
             html.Tbody([html.Tr([html.Td(cell) for cell in row]) for row in rows]),
         ],
-        id=table_id,
         className="data",
+        **named,
     )
 
 
@@ -362,6 +367,70 @@ def compare_page(runs: list[RunDetails]) -> list[Any]:
         ),
         table(["", *(_run_link(details.summary) for details in runs)], rows, "compare-table"),
         dcc.Graph(figure=compare_figure(runs), id="compare-figure", config=_GRAPH_CONFIG),
+    ]
+
+
+def _leak_badge(result: AttackResult) -> list[html.Span]:
+    """A badge, styled as the one-class one, when the attack beat its goal; none when the surrogates held."""
+    if not result.leaks:
+        return []
+    explanation = "The attack did better than the goal the audit sets for it: the surrogates leak what it recovers."
+    return [html.Span("leaks", className="leaks", title=explanation)]
+
+
+def _curve(result: AttackResult) -> Any:
+    if not result.curve:
+        return "–"
+    # Static: a table of small plots that each grab the mouse is hard to scroll past.
+    return dcc.Graph(figure=curve_figure(result.curve), config={"staticPlot": True})
+
+
+def _audit(entry: AuditEntry) -> Any:
+    """One audit as a section with a row per attack, or a line saying why it cannot be shown."""
+    if entry.report is None:
+        return html.P([html.Strong(entry.name), " — ", _status("unreadable"), f": {entry.problem}"], className="audit")
+    report = entry.report
+    rows = [
+        [
+            [result.title, *_leak_badge(result)],
+            figure_cells(result.figures),
+            figure_cells(result.baselines),
+            result.verdict,
+            f"{result.seconds:.0f} s",
+            _curve(result),
+        ]
+        for result in report.attacks
+    ]
+    return html.Section(
+        [
+            html.H2(report.name),
+            html.P(
+                f"Made {report.created[:19].replace('T', ' ')} UTC in {report.seconds / 60:.1f} min · "
+                f"surrogates: {entry.surrogates}",
+                className="note",
+            ),
+            table(["attack", "result", "baselines", "verdict", "time", "victim SSIM per epoch"], rows),
+        ],
+        className="audit",
+    )
+
+
+def audits_page(entries: list[AuditEntry], folder: str) -> list[Any]:
+    """Every audit: its surrogate settings and each attack's figures, baselines and verdict."""
+    if not entries:
+        return [
+            html.H1("Privacy audits"),
+            html.P(f"No audits in {folder} yet. Run one with `fesf audit` (docs/privacy.md)."),
+        ]
+    return [
+        html.H1("Privacy audits"),
+        html.P(
+            f"From {folder}, as `fesf audit` wrote them (privacy.json; privacy.md says the same). Each attack's "
+            "figures are what it recovered from the audited surrogates, its baselines what an attacker gets "
+            "without them; a red leaks badge marks an attack that did better than its goal.",
+            className="note",
+        ),
+        html.Div([_audit(entry) for entry in entries], id="audits"),
     ]
 
 

@@ -260,6 +260,8 @@ def _central_cell(plan: Plan, mode: str, seed: int, sites: list[SiteConfig], set
         **_figures(np.asarray(result.test.confusion), result.test.auroc),
         # The epoch whose model these figures are of: the best on the pooled validation images.
         "epoch": result.epoch,
+        # With DP-SGD, the privacy spent on the pooled images (the federated cells' is in their runs' summaries).
+        **({} if result.epsilon is None else {"epsilon": result.epsilon}),
     }
 
 
@@ -306,7 +308,9 @@ def load_plan_results(plan: Plan) -> dict[str, Any]:
         results.pop("pipeline", None)
     planned = plan.to_json()
     changed = sorted(key for key in planned if results["plan"].get(key) != planned[key])
-    if results.get("dataset") != dataset_config(plan).model_dump(mode="json"):
+    # Read back through the model first: a field added since (with its default) is no change.
+    stored = SiteConfig.model_validate(results["dataset"]).model_dump(mode="json") if "dataset" in results else None
+    if stored != dataset_config(plan).model_dump(mode="json"):
         changed.append("the dataset's site config")
     if changed:
         raise ConfigError(
