@@ -150,7 +150,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             zorder=3,
             color="tab:red" if chosen else ("black" if name == "paper" else "tab:blue"),
         )
-        label = name + (" (recommended default)" if chosen else " (the paper's settings)" if name == "paper" else "")
+        label = name + (" (recommended setting)" if chosen else " (the paper's settings)" if name == "paper" else "")
         axes.annotate(label, (retention, times), textcoords="offset points", xytext=(5, 3), fontsize=7)
     axes.axhline(LINKAGE_GOAL, linestyle="--", color="grey")
     axes.text(
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", default=",".join(POINTS), help="comma-separated: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="the central training's seed")
     parser.add_argument("--results", type=Path, required=True, help="JSON file the points are kept in (resumed)")
-    parser.add_argument("--recommended", help="the point shipped as the default, marked on the plot")
+    parser.add_argument("--recommended", help="the recommended point, marked on the plot")
     parser.add_argument("--plot", type=Path, help="write the frontier as a PNG")
     args = parser.parse_args(argv)
 

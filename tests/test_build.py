@@ -62,7 +62,7 @@ def test_build_keeps_every_stage_with_labels_counts_and_quality(fesf_home: Path)
         assert labels.tolist() == manifest["splits"]["test"]["labels"]
     assert build.quality["images"] == 4 and len(build.quality["pairs"]) == 4
     assert build.quality["lpips_unavailable"].startswith("no local AlexNet weights")
-    assert manifest["mask_coverage"]["hide"] == 1 / 256  # alpha 0.05 at 16 px: the DC coefficient alone
+    assert manifest["mask_coverage"]["hide"] == 1.0
 
 
 def test_a_second_build_with_the_same_inputs_does_no_work(fesf_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

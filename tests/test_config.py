@@ -10,12 +10,11 @@ from fesf_fed.errors import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_defaults_are_the_audited_strengths_and_build_the_phantom_demo() -> None:
+def test_defaults_are_the_papers_and_build_the_phantom_demo() -> None:
     config = load_config()
-    # docs/privacy.md, "Recommended default": a small window, a weak blend and a host per image.
-    assert (config.pipeline.alpha, config.pipeline.beta) == (0.05, 0.05)
-    assert (config.pipeline.refine_alpha, config.pipeline.refine_beta) == (0.05, 0.0)
-    assert config.pipeline.amplitude_noise == 0.0 and config.hosts.phantom_count == 4096
+    assert (config.pipeline.alpha, config.pipeline.beta) == (0.5, 0.5)
+    assert (config.pipeline.refine_alpha, config.pipeline.refine_beta) == (0.5, 0.1)
+    assert config.pipeline.amplitude_noise == 0.0
     assert config.data.source == "phantom" and config.hosts.source == "phantom"
     assert config.data.test_fraction == 0.4
     assert config.pipeline.outputs == ("x_sy", "x_su", "x_su_prime")
