@@ -19,19 +19,14 @@ from fesf_fed.config import PipelineConfig, load_config
 from fesf_fed.data.phantom import phantom_dataset, phantom_hosts
 from fesf_fed.ihm import hide
 from fesf_fed.pixels import tensor_to_uint8, to_unit_float
+from tests.conftest import TINY_BUILD
 
 #: A whole audit in about ten seconds: 48 phantom images at 32 px, tiny nets and budgets.
 TINY_AUDIT = {
+    **TINY_BUILD,
     "data.image_size": 32,
     "data.phantom_per_class": 24,
     "hosts.phantom_count": 1,
-    "iqem.steps": 3,
-    "iqem.batch_size": 4,
-    "iqem.base_channels": 4,
-    "iqem.res_blocks": 1,
-    "iqem.disc_channels": 4,
-    "iqem.disc_layers": 1,
-    "device": "cpu",
     "audit.inversion_epochs": 2,
     "audit.phase_iterations": 50,
     "audit.gradient_images": 1,

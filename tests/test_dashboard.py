@@ -563,7 +563,6 @@ def _audit(name: str, created: str) -> AuditReport:
     """An audit as ``fesf audit`` stores it: linkage leaks, the learned inversion (with its curve) holds."""
     linkage = AttackResult(
         attack="linkage",
-        title=ATTACKS["linkage"],
         figures={"top1": 0.969, "top1_over_chance": 1066.0},
         baselines={"chance_top1": 0.0009},
         leaks=True,
@@ -572,7 +571,6 @@ def _audit(name: str, created: str) -> AuditReport:
     )
     inversion = AttackResult(
         attack="inversion",
-        title=ATTACKS["inversion"],
         figures={"ssim_x_su_prime": 0.264},
         baselines={"mean_image_ssim": 0.21},
         leaks=False,

@@ -8,7 +8,7 @@ more successful attack.
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from fesf_fed.home import fesf_home
 
@@ -52,14 +52,26 @@ class AttackResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     attack: str
-    title: str
     figures: dict[str, float]
     baselines: dict[str, float]
     leaks: bool
     verdict: str
     curve: list[CurvePoint] = []
-    seconds: float
+    #: How long the attack took; :func:`fesf_fed.audit.run.run_audit` times it.
+    seconds: float = 0.0
     details: dict[str, Any] = {}
+
+    @field_validator("attack")
+    @classmethod
+    def _known(cls, attack: str) -> str:
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; one of {', '.join(ATTACKS)}")
+        return attack
+
+    @property
+    def title(self) -> str:
+        """The attack's name in tables (:data:`ATTACKS`)."""
+        return ATTACKS[self.attack]
 
 
 class AuditReport(BaseModel):

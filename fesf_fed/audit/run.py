@@ -144,7 +144,6 @@ def _linkage(audit: _Audit) -> AttackResult:
     leaks = times > LINKAGE_GOAL
     return AttackResult(
         attack="linkage",
-        title=ATTACKS["linkage"],
         figures={
             "top1": figures.top1,
             "top5": figures.top5,
@@ -157,7 +156,6 @@ def _linkage(audit: _Audit) -> AttackResult:
             f"top-1 {figures.top1:.3f} of {figures.candidates} candidates is {times:.0f}x chance "
             f"({'above' if leaks else 'within'} the goal of {LINKAGE_GOAL:.0f}x)"
         ),
-        seconds=0.0,
         details={"variant": variant, **{f"top1 ({name})": value.top1 for name, value in by_variant.items()}},
     )
 
@@ -180,7 +178,6 @@ def _retrieval(audit: _Audit) -> AttackResult:
     leaks = max(figures.values()) > baselines["nearest_public_ssim"]
     return AttackResult(
         attack="retrieval",
-        title=ATTACKS["retrieval"],
         figures=figures,
         baselines=baselines,
         leaks=leaks,
@@ -189,7 +186,6 @@ def _retrieval(audit: _Audit) -> AttackResult:
             f"{figures['ssim_scan_held_elsewhere']:.3f} where the scan is held elsewhere; "
             f"nearest public image {baselines['nearest_public_ssim']:.3f}"
         ),
-        seconds=0.0,
     )
 
 
@@ -240,7 +236,6 @@ def _inversion(audit: _Audit) -> AttackResult:
     rising = len(curve) > 1 and curve[-1].ssim > curve[-2].ssim + 0.002
     return AttackResult(
         attack="inversion",
-        title=ATTACKS["inversion"],
         figures={"ssim_x_su_prime": final, "ssim_x_sy": final_sy},
         baselines=baselines,
         leaks=leaks,
@@ -249,7 +244,6 @@ def _inversion(audit: _Audit) -> AttackResult:
             f"{' (still rising)' if rising else ''}; nearest public image {baselines['nearest_public_ssim']:.3f}"
         ),
         curve=curve,
-        seconds=0.0,
     )
 
 
@@ -279,7 +273,6 @@ def _known_host(audit: _Audit) -> AttackResult:
     leaks = figures["ssim_guessed_support"] > baselines["nearest_public_ssim"]
     return AttackResult(
         attack="known_host",
-        title=ATTACKS["known_host"],
         figures=figures,
         baselines=baselines,
         leaks=leaks,
@@ -287,7 +280,6 @@ def _known_host(audit: _Audit) -> AttackResult:
             f"amplitude recovered to {error:.2f} relative error; phase retrieval reaches SSIM "
             f"{figures['ssim_guessed_support']:.3f} ({figures['ssim_true_outline']:.3f} given the true outline)"
         ),
-        seconds=0.0,
     )
 
 
@@ -356,7 +348,6 @@ def _gradient_inversion(audit: _Audit) -> AttackResult:
     leaks = best_x_su_prime > baselines["nearest_public_ssim"]
     return AttackResult(
         attack="gradient_inversion",
-        title=ATTACKS["gradient_inversion"],
         figures=figures,
         baselines=baselines,
         leaks=leaks,
@@ -365,7 +356,6 @@ def _gradient_inversion(audit: _Audit) -> AttackResult:
             f"(a site training on plaintext: {best_plaintext:.3f}); "
             f"nearest public image {baselines['nearest_public_ssim']:.3f}"
         ),
-        seconds=0.0,
         details={"images": len(attacked), "updates": len(batches)},
     )
 
@@ -440,7 +430,6 @@ def _membership(audit: _Audit) -> AttackResult:
     privacy = f"; DP-SGD epsilon {epsilon:.1f} at delta {Recipe.dp_sgd_delta:g}" if epsilon is not None else ""
     return AttackResult(
         attack="membership",
-        title=ATTACKS["membership"],
         figures=figures,
         baselines={"chance_auc": 0.5},
         leaks=leaks,
@@ -448,7 +437,6 @@ def _membership(audit: _Audit) -> AttackResult:
             f"AUC {threshold:.3f} (loss threshold), {shadow_auc:.3f} (shadow model); "
             f"goal at most {MEMBERSHIP_GOAL}{privacy}"
         ),
-        seconds=0.0,
         details={
             "train_accuracy": _accuracy(target, target_in, audit.device),
             "held_out_accuracy": _accuracy(target, target_out, audit.device),
