@@ -36,8 +36,8 @@ dashboard: $(BIN)/fesf  ## the evaluation dashboard on http://127.0.0.1:8050 ove
 demo: $(BIN)/fesf  ## build surrogates for the built-in phantom data (one site, no federation)
 	$(BIN)/fesf surrogates --config configs/phantom.yaml
 
-br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 128 px (CPU-friendly)
-	$(BIN)/fesf surrogates --config configs/br35h.yaml --image-size 128
+br35h: $(BIN)/fesf  ## build surrogates for ../shared/data/br35h at 64 px (CPU-friendly, about 4 min on 2 cores)
+	$(BIN)/fesf surrogates --config configs/br35h.yaml --image-size 64
 
 audit: $(BIN)/fesf  ## attack Br35H's surrogates at 64 px (fesf audit, about 25 min on 2 cores): ~/.fesf/audits/br35h/privacy.md
 	$(BIN)/fesf audit --config configs/br35h.yaml --image-size 64

@@ -20,7 +20,7 @@ import torch
 from fesf_fed.config import IqemConfig, PipelineConfig
 from fesf_fed.device import select_device
 from fesf_fed.ihm import hide, hide_reference, host_spectrum
-from fesf_fed.iqem import Generator, train_iqem
+from fesf_fed.iqem import Generator, IqemPairs, train_iqem
 from fesf_fed.pipeline import SurrogatePipeline
 
 
@@ -85,7 +85,8 @@ def main() -> None:
     config = IqemConfig(steps=steps, checkpoint_every=steps)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        train_iqem(x_sy, hosts, config, device, Path(folder) / "checkpoint.pt", progress=False)
+        pairs = IqemPairs(x_sy=x_sy, plain=x_sy, host_index=np.arange(64) % 8)
+        train_iqem(pairs, hosts, config, device, Path(folder) / "checkpoint.pt", progress=False)
         synchronize()
         per_step = (time.perf_counter() - start) / steps
     print(f"IQEM training step, batch {config.batch_size} x 1 x 128 x 128: {1000 * per_step:8.1f} ms/step")

@@ -34,6 +34,7 @@ from fesf_fed.central import train_central
 from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, run_command
+from fesf_fed.task import Evaluation
 from fesf_fed.training_data import load_site_data
 
 #: The settings on the frontier: the paper's, each defence alone, and combinations.
@@ -91,8 +92,8 @@ POINTS: dict[str, dict[str, Any]] = {
 EPOCHS, LEARNING_RATE, BATCH_SIZE = 40, 1e-3, 8
 
 
-def macro_f1(config: SiteConfig, mode: str, seed: int) -> float:
-    """Test macro-F1 of a central smallcnn trained on the site's ``mode`` images."""
+def central_test(config: SiteConfig, mode: str, seed: int) -> Evaluation:
+    """Test figures of a central smallcnn trained on the site's ``mode`` images (the epoch chosen on validation)."""
     data = load_site_data(config, mode)
     result = train_central(
         data,
@@ -103,7 +104,12 @@ def macro_f1(config: SiteConfig, mode: str, seed: int) -> float:
         seed=seed,
         device=select_device(config.device),
     )
-    return float(result.test.f1)
+    return result.test
+
+
+def macro_f1(config: SiteConfig, mode: str, seed: int) -> float:
+    """Test macro-F1 of a central smallcnn trained on the site's ``mode`` images."""
+    return float(central_test(config, mode, seed).f1)
 
 
 def measure(config_path: Path, image_size: int, point: str, seed: int) -> dict[str, Any]:

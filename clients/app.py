@@ -81,7 +81,7 @@ def describe(message: Message, context: Context) -> Message:
 def prepare(message: Message, context: Context) -> Message:
     """First contact with a site: build or reuse its surrogates and describe them."""
     _, config, data = _site(message, context, report=True)
-    description = DataDescription(tuple(data.classes), data.channels, int(data.train_images.shape[-1]))
+    description = DataDescription(tuple(data.classes), data.channels, int(data.train_images.shape[-1]), data.hosts)
     counts = {
         protocol.TRAIN_EXAMPLES: len(data.train_labels),
         protocol.VAL_EXAMPLES: len(data.val_labels),

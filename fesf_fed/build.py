@@ -19,13 +19,23 @@ from tqdm.auto import tqdm
 
 from fesf_fed.cache import SurrogateCache, content_key
 from fesf_fed.config import SiteConfig
-from fesf_fed.data import ImageSet, data_location, load_dataset, site_split, source_fingerprint, split_key, to_channels
+from fesf_fed.data import (
+    ImageSet,
+    data_location,
+    load_dataset_parts,
+    site_split,
+    source_fingerprint,
+    split_key,
+    to_channels,
+)
 from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, DataError
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.hosts import (
     HostBank,
     assign_hosts,
+    dataset_bank_fingerprint,
+    dataset_host_bank,
     folder_bank_fingerprint,
     key_fingerprint,
     load_host_bank,
@@ -33,9 +43,10 @@ from fesf_fed.hosts import (
     phantom_bank_fingerprint,
     phantom_bank_seed,
     phantom_host_bank,
+    refuse_copies,
 )
 from fesf_fed.ihm import HostSpectrum, host_spectrum, mask_coverage
-from fesf_fed.iqem import load_generator, train_iqem
+from fesf_fed.iqem import IdentityGenerator, IqemPairs, iqem_summary, load_generator, train_iqem
 from fesf_fed.pipeline import SurrogatePipeline
 from fesf_fed.pixels import tensor_to_uint8, to_unit_float
 from fesf_fed.progress import ProgressCallback, ProgressMeter, Stage
@@ -114,6 +125,8 @@ def host_bank_fingerprint(config: SiteConfig, site_key: bytes) -> str:
     """What identifies the host bank ``config`` names (a phantom bank is seeded by ``site_key``), no image decoded."""
     if config.hosts.source == "phantom":
         return phantom_bank_fingerprint(config.hosts.phantom_count, config.data.image_size, phantom_bank_seed(site_key))
+    if config.hosts.source == "dataset":
+        return dataset_bank_fingerprint(config.data)
     return folder_bank_fingerprint(_host_folder(config))
 
 
@@ -132,9 +145,12 @@ def _batches(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
 
 
 def site_hosts(
-    config: SiteConfig, site_key: bytes, channels: int, device: torch.device
+    config: SiteConfig, site_key: bytes, channels: int, device: torch.device, public: ImageSet | None = None
 ) -> tuple[HostBank, HostSpectrum]:
     """The host bank that ``config`` names (phantoms seeded by ``site_key``) with ``channels`` channels, and its spectra.
+
+    ``public``: the dataset's public host part when the caller has loaded it already
+    (``hosts.source: dataset``); else it is loaded here.
 
     Raises
     ------
@@ -145,6 +161,11 @@ def site_hosts(
         seed = phantom_bank_seed(site_key)
         bank = phantom_host_bank(config.hosts.phantom_count, config.data.image_size, seed)
         bank.images = to_channels(bank.images, channels)
+    elif config.hosts.source == "dataset":
+        if public is None:
+            public = load_dataset_parts(config.data).public_hosts
+        assert public is not None  # SiteConfig requires data.public_hosts for this source
+        bank = dataset_host_bank(public, channels)
     else:
         bank = load_host_bank(_host_folder(config), config.data.image_size, channels)
     return bank, host_spectrum(to_unit_float(bank.images, device))
@@ -180,12 +201,13 @@ def site_pipeline(config: SiteConfig, channels: int) -> tuple[SurrogatePipeline,
     plan = _plan(config)
     device = select_device(config.device)
     bank, spectra = site_hosts(config, plan.site_key, channels, device)
-    generator = load_generator(plan.checkpoint, device)
+    generator = load_generator(plan.checkpoint, device, config.iqem)
     return SurrogatePipeline(spectra, generator, config.pipeline, plan.site_key), bank, plan.site_key
 
 
 def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs:
-    data = load_dataset(config.data, progress=progress)
+    parts = load_dataset_parts(config.data, progress=progress)
+    data = parts.site
     too_few = {name: count for name, count in data.class_counts().items() if count < 2}
     if too_few:
         name, count = next(iter(too_few.items()))
@@ -195,7 +217,10 @@ def _load_inputs(config: SiteConfig, site_key: bytes, progress: bool) -> _Inputs
         )
     split = site_split(data, config.data)
     device = select_device(config.device)
-    bank, spectra = site_hosts(config, site_key, data.images.shape[1], device)
+    bank, spectra = site_hosts(config, site_key, data.images.shape[1], device, parts.public_hosts)
+    # A dataset's public part is drawn as whole groups of near-duplicates: it holds no copy by construction.
+    if config.hosts.source == "folder":
+        refuse_copies(bank, data, config.data.duplicate_distance)
     return _Inputs(
         data=data,
         bank=bank,
@@ -224,14 +249,17 @@ def train_generator(
     ``bank`` (whose ``spectra`` are on the device G trains on).
     """
     device = spectra.amplitude.device
-    first_hiding = SurrogatePipeline(spectra, torch.nn.Identity(), config.pipeline, site_key)
+    if config.iqem.steps == 0:  # IQEM off: x_su is x_sy
+        return IdentityGenerator()
+    first_hiding = SurrogatePipeline(spectra, IdentityGenerator(), config.pipeline, site_key)
     x_sy = np.concatenate(
         [
             tensor_to_uint8(first_hiding.hide(to_unit_float(plain[batch], device), host_index[batch]))
             for batch in _batches(np.arange(len(plain)), config.pipeline.batch_size)
         ]
     )
-    return train_iqem(x_sy, bank.images, config.iqem, device, checkpoint, progress=progress, meter=meter)
+    pairs = IqemPairs(x_sy=x_sy, plain=plain, host_index=host_index)
+    return train_iqem(pairs, bank.images, config.iqem, device, checkpoint, progress=progress, meter=meter)
 
 
 def _convert(
@@ -269,13 +297,14 @@ def _quality(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline, m
     limit = config.quality.max_images or len(test)
     sample = np.sort(np.random.default_rng(config.data.seed).permutation(test)[:limit])
     meter.stage(Stage.QUALITY, len(sample))
-    images: dict[str, list[np.ndarray]] = {"x_pl": [], "host": [], "x_sy": [], "x_su_prime": []}
+    images: dict[str, list[np.ndarray]] = {"x_pl": [], "host": [], "x_sy": [], "x_su": [], "x_su_prime": []}
     for batch in _batches(sample, config.pipeline.batch_size):
         plain = to_unit_float(inputs.data.images[batch], pipeline.device)
         outputs = pipeline(plain, inputs.host_index[batch])
         images["x_pl"].append(plain.cpu().numpy())
         images["host"].append(inputs.bank.images[inputs.host_index[batch]].astype(np.float32) / 255)
         images["x_sy"].append(outputs["x_sy"].cpu().numpy())
+        images["x_su"].append(outputs["x_su"].cpu().numpy())
         images["x_su_prime"].append(outputs["x_su_prime"].cpu().numpy())
         meter.advance(len(batch))
     lpips_model, lpips_reason = load_lpips(config.quality.lpips_weights)
@@ -288,7 +317,7 @@ def _quality(config: SiteConfig, inputs: _Inputs, pipeline: SurrogatePipeline, m
     }
 
 
-def _manifest(config: SiteConfig, inputs: _Inputs, timings: dict[str, float]) -> dict[str, Any]:
+def _manifest(config: SiteConfig, inputs: _Inputs, checkpoint: Path, timings: dict[str, float]) -> dict[str, Any]:
     data, size = inputs.data, config.data.image_size
     splits = {
         name: {
@@ -305,11 +334,20 @@ def _manifest(config: SiteConfig, inputs: _Inputs, timings: dict[str, float]) ->
         "outputs": list(config.pipeline.outputs),
         "splits": splits,
         "skipped": [vars(skipped) for skipped in data.skipped],
-        "hosts": {"count": len(inputs.bank.ids), "skipped": [vars(skipped) for skipped in inputs.bank.skipped]},
+        "hosts": {
+            "source": config.hosts.source,
+            "path": None if config.hosts.path is None else str(config.hosts.path),
+            "count": len(inputs.bank.ids),
+            "fingerprint": host_bank_fingerprint(config, inputs.site_key),
+            "skipped": [vars(skipped) for skipped in inputs.bank.skipped],
+        },
         "mask_coverage": {
             "hide": mask_coverage(size, size, config.pipeline.alpha),
             "refine": mask_coverage(size, size, config.pipeline.refine_alpha),
         },
+        "iqem": iqem_summary(checkpoint)
+        if config.iqem.steps
+        else {"steps": 0, "stopped": "IQEM is off (iqem.steps 0)"},
         "device": str(inputs.device),
         "seconds": timings,
         "config": config.model_dump(mode="json"),
@@ -366,7 +404,7 @@ def build_surrogates(config: SiteConfig, progress: bool = True, report: Progress
     mark = time.perf_counter()
     generator: torch.nn.Module
     if plan.cache.complete:  # only the quality settings changed: reuse G, measure again
-        generator = load_generator(plan.checkpoint, inputs.device)
+        generator = load_generator(plan.checkpoint, inputs.device, config.iqem)
     else:
         train = inputs.splits["train"]  # IQEM learns from the training split only
         generator = train_generator(
@@ -391,6 +429,6 @@ def build_surrogates(config: SiteConfig, progress: bool = True, report: Progress
     timings["quality"] = time.perf_counter() - mark
     plan.cache.write_quality(quality)
     if not plan.cache.complete:
-        plan.cache.finish(_manifest(config, inputs, timings))
+        plan.cache.finish(_manifest(config, inputs, plan.checkpoint, timings))
     meter.stage(Stage.READY)
     return SiteBuild(plan.cache, plan.cache.manifest(), quality, False, time.perf_counter() - start, timings)

@@ -1,4 +1,4 @@
-"""The ``fesf`` command: build a site's surrogates, show their quality, audit their privacy, check data, diagnose scans."""
+"""The ``fesf`` command: build a site's surrogates, show their quality, audit their privacy, check data and host banks, diagnose scans."""
 
 import argparse
 import logging
@@ -19,7 +19,8 @@ from fesf_fed.config import DUPLICATE_DISTANCE, DataConfig, SiteConfig, load_con
 from fesf_fed.data import ImageSet, SkippedFile, load_dataset
 from fesf_fed.data.duplicates import group_labels, group_members, near_duplicate_pairs
 from fesf_fed.deployment.diagnose import predict_folder, write_predictions
-from fesf_fed.errors import ConfigError, FesfError, run_command
+from fesf_fed.errors import ConfigError, DataError, FesfError, run_command
+from fesf_fed.host_bank import BANK_MANIFEST, HostBankCheck, check_host_bank, prepare_host_bank
 
 console = Console()
 
@@ -48,7 +49,7 @@ def _site_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help="data folder, .npz or .csv (config field data.path)")
     parser.add_argument("--source", help="phantom, folder, medmnist or csv (config field data.source)")
     parser.add_argument("--hosts", help="folder of host images (config field hosts.path)")
-    parser.add_argument("--host-source", help="folder or phantom (config field hosts.source)")
+    parser.add_argument("--host-source", help="folder, dataset or phantom (config field hosts.source)")
     parser.add_argument("--image-size", type=int, help="square image size in pixels (data.image_size)")
     parser.add_argument("--device", help="auto, cpu or cuda:N")
     parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override any config field")
@@ -171,6 +172,46 @@ def _run_predict(args: argparse.Namespace) -> None:
         console.print(f"predictions written to {args.output}")
 
 
+def _print_host_check(check: HostBankCheck) -> None:
+    console.print(
+        f"host bank: {check.source}, {check.location}\n{check.count} hosts decoded at {check.size} px, "
+        f"{check.channels} channel(s); fingerprint sha256 {check.fingerprint[:12]}"
+    )
+    if check.skipped:
+        console.print(_skipped_table(f"Skipped host files ({len(check.skipped)})", check.skipped))
+    if check.copies:
+        table = Table(
+            title=f"Hosts that are copies of the site's own images ({check.copied_hosts}): a build refuses them",
+            title_justify="left",
+        )
+        for column in ("host", "site image", "how"):
+            table.add_column(column)
+        for copy in check.copies:
+            table.add_row(copy.host, copy.image, copy.how)
+        console.print(table)
+    else:
+        console.print("no host is a copy of a site image")
+
+
+def _run_hosts_check(args: argparse.Namespace) -> None:
+    check = check_host_bank(_site_config(args))
+    _print_host_check(check)
+    if not check.usable:
+        raise DataError(
+            f"{check.copied_hosts} host(s) are copies of site images; remove them, or run "
+            "`fesf hosts prepare --out DIR` to write the bank without them"
+        )
+
+
+def _run_hosts_prepare(args: argparse.Namespace) -> None:
+    check = prepare_host_bank(_site_config(args), args.out)
+    _print_host_check(check)
+    console.print(
+        f"wrote {check.prepared} hosts to {args.out}, copies left out (provenance in {args.out / BANK_MANIFEST}); "
+        f"use them with hosts.source folder, hosts.path {args.out}"
+    )
+
+
 def _data_config(args: argparse.Namespace) -> DataConfig:
     path = Path(args.path).resolve()
     source = args.source or ("medmnist" if path.suffix == ".npz" else "csv" if path.suffix == ".csv" else "folder")
@@ -282,6 +323,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", type=Path, metavar="FILE.csv", help="also write file, class, probabilities as CSV")
     _site_arguments(predict)
     predict.set_defaults(run=_run_predict)
+
+    hosts = commands.add_parser("hosts", help="check or prepare a site's host bank")
+    hosts_commands = hosts.add_subparsers(dest="hosts_command", required=True)
+    hosts_check = hosts_commands.add_parser(
+        "check", parents=[common], help="decode the bank, give its fingerprint, list copies of site images"
+    )
+    _site_arguments(hosts_check)
+    hosts_check.set_defaults(run=_run_hosts_check)
+    prepare = hosts_commands.add_parser(
+        "prepare", parents=[common], help="write the bank's usable hosts, resized like the site's images, to a folder"
+    )
+    prepare.add_argument("--out", type=Path, required=True, metavar="DIR", help="a new or empty folder")
+    _site_arguments(prepare)
+    prepare.set_defaults(run=_run_hosts_prepare)
 
     data = commands.add_parser("data", help="inspect a data source")
     data_commands = data.add_subparsers(dest="data_command", required=True)

@@ -83,6 +83,12 @@ class DataConfig(_Section):
     #: Regular expression on image ids (relative paths): images with the same match
     #: (its first group, if it has one) are one group, e.g. a patient id.
     group_pattern: str | None = None
+    #: Share of a *public* dataset set aside as public hosts (``hosts.source: dataset``): a fixed part,
+    #: drawn stratified by class with groups kept whole and a seed of its own (the same for every
+    #: site and, without max_per_class, every data.seed), taken out before the site's share and split,
+    #: so it is never trained or tested on. With ``split: official`` it comes from the file's train
+    #: part. 0: no public part. Never for a hospital's own images: they are patients.
+    public_hosts: float = Field(0.0, ge=0, le=0.5)
 
     @model_validator(mode="after")
     def _path_given(self) -> "DataConfig":
@@ -107,12 +113,15 @@ class DataConfig(_Section):
 class HostConfig(_Section):
     """The host bank: non-patient images whose phase every surrogate carries.
 
-    ``source`` is ``folder`` (images under ``path``) or ``phantom`` (generated head
-    phantoms, ``phantom_count`` of them). Left empty, it is ``phantom`` for the built-in
-    sets only (``BUILT_IN_SOURCES``): real data must name its bank.
+    ``source`` is ``folder`` (public, non-patient images of the site's modality under
+    ``path``), ``dataset`` (the part of a public dataset, MedMNIST or Br35H, that
+    ``data.public_hosts`` sets aside; never a hospital's own images) or ``phantom`` (generated head phantoms,
+    ``phantom_count`` of them, a variant: they are not of the task's domain). Left empty,
+    it is ``phantom`` for the built-in sets only (``BUILT_IN_SOURCES``): real data must
+    name its bank.
     """
 
-    source: Literal["phantom", "folder"] | None = None
+    source: Literal["phantom", "folder", "dataset"] | None = None
     path: Path | None = None
     #: A few shared hosts let an attacker average them away and link surrogates to their
     #: plaintexts; thousands (about one per image) are the audited setting (docs/privacy.md).
@@ -153,14 +162,24 @@ class PipelineConfig(_Section):
 
 
 class IqemConfig(_Section):
-    """The IQEM generator, its discriminator and their training (docs/design.md, IQEM)."""
+    """The IQEM generator, its discriminator and their training (docs/design.md, IQEM).
 
-    steps: int = Field(300, ge=1)
+    Training stops when G has not come closer to the hosts (SSIM) by ``min_gain`` in
+    ``patience`` checks, one every ``check_every`` steps, or after ``steps`` steps; 0 steps
+    switches IQEM off (x_su is x_sy). ``lambda_host / (lambda_content + lambda_host)`` is how
+    far from x_sy towards its host the two squared-error terms balance.
+    """
+
+    steps: int = Field(1500, ge=0)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
     lambda_adv: float = Field(1.0, ge=0)
-    lambda_content: float = Field(10.0, ge=0)
+    lambda_content: float = Field(70.0, ge=0)
+    lambda_host: float = Field(30.0, ge=0)
     lambda_amplitude: float = Field(0.0, ge=0)
+    check_every: int = Field(50, ge=1)
+    patience: int = Field(4, ge=1)
+    min_gain: float = Field(0.002, ge=0)
     base_channels: int = Field(16, ge=4)
     res_blocks: int = Field(4, ge=0)
     disc_channels: int = Field(32, ge=4)
@@ -220,9 +239,17 @@ class SiteConfig(_Section):
             if self.data.source not in BUILT_IN_SOURCES:
                 raise ValueError(
                     "hosts.source is required for real data: 'folder' with hosts.path (non-patient images "
-                    "of the same modality) or 'phantom' (generated head phantoms)"
+                    "of the same modality), 'dataset' with data.public_hosts (a public dataset's own part) "
+                    "or 'phantom' (generated head phantoms)"
                 )
             return self.model_copy(update={"hosts": self.hosts.model_copy(update={"source": "phantom"})})
+        if self.hosts.source == "dataset" and not self.data.public_hosts:
+            raise ValueError(
+                "hosts.source 'dataset' needs data.public_hosts, the share of the dataset set aside as hosts (e.g. 0.1)"
+            )
+        if self.data.public_hosts and not self.data.group_duplicates:
+            # Without groups the draw is per image, and a copy of a host could stay among the site's images.
+            raise ValueError("data.public_hosts needs data.group_duplicates true, so no copy of a host is trained on")
         return self
 
 

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from fesf_fed.config import DataConfig, PartitionConfig
 from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, to_channels
-from fesf_fed.data.imageset import SkippedFile
+from fesf_fed.data.duplicates import near_duplicate_pairs
+from fesf_fed.data.imageset import ImageSet, SkippedFile
 from fesf_fed.data.phantom import phantom_hosts
-from fesf_fed.data.sources import decode_files, file_digest, image_files
+from fesf_fed.data.sources import decode_files, file_digest, image_files, source_fingerprint
 from fesf_fed.errors import DataError
 from fesf_fed.home import fesf_home, private_folder
 
@@ -120,6 +122,62 @@ def load_host_bank(path: Path, size: int, channels: int) -> HostBank:
             "put readable non-patient images of the same modality there"
         )
     return HostBank(images=np.stack(images), ids=ids, skipped=skipped)
+
+
+def dataset_host_bank(public: ImageSet, channels: int) -> HostBank:
+    """The public host part of a site's dataset (``data.public_hosts``) as a host bank with ``channels`` channels."""
+    return HostBank(images=to_channels(public.images, channels), ids=[f"public/{image_id}" for image_id in public.ids])
+
+
+def dataset_bank_fingerprint(data: DataConfig) -> str:
+    """Identify the public host part of a dataset by its source and draw, without decoding it.
+
+    The part is drawn before the dataset is shared out, so every site of it has the same one.
+    """
+    whole = data.model_copy(update={"partition": PartitionConfig()})
+    return hashlib.sha256(f"dataset\x00{source_fingerprint(whole)}\x00{data.split}".encode()).hexdigest()
+
+
+def copies_of_site_images(bank: HostBank, data: ImageSet, max_distance: int) -> list[tuple[str, str, str]]:
+    """The hosts that are copies of one of the site's own images: a host's phase is visible in every surrogate.
+
+    Parameters
+    ----------
+    bank : HostBank
+        The hosts, with the channels of ``data``.
+    data : ImageSet
+        The site's images, at the hosts' size.
+    max_distance : int
+        Most perceptual-hash bits in which a copy may differ (``data.duplicate_distance``).
+
+    Returns
+    -------
+    list of (host id, image id, how)
+        ``how`` is ``"identical pixels"`` or ``"near-duplicate"`` (another export,
+        window or mirror image of it: :func:`fesf_fed.data.duplicates.near_duplicate_pairs`).
+    """
+    if bank.images.shape[1:] != data.images.shape[1:]:
+        raise ValueError(f"hosts {bank.images.shape[1:]} and images {data.images.shape[1:]} must have one shape")
+    count = len(bank)
+    pairs = near_duplicate_pairs(np.concatenate([bank.images, data.images]), max_distance)
+    copies = []
+    for first, second in pairs[(pairs[:, 0] < count) & (pairs[:, 1] >= count)].tolist():
+        image = data.images[second - count]
+        how = "identical pixels" if np.array_equal(bank.images[first], image) else "near-duplicate"
+        copies.append((bank.ids[first], data.ids[second - count], how))
+    return copies
+
+
+def refuse_copies(bank: HostBank, data: ImageSet, max_distance: int) -> None:
+    """Raise a one-line DataError naming the first host that is a copy of a site image (:func:`copies_of_site_images`)."""
+    copies = copies_of_site_images(bank, data, max_distance)
+    if copies:
+        host, image, how = copies[0]
+        more = f" (and {len(copies) - 1} more)" if len(copies) > 1 else ""
+        raise DataError(
+            f"host {host} is a copy of the site's image {image} ({how}){more}: every surrogate shows its host's "
+            "phase, so a patient image must never be a host; remove it from the host bank (`fesf hosts check` lists all)"
+        )
 
 
 def phantom_bank_seed(key: bytes) -> int:

@@ -69,6 +69,10 @@ class HostSpectrum:
             index = index.to(self.amplitude.device)
         return HostSpectrum(self.amplitude[index], self.phasor[index], self.width)
 
+    def images(self) -> torch.Tensor:
+        """The host image(s) back from the spectrum (the inverse FFT), float32 in [0, 1] up to rounding."""
+        return torch.fft.irfft2(self.amplitude * self.phasor, s=self.image_shape[-2:])
+
     def to(self, device: torch.device | str) -> "HostSpectrum":
         """Return the spectrum on ``device`` (itself when already there)."""
         return HostSpectrum(self.amplitude.to(device), self.phasor.to(device), self.width)

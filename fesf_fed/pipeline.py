@@ -16,7 +16,8 @@ class SurrogatePipeline:
     hosts : HostSpectrum
         Spectra of the whole host bank ``(N, C, H, W)``, computed once.
     generator : torch.nn.Module
-        The trained IQEM generator G (eval mode), on the hosts' device.
+        The trained IQEM generator G (eval mode), on the hosts' device: ``G(x_sy, host)``
+        (:class:`~fesf_fed.iqem.Generator`, or :class:`~fesf_fed.iqem.IdentityGenerator` when off).
     config : PipelineConfig
         IHM strengths of the first (alpha, beta) and the refining (alpha', beta') step,
         and the amplitude perturbation.
@@ -76,7 +77,7 @@ class SurrogatePipeline:
         # One draw for both steps: independent draws would average out in x_su'.
         gains = self._gains(plain)
         x_sy = self.hide(plain, host_index, gains)
-        x_su = self.generator(x_sy)
+        x_su = self.generator(x_sy, self.hosts[host_index].images().clamp(0.0, 1.0))
         # Refinement: x_su is the host (its phase and base amplitude), the plaintext
         # is injected again at low intensity (docs/design.md: the reading under which the
         # paper's accuracy rises from x_su to x_su').

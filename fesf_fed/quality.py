@@ -22,6 +22,9 @@ QUALITY_PAIRS: tuple[tuple[str, str, str], ...] = (
     ("host vs x_sy", "host", "x_sy"),
     ("x_pl vs x_su'", "x_pl", "x_su_prime"),
     ("x_pl vs x_sy", "x_pl", "x_sy"),
+    # Not in the paper's tables: what IQEM alone did (x_su), before the second IHM.
+    ("host vs x_su", "host", "x_su"),
+    ("x_pl vs x_su", "x_pl", "x_su"),
 )
 
 
@@ -110,7 +113,7 @@ def measure_quality(images: dict[str, np.ndarray], lpips_model: torch.nn.Module 
     Parameters
     ----------
     images : dict of str to np.ndarray
-        ``"host"``, ``"x_pl"``, ``"x_sy"`` and ``"x_su_prime"``, each float ``(N, C, H, W)``
+        ``"host"``, ``"x_pl"``, ``"x_sy"``, ``"x_su"`` and ``"x_su_prime"``, each float ``(N, C, H, W)``
         in [0, 1] with the same shape; image i of each belongs together.
     lpips_model : torch.nn.Module, optional
         From :func:`load_lpips`; None leaves the LPIPS fields empty.

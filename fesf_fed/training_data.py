@@ -39,6 +39,8 @@ class SiteData:
     test_labels: np.ndarray
     classes: list[str]
     quality: dict[str, float] = field(default_factory=dict)
+    #: Where the surrogates' hosts came from (:func:`host_bank_label`); empty in plaintext mode.
+    hosts: str = ""
 
     @property
     def channels(self) -> int:
@@ -53,6 +55,17 @@ def _quality_scalars(quality: dict[str, Any]) -> dict[str, float]:
         scalars[f"ssim-{names[pair['pair']]}"] = float(pair["ssim_mean"])
         scalars[f"psnr-{names[pair['pair']]}"] = float(pair["psnr_mean"])
     return scalars
+
+
+def host_bank_label(hosts: dict[str, Any]) -> str:
+    """A build manifest's ``hosts`` entry in a few words: source, count and fingerprint, e.g.
+    ``"dataset, 220 hosts, sha256 3f2a9c01d4e5"``. It crosses to the server, so it names no
+    path, and a phantom bank's fingerprint (derived from the site key) is left out."""
+    words = [hosts["source"]] if hosts.get("source") else []
+    words.append(f"{hosts['count']} hosts")
+    if hosts.get("fingerprint") and hosts.get("source") != "phantom":
+        words.append(f"sha256 {hosts['fingerprint'][:12]}")
+    return ", ".join(words)
 
 
 def load_site_data(
@@ -113,4 +126,5 @@ def load_site_data(
         test_labels,
         build.manifest["classes"],
         _quality_scalars(build.quality),
+        host_bank_label(build.manifest["hosts"]),
     )

@@ -31,6 +31,7 @@ TINY_BUILD = {
     "data.phantom_per_class": 8,
     "hosts.phantom_count": 3,
     "iqem.steps": 3,
+    "iqem.check_every": 1,
     "iqem.batch_size": 4,
     "iqem.base_channels": 4,
     "iqem.res_blocks": 1,

@@ -9,6 +9,7 @@ from fesf_fed.build import site_cache
 from fesf_fed.config import PipelineConfig, load_config
 from fesf_fed.data.phantom import phantom_dataset, phantom_hosts
 from fesf_fed.ihm import hide, host_spectrum
+from fesf_fed.iqem import IdentityGenerator
 from fesf_fed.pipeline import SurrogatePipeline
 from fesf_fed.pixels import to_unit_float
 
@@ -54,9 +55,9 @@ def test_the_pipeline_perturbs_both_steps_and_needs_the_key() -> None:
     spectra = host_spectrum(to_unit_float(phantom_hosts(2, 16, seed=3), CPU))
     config = PipelineConfig(alpha=0.5, beta=0.5, refine_alpha=0.5, refine_beta=0.1, amplitude_noise=1.5)
     with pytest.raises(ValueError, match="needs the site key"):
-        SurrogatePipeline(spectra, torch.nn.Identity(), config)
+        SurrogatePipeline(spectra, IdentityGenerator(), config)
     hosts = np.array([0, 1, 0, 1])
-    outputs = SurrogatePipeline(spectra, torch.nn.Identity(), config, b"key")(plain, hosts)
+    outputs = SurrogatePipeline(spectra, IdentityGenerator(), config, b"key")(plain, hosts)
     gains = amplitude_gains(plain, 1.5, b"key")
     x_sy = hide(plain, spectra[hosts], beta=0.5, plain_gain=gains)
     assert torch.allclose(outputs["x_sy"], x_sy)

@@ -15,8 +15,10 @@ from fesf_fed.cache import SurrogateCache
 from fesf_fed.config import PipelineConfig, SiteConfig, load_config
 from fesf_fed.errors import DataError
 from fesf_fed.ihm import hide, host_spectrum
+from fesf_fed.iqem import IdentityGenerator
 from fesf_fed.pipeline import SurrogatePipeline
 from fesf_fed.progress import SiteProgress, Stage
+from fesf_fed.quality import QUALITY_PAIRS
 from tests.conftest import TINY_BUILD
 
 
@@ -33,7 +35,7 @@ def test_pipeline_chains_hide_generator_and_refinement() -> None:
     plain, hosts = torch.rand(4, 1, 12, 12, generator=generator), torch.rand(3, 1, 12, 12, generator=generator)
     pipeline = SurrogatePipeline(
         host_spectrum(hosts),
-        torch.nn.Identity(),
+        IdentityGenerator(),
         PipelineConfig(alpha=0.5, beta=0.4, refine_alpha=0.5, refine_beta=0.2),
     )
     assigned = np.array([2, 0, 1, 2])
@@ -60,7 +62,7 @@ def test_build_keeps_every_stage_with_labels_counts_and_quality(fesf_home: Path)
         images, labels = build.cache.load("test", kind)
         assert images.shape == (6, 1, 16, 16) and images.dtype == np.uint8
         assert labels.tolist() == manifest["splits"]["test"]["labels"]
-    assert build.quality["images"] == 4 and len(build.quality["pairs"]) == 4
+    assert build.quality["images"] == 4 and len(build.quality["pairs"]) == len(QUALITY_PAIRS)
     assert build.quality["lpips_unavailable"].startswith("no local AlexNet weights")
     assert manifest["mask_coverage"]["hide"] == 1.0
 
@@ -71,7 +73,7 @@ def test_a_second_build_with_the_same_inputs_does_no_work(fesf_home: Path, monke
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("a cached build loaded data or trained IQEM")
 
-    monkeypatch.setattr(build_module, "load_dataset", must_not_run)
+    monkeypatch.setattr(build_module, "load_dataset_parts", must_not_run)
     monkeypatch.setattr(build_module, "train_iqem", must_not_run)
     second = build_surrogates(tiny_config(), progress=False)
     assert second.reused and second.cache.directory == first.cache.directory
@@ -223,8 +225,10 @@ def test_real_br35h_images_build_with_the_shipped_config(shared_data: Path) -> N
     build = build_surrogates(load_config(repo / "configs" / "br35h.yaml", command_line=overrides), progress=False)
     manifest = build.manifest
     assert manifest["classes"] == ["no_tumor", "tumor"] and manifest["image_shape"] == [1, 16, 16]
-    assert manifest["skipped"] == [] and manifest["hosts"]["count"] == TINY_BUILD["hosts.phantom_count"]
-    assert manifest["splits"]["train"]["counts"] == {"no_tumor": 3, "tumor": 3}
+    # The shipped config sets a tenth of the scans aside as same-domain hosts: one per class of these 12.
+    assert manifest["skipped"] == [] and manifest["hosts"]["source"] == "dataset"
+    assert manifest["hosts"]["count"] == 2
+    assert manifest["splits"]["train"]["counts"] == {"no_tumor": 2, "tumor": 2}
     assert manifest["splits"]["val"]["counts"] == {"no_tumor": 1, "tumor": 1}
     images, labels = build.cache.load("test", "x_su_prime")
     assert images.shape == (4, 1, 16, 16) and sorted(labels.tolist()) == [0, 0, 1, 1]

@@ -133,13 +133,13 @@ def test_one_path_rule_per_layer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_error_names_the_layer_that_set_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"^run config site\.iqem\.steps: Input should be greater than or equal to 1"):
-        load_config(run_config={"iqem.steps": 0})
+    with pytest.raises(ConfigError, match=r"^run config site\.iqem\.steps: Input should be greater than or equal to 0"):
+        load_config(run_config={"iqem.steps": -1})
     with pytest.raises(ConfigError, match=r"^command line iqem\.stepz: unknown field"):
         load_config(command_line={"iqem.stepz": 3})
     path = tmp_path / "site.yaml"
-    path.write_text("iqem: {steps: 0}\n")
-    with pytest.raises(ConfigError, match=r"site\.yaml: iqem\.steps: Input should be greater than or equal to 1"):
+    path.write_text("iqem: {steps: -1}\n")
+    with pytest.raises(ConfigError, match=r"site\.yaml: iqem\.steps: Input should be greater than or equal to 0"):
         load_config(path, run_config={"iqem.lr": 0.1})
 
 

@@ -7,6 +7,7 @@ from typing import BinaryIO
 import numpy as np
 import pytest
 import torch
+from skimage.metrics import structural_similarity
 
 from fesf_fed.config import IqemConfig
 from fesf_fed.data.phantom import phantom_dataset, phantom_hosts
@@ -15,6 +16,8 @@ from fesf_fed.ihm import hide
 from fesf_fed.iqem import (
     Discriminator,
     Generator,
+    IdentityGenerator,
+    IqemPairs,
     augment_hosts,
     discriminator_loss,
     generator_loss,
@@ -28,12 +31,34 @@ CPU = torch.device("cpu")
 TINY = {"batch_size": 4, "base_channels": 4, "res_blocks": 1, "disc_channels": 8, "disc_layers": 2}
 
 
-def _surrogates(size: int, per_class: int = 8, host_count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Phantom slices hidden in phantom hosts (the first IHM), and the host bank (uint8)."""
+def _surrogates(size: int, per_class: int = 8, host_count: int = 4) -> tuple["TensorPairs", torch.Tensor]:
+    """Phantom slices hidden in phantom hosts (the first IHM), with their hosts and plaintexts, and the bank (uint8).
+
+    The hosts are another domain than the slices: IQEM has somewhere to carry x_sy.
+    """
     plain = torch.from_numpy(phantom_dataset(per_class, size, seed=0).images).float() / 255
     hosts = torch.from_numpy(phantom_hosts(host_count, size, seed=0))
-    assigned = hosts[torch.arange(len(plain)) % host_count].float() / 255
-    return hide(plain, assigned, 0.5, 0.5), hosts
+    host_index = np.arange(len(plain)) % host_count
+    x_sy = hide(plain, hosts[host_index].float() / 255, 0.5, 0.5)
+    return TensorPairs(x_sy=x_sy, plain=plain, host_index=host_index), hosts
+
+
+class TensorPairs(IqemPairs):
+    """IqemPairs whose images are tensors (as the tests make them)."""
+
+    x_sy: torch.Tensor
+    plain: torch.Tensor
+
+
+def _hosts_of(pairs: IqemPairs, bank: torch.Tensor) -> torch.Tensor:
+    """Each image's host, float in [0, 1]."""
+    return bank[pairs.host_index].float() / 255
+
+
+def _mean_ssim(first: torch.Tensor, second: torch.Tensor) -> float:
+    return float(
+        np.mean([structural_similarity(a[0], b[0], data_range=1.0) for a, b in zip(first.numpy(), second.numpy())])
+    )
 
 
 def _weights(generator: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -51,7 +76,8 @@ def _assert_same_weights(first: dict[str, torch.Tensor], second: dict[str, torch
 def test_untrained_generator_is_the_identity(channels: int, height: int, width: int) -> None:
     images = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(Generator(channels, base_channels=4, res_blocks=1)(images), images)
+        assert torch.equal(Generator(channels, base_channels=4, res_blocks=1)(images, images.flip(0)), images)
+        assert torch.equal(IdentityGenerator()(images, images.flip(0)), images)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -62,7 +88,7 @@ def test_networks_keep_shapes_at_odd_and_small_sizes(channels: int, height: int,
     # A trained G has a non-zero last layer; its output must still be an image in [0, 1].
     torch.nn.init.normal_(generator.head.weight, std=1.0)
     with torch.no_grad():
-        output = generator(images)
+        output = generator(images, images.flip(-1))
     assert output.shape == images.shape
     assert 0 <= output.min() and output.max() <= 1 and not torch.equal(output, images)
 
@@ -89,16 +115,17 @@ def test_losses_are_zero_at_their_targets_and_positive_elsewhere() -> None:
     assert discriminator_loss(ones, zeros).item() == 0
     assert discriminator_loss(zeros, ones).item() == pytest.approx(1.0)
 
-    config = IqemConfig(lambda_adv=1.0, lambda_content=10.0, lambda_amplitude=2.0)
+    config = IqemConfig(lambda_adv=1.0, lambda_content=10.0, lambda_host=3.0, lambda_amplitude=2.0)
     x_sy = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    loss, terms = generator_loss(ones, x_sy, x_sy, config)
-    assert loss.item() == 0 and terms == {"adversarial": 0.0, "content": 0.0, "amplitude": 0.0}
+    loss, terms = generator_loss(ones, x_sy, x_sy, x_sy, config)
+    assert loss.item() == 0 and terms == {"adversarial": 0.0, "content": 0.0, "host": 0.0, "amplitude": 0.0}
 
+    hosts = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
     fake = (x_sy + 0.1).clamp(0, 1)
-    loss, terms = generator_loss(zeros, fake, x_sy, config)
+    loss, terms = generator_loss(zeros, fake, x_sy, hosts, config)
     assert terms["adversarial"] == pytest.approx(1.0)
-    assert terms["content"] > 0 and terms["amplitude"] > 0
-    expected = terms["adversarial"] + 10.0 * terms["content"] + 2.0 * terms["amplitude"]
+    assert terms["content"] > 0 and terms["host"] > 0 and terms["amplitude"] > 0
+    expected = terms["adversarial"] + 10.0 * terms["content"] + 3.0 * terms["host"] + 2.0 * terms["amplitude"]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -114,47 +141,73 @@ def test_augment_hosts_crops_and_flips_each_sample_reproducibly() -> None:
     assert batch.min() <= first.min() and first.max() <= batch.max()
 
 
+#: A few dozen steps, checked every 10.
+FEW_DOZEN = IqemConfig(steps=60, check_every=10, checkpoint_every=60, lr=1e-3, **TINY)
+
+
 @pytest.fixture(scope="module")
-def phantom_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[float, tuple[torch.Tensor, torch.Tensor, dict]]:
-    """G trained on phantom surrogates with a strong content term and with none."""
-    x_sy, hosts = _surrogates(24)
-    # Builds hand over NumPy arrays; training takes them as well as tensors.
-    host_arrays = hosts.numpy()
+def phantom_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple["TensorPairs", torch.Tensor, torch.Tensor, dict]]:
+    """G trained on phantom slices hidden in phantom hosts, with the default balance and with no host term."""
+    pairs, bank = _surrogates(24)
+    hosts = _hosts_of(pairs, bank)
     folder = tmp_path_factory.mktemp("iqem")
     runs = {}
-    for weight in (100.0, 0.0):
-        config = IqemConfig(steps=60, lambda_content=weight, checkpoint_every=60, **TINY)
-        checkpoint = folder / f"content-{weight}.pt"
-        generator = train_iqem(x_sy, host_arrays, config, CPU, checkpoint, progress=False)
+    for name, host_weight in (("default", IqemConfig().lambda_host), ("no host term", 0.0)):
+        config = FEW_DOZEN.model_copy(update={"lambda_host": host_weight})
+        checkpoint = folder / f"{name}.pt"
+        # Builds hand over NumPy arrays; training takes them as well as tensors.
+        generator = train_iqem(pairs, bank.numpy(), config, CPU, checkpoint, progress=False)
         with torch.no_grad():
-            output = generator(x_sy)
-        runs[weight] = (x_sy, output, torch.load(checkpoint, weights_only=True))
+            output = generator(pairs.x_sy, hosts)
+        runs[name] = (pairs, hosts, output, torch.load(checkpoint, weights_only=True))
     return runs
 
 
-def test_training_on_phantoms_lowers_both_gan_losses(phantom_runs: dict) -> None:
-    history = phantom_runs[100.0][2]["history"]
-    assert len(history) == 60
-
-    def mean(term: str, steps: list[dict[str, float]]) -> float:
-        return float(np.mean([step[term] for step in steps]))
-
-    # D learns to tell hosts from surrogates; G learns to fool that D.
-    for term in ("discriminator", "adversarial"):
-        assert mean(term, history[-15:]) < mean(term, history[:15]), term
-
-
-def test_content_loss_keeps_the_surrogate_while_adversarial_alone_drifts(phantom_runs: dict) -> None:
-    x_sy, kept, _ = phantom_runs[100.0]
-    _, drifted, _ = phantom_runs[0.0]
-    kept_change = (kept - x_sy).abs().mean().item()
-    drifted_change = (drifted - x_sy).abs().mean().item()
-    assert kept_change < 0.005
-    assert drifted_change > 3 * kept_change
+def test_iqem_carries_x_sy_towards_its_host_in_a_few_dozen_steps(phantom_runs: dict) -> None:
+    pairs, hosts, moved, state = phantom_runs["default"]
+    before = _mean_ssim(pairs.x_sy, hosts)
+    after = _mean_ssim(moved, hosts)
+    assert after > before + 0.03, (before, after)
+    # The checks record it, from the identity at step 0 on.
+    checks = state["checks"]
+    assert [check["step"] for check in checks][:2] == [0, 10]
+    assert checks[0]["ssim_host"] < state["best"]["ssim_host"]
+    # The content term keeps it short of the host: the plaintext's share is not erased.
+    assert _mean_ssim(moved, pairs.plain) > 0.5 * _mean_ssim(pairs.x_sy, pairs.plain)
 
 
-#: Surrogates (x_sy) and their host bank, as _surrogates makes them.
-SmallData = tuple[torch.Tensor, torch.Tensor]
+def test_on_a_distinct_domain_the_adversarial_term_alone_carries_x_sy_too(phantom_runs: dict) -> None:
+    pairs, hosts, adversarial_only, state = phantom_runs["no host term"]
+    assert _mean_ssim(adversarial_only, hosts) > _mean_ssim(pairs.x_sy, hosts) + 0.03
+    assert all(step["host"] > 0 for step in state["history"])  # the host term is logged even when weighted 0
+
+
+def test_training_stops_when_g_no_longer_gets_closer_and_keeps_the_best_check(tmp_path: Path) -> None:
+    pairs, bank = _surrogates(16, per_class=4, host_count=3)
+    # A gain no check can reach: training stops after `patience` checks and keeps G at step 0, the identity.
+    config = FEW_DOZEN.model_copy(update={"min_gain": 1.0, "patience": 2, "check_every": 5})
+    checkpoint = tmp_path / "iqem.pt"
+    generator = train_iqem(pairs, bank, config, CPU, checkpoint, progress=False)
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["step"] == 10 and "2 checks" in state["stopped"]
+    with torch.no_grad():
+        assert torch.equal(generator(pairs.x_sy, _hosts_of(pairs, bank)), pairs.x_sy)
+    log = training.log_path(checkpoint).read_text().splitlines()
+    assert log[0].split(",")[:3] == ["step", "discriminator", "adversarial"] and len(log) == 1 + 1 + 10
+    assert log[-1].startswith("10,") and not log[-1].endswith(",")  # step 10 was a check: its SSIMs are there
+
+
+def test_zero_steps_switch_iqem_off(small_data: "SmallData", tmp_path: Path) -> None:
+    off = SHORT.model_copy(update={"steps": 0})
+    assert isinstance(train_iqem(*small_data, off, CPU, tmp_path / "iqem.pt", progress=False), IdentityGenerator)
+    assert isinstance(load_generator(tmp_path / "iqem.pt", CPU, off), IdentityGenerator)
+    assert not (tmp_path / "iqem.pt").exists()
+
+
+#: Surrogates (x_sy) with their hosts and plaintexts, and the host bank, as _surrogates makes them.
+SmallData = tuple["TensorPairs", torch.Tensor]
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +215,7 @@ def small_data() -> SmallData:
     return _surrogates(16, per_class=4, host_count=3)
 
 
-SHORT = IqemConfig(steps=12, checkpoint_every=4, **TINY)
+SHORT = IqemConfig(steps=12, checkpoint_every=4, check_every=4, min_gain=0.0, patience=5, **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -228,9 +281,10 @@ def test_checkpoint_of_other_settings_is_refused(small_data: SmallData, finished
     checkpoint = finished[0]
     with pytest.raises(ConfigError, match=r"lr 0\.0002 -> 0\.001.*delete the file"):
         train_iqem(*small_data, SHORT.model_copy(update={"lr": 1e-3}), CPU, checkpoint, progress=False)
-    x_sy, hosts = small_data
+    pairs, bank = small_data
+    colour = IqemPairs(pairs.x_sy.expand(-1, 3, -1, -1), pairs.plain.expand(-1, 3, -1, -1), pairs.host_index)
     with pytest.raises(ConfigError, match="in_channels 1 -> 3"):
-        train_iqem(x_sy.expand(-1, 3, -1, -1), hosts.expand(-1, 3, -1, -1), SHORT, CPU, checkpoint, progress=False)
+        train_iqem(colour, bank.expand(-1, 3, -1, -1), SHORT, CPU, checkpoint, progress=False)
 
 
 def test_checkpoint_is_replaced_atomically(
@@ -251,7 +305,7 @@ def test_checkpoint_is_replaced_atomically(
     with pytest.raises(OSError, match="disk full"):
         train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
     assert torch.load(checkpoint, weights_only=True)["step"] == 4
-    assert [path.name for path in tmp_path.iterdir()] == ["iqem.pt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["iqem-log.csv", "iqem.pt"]  # log_path: <name>-log.csv
 
 
 def test_load_generator_gives_the_trained_generator(finished: tuple) -> None:
@@ -269,7 +323,7 @@ def test_load_generator_refuses_unfinished_missing_and_foreign_files(
         _interrupt_after(patch, calls=5)
         with pytest.raises(KeyboardInterrupt):
             train_iqem(*small_data, SHORT, CPU, unfinished, progress=False)
-    with pytest.raises(DataError, match="stopped at step 4 of 12"):
+    with pytest.raises(DataError, match="stopped at step 4 of at most 12"):
         load_generator(unfinished, CPU)
     with pytest.raises(DataError, match="not found"):
         load_generator(tmp_path / "missing.pt", CPU)
@@ -280,12 +334,13 @@ def test_load_generator_refuses_unfinished_missing_and_foreign_files(
 
 
 def test_unusable_images_are_refused(small_data: SmallData, tmp_path: Path) -> None:
-    x_sy, hosts = small_data
+    pairs, bank = small_data
     checkpoint = tmp_path / "iqem.pt"
+    scaled = IqemPairs(pairs.x_sy * 255, pairs.plain, pairs.host_index)
     with pytest.raises(DataError, match=r"x_sy: float images must lie in \[0, 1\]"):
-        train_iqem(x_sy * 255, hosts, SHORT, CPU, checkpoint, progress=False)
-    with pytest.raises(DataError, match="1 channel.*hosts have 3"):
-        train_iqem(x_sy, hosts.expand(-1, 3, -1, -1), SHORT, CPU, checkpoint, progress=False)
-    with pytest.raises(DataError, match="hosts: expected a non-empty"):
-        train_iqem(x_sy, hosts[:0], SHORT, CPU, checkpoint, progress=False)
+        train_iqem(scaled, bank, SHORT, CPU, checkpoint, progress=False)
+    with pytest.raises(DataError, match="1 channel.*host bank has 3"):
+        train_iqem(pairs, bank.expand(-1, 3, -1, -1), SHORT, CPU, checkpoint, progress=False)
+    with pytest.raises(DataError, match="bank: expected a non-empty"):
+        train_iqem(pairs, bank[:0], SHORT, CPU, checkpoint, progress=False)
     assert not checkpoint.exists()

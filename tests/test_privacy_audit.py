@@ -22,6 +22,7 @@ ways and check that the same :func:`audit` names each one.
 import functools
 import json
 import pickle
+import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ _QUALITY = {f"{measure}-{reference}-{stage}" for _, reference, stage in QUALITY_
 #: metrics "px-0" ... could carry an image as well as one array.
 KEYS: dict[tuple[str, str], set[str]] = {
     ("query.describe", "node"): {"partition-id", "num-partitions"},
-    ("query.prepare", "data"): {"classes", "channels", "image-size"},
+    ("query.prepare", "data"): {"classes", "channels", "image-size", "host-bank"},
     ("query.prepare", "metrics"): {"train-examples", "val-examples", "test-examples", *_QUALITY},
     # With DP-SGD, the epsilon the site has spent: a function of the run's settings and its image count.
     ("train", "metrics"): {"num-examples", "train-loss", "dp-sgd-epsilon"},
@@ -240,6 +241,11 @@ def _check_config(where: str, config: ConfigRecord, expected: Expected, secrets:
     for key, value in config.items():
         if key == "classes" and value != expected.classes:
             problems.append(f"{where}[{key!r}]: {value!r}, not the run's classes {expected.classes}")
+        # Where the hosts came from in a few words; a phantom bank's key-derived fingerprint stays home.
+        if key == "host-bank" and not re.fullmatch(
+            r"(folder|dataset), \d+ hosts, sha256 [0-9a-f]{12}|phantom, \d+ hosts|", str(value)
+        ):
+            problems.append(f"{where}[{key!r}]: {value!r} is more than the bank's source, size and fingerprint")
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, str):
                 _check_text(f"{where}[{key!r}]", item, secrets, problems)

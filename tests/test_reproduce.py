@@ -13,7 +13,7 @@ import yaml
 
 import server.reproduce.experiment as experiment_module
 import server.reproduce.report as report_module
-from fesf_fed.config import load_config
+from fesf_fed.config import SiteConfig, load_config
 from fesf_fed.errors import ConfigError
 from fesf_fed.recipe import Recipe
 from fesf_fed.task import classification_figures
@@ -133,8 +133,8 @@ def test_a_second_start_skips_finished_cells_and_another_plan_is_refused(reprodu
         (["--modes", "plaintext,plaintext"], "name each mode once"),
         (["--image-size", "4"], "--image-size 4: Input should be greater than or equal to 8"),
         (
-            ["--site-config", "configs/br35h.yaml", "--set", "site.iqem.steps=5"],
-            "--set site.iqem.steps: " + str(Path("configs/br35h.yaml").resolve()) + " sets iqem.steps itself",
+            ["--site-config", "configs/br35h.yaml", "--set", "site.pipeline.beta=0.3"],
+            "--set site.pipeline.beta: " + str(Path("configs/br35h.yaml").resolve()) + " sets pipeline.beta itself",
         ),
     ],
 )
@@ -182,6 +182,22 @@ def test_a_suite_writes_the_results_page_from_its_reproductions(reproduction, tm
     assert code == 0 and "not-yet: not run yet" in stdout
     interim = (tmp_path / "interim.md").read_text()
     assert summary_row in interim and "| Later |" not in interim
+
+    # The dataset's site config changed since (say, a new default): the page shows the cells as made, and says so.
+    real_config = experiment_module.dataset_config
+
+    def changed_config(plan: experiment_module.Plan) -> SiteConfig:
+        config = real_config(plan)
+        return config.model_copy(update={"audit": config.audit.model_copy(update={"seed": 5})})
+
+    monkeypatch.setattr(experiment_module, "dataset_config", changed_config)
+    code, stdout = _main("suite", str(suite), "--report-only", "--output", str(tmp_path / "stale.md"))
+    assert code == 0 and "made with earlier settings" in stdout
+    stale = (tmp_path / "stale.md").read_text()
+    assert "Made with earlier settings than the suite's (the dataset's site config: audit)" in stale
+    code, _ = _main("suite", str(suite))  # a run, not a page: the cells would not be the entry's
+    assert code == 2 and "made with other settings (the dataset's site config: audit)" in capsys.readouterr().err
+    monkeypatch.setattr(experiment_module, "dataset_config", real_config)
 
     # A suite entry changed since its cells were trained: the page would mislabel them.
     suite.write_text(yaml.safe_dump({"output": "page.md", "reproductions": [{**entry, "rounds": 2}]}))

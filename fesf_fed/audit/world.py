@@ -91,8 +91,11 @@ def attacker_key(seed: int) -> bytes:
 def attacker_config(config: SiteConfig, host_count: int) -> SiteConfig:
     """The settings the attacker builds its surrogates with: the victim's, with a phantom bank of the same size.
 
-    The victim's host folder is secret; the attacker draws generated phantoms instead.
+    The victim's host folder is secret; the attacker draws generated phantoms instead. A
+    dataset's public host part (``hosts.source: dataset``) is public: the attacker uses it too.
     """
+    if config.hosts.source == "dataset":
+        return config
     hosts = config.hosts.model_copy(update={"source": "phantom", "phantom_count": host_count, "path": None})
     return config.model_copy(update={"hosts": hosts})
 
@@ -104,7 +107,13 @@ def _public_data(config: SiteConfig, public: Path) -> DataConfig:
     """
     source = "folder" if config.data.source in BUILT_IN_SOURCES else config.data.source
     return config.data.model_copy(
-        update={"source": source, "path": public, "max_per_class": None, "partition": PartitionConfig()}
+        update={
+            "source": source,
+            "path": public,
+            "max_per_class": None,
+            "partition": PartitionConfig(),
+            "public_hosts": 0.0,
+        }
     )
 
 

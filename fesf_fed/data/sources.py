@@ -48,6 +48,7 @@ from fesf_fed.data.duplicates import group_labels, named_group_pairs, near_dupli
 from fesf_fed.data.imageset import ImageSet, SkippedFile
 from fesf_fed.data.partition import partition_indices
 from fesf_fed.data.phantom import phantom_dataset
+from fesf_fed.data.split import public_host_split
 from fesf_fed.errors import DataError
 from fesf_fed.pixels import unit_to_uint8
 
@@ -394,8 +395,18 @@ def _existing_path(config: DataConfig) -> Path:
     return path
 
 
+@dataclass
+class DatasetParts:
+    """A configured source, loaded: the site's images and the public host part set aside before them."""
+
+    #: The site's images (its share, public hosts taken out): what it splits, trains and tests on.
+    site: ImageSet
+    #: The part ``data.public_hosts`` sets aside (``hosts.source: dataset``); None when it is 0.
+    public_hosts: ImageSet | None
+
+
 def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
-    """Load a site's images as configured.
+    """Load a site's images as configured (:func:`load_dataset_parts`' ``site``).
 
     Parameters
     ----------
@@ -410,6 +421,7 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
         uint8 images ``(N, C, S, S)`` with ``S = config.image_size`` and C from
         ``config.channels`` ("auto": 1 if every image is grey, else 3). With
         ``max_per_class``, a seeded random sample of each class, in source order.
+        Without the ``data.public_hosts`` part (:func:`~fesf_fed.data.split.public_host_split`).
         With ``partition.count`` > 1, only this site's share of it
         (:func:`~fesf_fed.data.partition.partition_indices`). ``groups``: the
         near-duplicates (``group_duplicates``), the manifest's ``group`` column and
@@ -422,15 +434,38 @@ def load_dataset(config: DataConfig, progress: bool = False) -> ImageSet:
         If the path is missing, the source is malformed, or a class (or the whole
         set) has no usable image. Single unreadable files are listed in ``skipped``.
     """
+    return load_dataset_parts(config, progress).site
+
+
+def load_dataset_parts(config: DataConfig, progress: bool = False) -> DatasetParts:
+    """Load a site's images and the public host part of their source, each decoded once.
+
+    The public part is drawn from the whole source before it is shared out among sites,
+    so every site of a simulation gets the same hosts and none holds one of them.
+
+    Raises
+    ------
+    DataError
+        As :func:`load_dataset`.
+    """
     data = _with_groups(_load_source(config, progress), config)
+    public = None
+    if config.public_hosts:
+        try:
+            kept, reserved = public_host_split(data, config.public_hosts, official=config.split == "official")
+        except DataError as exc:
+            raise DataError(f"{data_location(config)}: {exc}") from None
+        data, public = data.subset(kept), data.subset(reserved)
     share = config.partition
-    if share.count == 1:
-        return data
-    try:
-        parts = partition_indices(data.labels, share.count, share.scheme, share.alpha, share.seed, groups=data.groups)
-    except DataError as exc:
-        raise DataError(f"{data_location(config)}: {exc}") from None
-    return data.subset(parts[share.index])
+    if share.count > 1:
+        try:
+            parts = partition_indices(
+                data.labels, share.count, share.scheme, share.alpha, share.seed, groups=data.groups
+            )
+        except DataError as exc:
+            raise DataError(f"{data_location(config)}: {exc}") from None
+        data = data.subset(parts[share.index])
+    return DatasetParts(site=data, public_hosts=public)
 
 
 def _pattern_name(pattern: re.Pattern[str], image_id: str) -> str | None:
@@ -505,6 +540,8 @@ def source_fingerprint(config: DataConfig) -> str:
     # test_fraction and split only move images between the splits; the caller keys the split itself
     # (fesf_fed.data.split.split_key). The grouping settings stay: groups shape a site's share.
     ignored = {"path", "test_fraction", "split"} | ({"phantom_per_class"} if config.source != "phantom" else set())
+    # Listed only when set, so the keys of builds made before the setting existed stay valid.
+    ignored |= set() if config.public_hosts else {"public_hosts"}
     digest = hashlib.sha256(json.dumps(config.model_dump(mode="json", exclude=ignored), sort_keys=True).encode())
     if config.source == "phantom":
         return digest.hexdigest()

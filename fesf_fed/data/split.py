@@ -128,6 +128,51 @@ def stratified_split(
     return train, test
 
 
+#: The seed of the public host draw: fixed, so the public part is the same for every site and data.seed.
+PUBLIC_HOSTS_SEED = 1729
+
+
+def public_host_split(data: ImageSet, fraction: float, official: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Set aside ``fraction`` of ``data`` as public hosts: a fixed part that is never trained or tested on.
+
+    Parameters
+    ----------
+    data : ImageSet
+        The whole source, its groups (near-duplicates, patients) found.
+    fraction : float
+        Share of the images (of the official train part, with ``official``) set aside,
+        strictly between 0 and 1: per class, whole groups, by :func:`stratified_split`
+        with :data:`PUBLIC_HOSTS_SEED`, so no copy of a host stays in the site's images.
+    official : bool
+        Draw only from a MedMNIST file's ``train/`` part, leaving its val and test parts whole.
+
+    Returns
+    -------
+    kept, public : np.ndarray
+        Sorted int64 indices into ``data``; disjoint, and together every image.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be strictly between 0 and 1, got {fraction}")
+    everything = np.arange(len(data), dtype=np.int64)
+    eligible = np.ones(len(data), bool)
+    if official:
+        eligible = np.array([image_id.startswith("train/") for image_id in data.ids])
+        if data.groups is not None:
+            # A group with a member in the val or test part stays whole with it: no host's copy is tested on.
+            outside = np.unique(data.groups[~eligible])
+            eligible &= ~np.isin(data.groups, outside)
+    within = everything[eligible]
+    public = np.empty(0, np.int64)
+    if len(within) >= 2:
+        _, public = _grouped_split(data, fraction, PUBLIC_HOSTS_SEED, within)
+    if len(public) == 0:
+        raise DataError(
+            f"no whole group of near-duplicates among {len(within)} eligible images can be spared as public hosts; "
+            "add images or lower data.public_hosts"
+        )
+    return np.setdiff1d(everything, public), public
+
+
 class SiteSplit(NamedTuple):
     """A site's image indices by part: sorted int64, disjoint, together every image. ``val`` may be empty."""
 

@@ -159,10 +159,18 @@ class DataDescription:
     classes: tuple[str, ...]
     channels: int
     image_size: int
+    #: The surrogates' host bank: source, count and fingerprint, no path
+    #: (:func:`fesf_fed.training_data.host_bank_label`); empty in plaintext mode.
+    host_bank: str = ""
 
     def to_config(self) -> dict[str, ConfigValue]:
-        """The ``data`` record's entries: ``classes``, ``channels`` and ``image-size``."""
-        return {"classes": list(self.classes), "channels": self.channels, "image-size": self.image_size}
+        """The ``data`` record's entries: ``classes``, ``channels``, ``image-size`` and ``host-bank``."""
+        return {
+            "classes": list(self.classes),
+            "channels": self.channels,
+            "image-size": self.image_size,
+            "host-bank": self.host_bank,
+        }
 
     @classmethod
     def from_config(cls, record: Mapping[str, Any]) -> "DataDescription":
@@ -177,7 +185,10 @@ class DataDescription:
         if not isinstance(classes, list):
             raise FesfError(f"record {DATA!r}: classes is a {type(classes).__name__}, not a list of names")
         return cls(
-            tuple(str(name) for name in classes), _int(record, DATA, "channels"), _int(record, DATA, "image-size")
+            tuple(str(name) for name in classes),
+            _int(record, DATA, "channels"),
+            _int(record, DATA, "image-size"),
+            str(record.get("host-bank", "")),
         )
 
 

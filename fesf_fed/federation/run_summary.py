@@ -253,7 +253,7 @@ class FinalMetrics(_Part):
 class SiteDetails(_FiguresBeside):
     """What a site reported when it prepared its data (``sites`` in the summary).
 
-    Its JSON holds the figures beside ``classes``, ``channels`` and ``image-size``.
+    Its JSON holds the figures beside ``classes``, ``channels``, ``image-size`` and ``host-bank``.
 
     Attributes
     ----------
@@ -261,6 +261,9 @@ class SiteDetails(_FiguresBeside):
         Its class names, in label order.
     channels, image_size : int
         Its images' channels and size in pixels (JSON key ``image-size``).
+    host_bank : str or None
+        Where its surrogates' hosts came from: source, count, fingerprint (JSON key
+        ``host-bank``; empty in plaintext mode, None in runs from before it was reported).
     figures : Mapping
         Its image counts (``train-examples``, ``test-examples``) and surrogate quality
         (``ssim-...``, ``psnr-...``), by name.
@@ -269,6 +272,7 @@ class SiteDetails(_FiguresBeside):
     classes: tuple[str, ...]
     channels: StrictInt
     image_size: StrictInt = Field(alias="image-size")
+    host_bank: str | None = Field(None, alias="host-bank")
     figures: Metrics
 
 

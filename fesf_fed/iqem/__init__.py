@@ -2,11 +2,13 @@
 surrogates into the host-image domain, trained against a patch discriminator
 (paper Eq. 5; docs/design.md, IQEM)."""
 
-from fesf_fed.iqem.networks import Discriminator, Generator
+from fesf_fed.iqem.networks import Discriminator, Generator, IdentityGenerator
 from fesf_fed.iqem.training import (
+    IqemPairs,
     augment_hosts,
     discriminator_loss,
     generator_loss,
+    iqem_summary,
     load_generator,
     train_iqem,
 )
@@ -14,9 +16,12 @@ from fesf_fed.iqem.training import (
 __all__ = [
     "Discriminator",
     "Generator",
+    "IdentityGenerator",
+    "IqemPairs",
     "augment_hosts",
     "discriminator_loss",
     "generator_loss",
+    "iqem_summary",
     "load_generator",
     "train_iqem",
 ]

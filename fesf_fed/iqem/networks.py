@@ -5,6 +5,11 @@ decoder reads the encoder's features through gated skip connections, with residu
 blocks at the bottleneck and a global residual. Its last convolution starts at zero,
 so an untrained G is the identity and training only moves it as far as the losses
 ask (docs/design.md, IQEM). Both networks are fully convolutional and work at any size.
+
+G reads the image's host beside x_sy. The paper's G sees x_sy alone, which is enough
+when domain K is a single host image that G can learn by heart; with a bank of hosts an
+x_sy does not say which host it came from, and an unconditional G cannot carry it there
+(measured: docs/design.md, IQEM). The host is the site's own, so nothing is revealed.
 """
 
 import torch
@@ -12,7 +17,7 @@ from torch import nn
 from torch.nn.functional import interpolate
 from torch.nn.utils.parametrizations import spectral_norm
 
-__all__ = ["Discriminator", "Generator"]
+__all__ = ["Discriminator", "Generator", "IdentityGenerator"]
 
 
 def _conv(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -56,12 +61,12 @@ class _GatedUp(nn.Module):
 
 
 class Generator(nn.Module):
-    """The IQEM generator: ``G(x) = clamp(x + r(x), 0, 1)``, the identity before training.
+    """The IQEM generator: ``G(x, h) = clamp(x + r(x, h), 0, 1)`` for x_sy ``x`` and its host ``h``; the identity before training.
 
     Parameters
     ----------
     in_channels : int
-        Image channels (1 for grey, 3 for colour); the output has the same.
+        Image channels (1 for grey, 3 for colour) of x_sy and of the host; the output has the same.
     base_channels : int
         Channels at full resolution; doubled at each of the two downsamplings, so most
         of the work happens at a quarter of the resolution with ``4 * base_channels``.
@@ -70,7 +75,7 @@ class Generator(nn.Module):
 
     Notes
     -----
-    Input ``(B, in_channels, H, W)`` float in [0, 1], any H and W (odd ones too);
+    Inputs ``(B, in_channels, H, W)`` float in [0, 1], any H and W (odd ones too);
     output of the same shape, in [0, 1].
     """
 
@@ -80,7 +85,7 @@ class Generator(nn.Module):
         if res_blocks < 0:
             raise ValueError(f"res_blocks must be at least 0, got {res_blocks}")
         width = base_channels
-        self.stem = nn.Sequential(_conv(in_channels, width), nn.LeakyReLU(0.2))
+        self.stem = nn.Sequential(_conv(2 * in_channels, width), nn.LeakyReLU(0.2))
         self.down1 = nn.Sequential(_conv(width, 2 * width, stride=2), nn.LeakyReLU(0.2))
         self.down2 = nn.Sequential(_conv(2 * width, 4 * width, stride=2), nn.LeakyReLU(0.2))
         self.bottleneck = nn.Sequential(*(_ResidualBlock(4 * width) for _ in range(res_blocks)))
@@ -92,12 +97,21 @@ class Generator(nn.Module):
         assert self.head.bias is not None  # _conv's convs have a bias
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        full = self.stem(images)
+    def forward(self, images: torch.Tensor, hosts: torch.Tensor) -> torch.Tensor:
+        if hosts.shape != images.shape:
+            raise ValueError(f"hosts must have the images' shape {tuple(images.shape)}, got {tuple(hosts.shape)}")
+        full = self.stem(torch.cat([images, hosts], dim=1))
         half = self.down1(full)
         features = self.bottleneck(self.down2(half))
         features = self.up2(self.up1(features, half), full)
         return (images + self.head(features)).clamp(0.0, 1.0)
+
+
+class IdentityGenerator(nn.Module):
+    """G switched off (``iqem.steps`` 0): x_su is x_sy, the ablation of the paper's Table 1."""
+
+    def forward(self, images: torch.Tensor, hosts: torch.Tensor) -> torch.Tensor:
+        return images
 
 
 class Discriminator(nn.Module):

@@ -285,8 +285,12 @@ def _load_results(folder: Path) -> dict[str, Any]:
     return results
 
 
-def load_plan_results(plan: Plan) -> dict[str, Any]:
+def load_plan_results(plan: Plan, stale_ok: bool = False) -> dict[str, Any]:
     """The ``results.json`` of ``plan``'s folder, refused when it was made with other settings.
+
+    With ``stale_ok`` (a page written from finished cells), results whose dataset site config
+    has changed since (the entry itself has not) are returned instead, with what differs under
+    ``"stale"``: the page shows them as made and says so.
 
     Raises
     ------
@@ -310,8 +314,12 @@ def load_plan_results(plan: Plan) -> dict[str, Any]:
     changed = sorted(key for key in planned if results["plan"].get(key) != planned[key])
     # Read back through the model first: a field added since (with its default) is no change.
     stored = SiteConfig.model_validate(results["dataset"]).model_dump(mode="json") if "dataset" in results else None
-    if stored != dataset_config(plan).model_dump(mode="json"):
-        changed.append("the dataset's site config")
+    current = dataset_config(plan).model_dump(mode="json")
+    if stored != current:
+        sections = sorted(name for name in current if stored is None or stored.get(name) != current[name])
+        if stale_ok and not changed:
+            return {**results, "stale": [f"the dataset's site config: {', '.join(sections)}"]}
+        changed.append(f"the dataset's site config: {', '.join(sections)}")
     if changed:
         raise ConfigError(
             f"{folder / 'results.json'}: made with other settings ({', '.join(changed)}); "

@@ -238,6 +238,17 @@ def headline(results: dict[str, Any]) -> str:
     return text + "."
 
 
+def _hosts_text(site: dict[str, Any]) -> str:
+    """Where a reproduction's hosts came from, for its settings line."""
+    hosts = site["hosts"]
+    if hosts["source"] == "dataset":
+        share = site["data"]["public_hosts"]
+        return f"; hosts: the dataset's public host part ({share:.0%} of it, set aside, never trained or tested on)"
+    if hosts["source"] == "phantom":
+        return f"; hosts: {hosts['phantom_count']} generated head phantoms (a variant: not the task's domain)"
+    return "; hosts: a folder of public images"
+
+
 def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     """One reproduction's section: its settings, Table 1 (figures and plaintext's share kept), Tables 2-3, time."""
     plan = results["plan"]
@@ -250,10 +261,11 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
     surrogates = any(mode != "plaintext" for mode in plan["modes"])
     strengths = (
         f"; IHM alpha {pipeline['alpha']}, beta {pipeline['beta']}, alpha' {pipeline['refine_alpha']}, "
-        f"beta' {pipeline['refine_beta']}"
+        f"beta' {pipeline['refine_beta']}" + _hosts_text(results["site"])
         if surrogates
         else ""
     )
+    stale = results.get("stale")
     lines = [
         f"### {dataset}: {setting_label(results)}",
         "",
@@ -264,6 +276,14 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
             f"trained from {environment.get('date', '?')} on {environment.get('device', '?')}{strengths}.{done}"
         ),
         "",
+        *(
+            [
+                f"**Made with earlier settings than the suite's ({', '.join(stale)}): rerun it to refresh these figures.**",
+                "",
+            ]
+            if stale
+            else []
+        ),
         f"**{headline(results)}**",
         "",
     ]
@@ -301,6 +321,8 @@ def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
         ]
         quality_rows = []
         for label, reference, stage in QUALITY_PAIRS:
+            if f"ssim-{reference}-{stage}" not in quality:  # results from before the pair was measured
+                continue
             paper = paper_quality(dataset, reference, stage)
             quality_rows.append(
                 [
