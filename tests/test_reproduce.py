@@ -526,7 +526,7 @@ def test_a_suite_entrys_published_figures_reach_the_page(tmp_path, monkeypatch):
         (tmp_path / "home" / "reproductions" / name).mkdir(parents=True)
         (tmp_path / "home" / "reproductions" / name / "results.json").write_text("{}")
     hand = {"base": _baseline([80, 82, 84], [75, 77, 79], [0.9, 0.9, 0.9]), "full": _surrogates(0.8, [0.8] * 3)}
-    monkeypatch.setattr(cli_module, "load_plan_results", lambda plan: hand[plan.name])
+    monkeypatch.setattr(cli_module, "load_plan_results", lambda plan, stale_ok=False: hand[plan.name])
     published = {"accuracy": 0.863, "auroc": 0.901, "source": "MedMNIST v2, ResNet-18 (28)"}
     entries = [
         {"name": "base", "dataset": "Base", "modes": ["plaintext"], "published": published},

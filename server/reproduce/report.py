@@ -240,13 +240,13 @@ def headline(results: dict[str, Any]) -> str:
 
 def _hosts_text(site: dict[str, Any]) -> str:
     """Where a reproduction's hosts came from, for its settings line."""
-    hosts = site["hosts"]
-    if hosts["source"] == "dataset":
+    hosts = site.get("hosts", {})
+    if hosts.get("source") == "dataset":
         share = site["data"]["public_hosts"]
         return f"; hosts: the dataset's public host part ({share:.0%} of it, set aside, never trained or tested on)"
-    if hosts["source"] == "phantom":
+    if hosts.get("source") == "phantom":
         return f"; hosts: {hosts['phantom_count']} generated head phantoms (a variant: not the task's domain)"
-    return "; hosts: a folder of public images"
+    return "; hosts: a folder of public images" if hosts.get("source") == "folder" else ""
 
 
 def reproduction_markdown(results: dict[str, Any], dataset: str) -> str:
