@@ -10,7 +10,7 @@ export FLWR_DISABLE_UPDATE_CHECK=1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 export RAY_USAGE_STATS_ENABLED=0
 
-.PHONY: federate stop dashboard demo br35h audit loopback results test benchmark
+.PHONY: federate stop dashboard demo br35h audit loopback results test test-faults benchmark
 
 $(BIN)/fesf: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,7 +25,10 @@ RUN_CONFIG_ARGS = $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
 
 federate: $(BIN)/fesf  ## the default federation: 3 simulated hospitals on the built-in demo set (see the README)
 	$(BIN)/fesf-server check $(RUN_CONFIG_ARGS)
-	PATH="$(abspath $(BIN)):$$PATH" flwr run . --stream $(RUN_CONFIG_ARGS)
+	@# flwr run exits 0 however the run ended: fesf-server status says how it did, and fails the make
+	@# unless it finished with every site (--since: this run, not an earlier one).
+	started=$$(date +%s); PATH="$(abspath $(BIN)):$$PATH" flwr run . --stream $(RUN_CONFIG_ARGS); \
+		flwr=$$?; $(BIN)/fesf-server status --since $$started && exit $$flwr
 
 stop: | $(BIN)/fesf  ## stop the local SuperLink that `flwr run` leaves running (this FLWR_HOME's only, by PID)
 	$(BIN)/fesf-server stop-local
@@ -61,6 +64,9 @@ test: $(BIN)/fesf $(CHROMIUM)  ## lint, format and type checks, then the whole t
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+test-faults: $(BIN)/fesf  ## the fault-injection tests: Flower processes killed mid-run (about 3 min; CI runs it after make test)
+	$(BIN)/pytest -q -m faults
 
 benchmark: $(BIN)/fesf  ## IHM, pipeline, IQEM, federated and deployed round speed, the demo's time and scores (see docs/benchmarks.md)
 	$(BIN)/python benchmarks/ihm.py

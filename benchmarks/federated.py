@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # fesf_fed, clients, server: run from anywhere
 
-from fesf_fed.deployment.processes import QUIET_FLOWER_ENV
+from fesf_fed.deployment.processes import QUIET_FLOWER_ENV, process_tree
 
 # Before Flower and Ray are imported: they read these at import.
 for _name, _value in QUIET_FLOWER_ENV.items():
@@ -98,24 +98,6 @@ def _timed(handler: Handler) -> Handler:
 # --- memory of the process tree, from /proc -------------------------------------------------
 
 
-def _process_tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-    tree, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        tree.append(pid)
-        stack.extend(children.get(pid, []))
-    return tree
-
-
 def _rss_and_name(pid: int) -> tuple[int, str]:
     try:
         rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
@@ -144,7 +126,7 @@ class TreeMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        tree = _process_tree(os.getpid())
+        tree = process_tree([os.getpid()])
         self.processes = max(self.processes, len(tree))
         total = actor_total = 0
         for pid in tree:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from fesf_fed.cache import SurrogateCache, content_key
+from fesf_fed.cache import REBUILD, SurrogateCache, content_key, file_sha256
 from fesf_fed.config import SiteConfig
 from fesf_fed.data import (
     ImageSet,
@@ -196,10 +196,14 @@ def site_pipeline(config: SiteConfig, channels: int) -> tuple[SurrogatePipeline,
     Raises
     ------
     FesfError
-        For unusable hosts, device or key, or when G has not been trained yet.
+        For unusable hosts, device or key, when G has not been trained yet, or when its
+        checkpoint no longer matches the SHA-256 the finished build recorded.
     """
     plan = _plan(config)
     device = select_device(config.device)
+    problem = _checkpoint_problem(config, plan)
+    if problem:
+        raise DataError(f"{plan.checkpoint}: damaged IQEM checkpoint ({problem}); {REBUILD}")
     bank, spectra = site_hosts(config, plan.site_key, channels, device)
     generator = load_generator(plan.checkpoint, device, config.iqem)
     return SurrogatePipeline(spectra, generator, config.pipeline, plan.site_key), bank, plan.site_key
@@ -275,10 +279,14 @@ def _convert(
     with tqdm(total=total, desc="surrogates", unit="img", disable=not progress) as bar:
         for split, indices in inputs.splits.items():
             for number, shard in cache.shards(indices):
-                if cache.has_shard(split, number):  # finished before an interruption
+                problem = cache.shard_problem(split, number)
+                if problem is None:  # finished before an interruption
                     bar.update(len(shard))
                     meter.advance(len(shard))
                     continue
+                if problem != "missing":
+                    _warn_damaged(config, cache.shard_path(split, number), problem)
+                    cache.discard_shard(split, number)
                 stages: dict[str, list[np.ndarray]] = {kind: [] for kind in config.pipeline.outputs}
                 for batch in _batches(shard, config.pipeline.batch_size):
                     outputs = pipeline(
@@ -348,10 +356,66 @@ def _manifest(config: SiteConfig, inputs: _Inputs, checkpoint: Path, timings: di
         "iqem": iqem_summary(checkpoint)
         if config.iqem.steps
         else {"steps": 0, "stopped": "IQEM is off (iqem.steps 0)"},
+        # The G these surrogates were made with; checked before it is loaded or the build is reused.
+        "iqem_checkpoint_sha256": file_sha256(checkpoint) if config.iqem.steps else None,
         "device": str(inputs.device),
         "seconds": timings,
         "config": config.model_dump(mode="json"),
     }
+
+
+def _checkpoint_problem(config: SiteConfig, plan: _Plan) -> str | None:
+    """Why the IQEM checkpoint differs from the one a finished build recorded, or None.
+
+    None too when there is nothing to compare: IQEM off, no finished (or readable) build,
+    a build made before checkpoint hashes were recorded, or no checkpoint. The surrogates
+    stand without it (someone may have deleted it for space); only :func:`site_pipeline`
+    needs G, and :func:`load_generator` says so in one line.
+    """
+    if not config.iqem.steps or not plan.cache.complete or plan.cache.manifest_problem():
+        return None
+    recorded = plan.cache.manifest().get("iqem_checkpoint_sha256")
+    if not recorded or not plan.checkpoint.is_file():
+        return None
+    if file_sha256(plan.checkpoint) != recorded:
+        return f"its SHA-256 differs from the one recorded in {plan.cache.manifest_path}"
+    return None
+
+
+def _warn_damaged(config: SiteConfig, path: Path, problem: str, remedy: str = "rebuilding it") -> None:
+    """The one log line of a damaged cache file: the site, the file, what is wrong, what is done."""
+    logger.warning("site %s: %s was damaged (%s); %s", config.site, path, problem, remedy)
+
+
+def _repair(config: SiteConfig, plan: _Plan) -> None:
+    """Check a finished build before it is reused; remove what is damaged, for this build to write again.
+
+    A damaged manifest or shard is removed with the manifest, so the build resumes and
+    writes them again (the intact shards are kept). A damaged IQEM checkpoint is removed
+    with every surrogate made with it: G is trained again and the surrogates rebuilt.
+    Each repair is logged as one line naming the file.
+    """
+    cache = plan.cache
+    problem = cache.manifest_problem()
+    if problem:
+        _warn_damaged(config, cache.manifest_path, problem)
+        cache.manifest_path.unlink(missing_ok=True)
+        return
+    problem = _checkpoint_problem(config, plan)
+    if problem:
+        _warn_damaged(
+            config, plan.checkpoint, problem, "training IQEM again and rebuilding the surrogates made with it"
+        )
+        plan.checkpoint.unlink(missing_ok=True)
+        cache.discard()
+        return
+    damaged = cache.damaged()
+    for path, problem in damaged:
+        _warn_damaged(config, path, problem)
+        split, number = path.stem.rsplit("-", 1)
+        cache.discard_shard(split, int(number))
+    if damaged:
+        cache.manifest_path.unlink(missing_ok=True)
 
 
 def build_surrogates(config: SiteConfig, progress: bool = True, report: ProgressCallback | None = None) -> SiteBuild:
@@ -371,7 +435,9 @@ def build_surrogates(config: SiteConfig, progress: bool = True, report: Progress
     Returns
     -------
     SiteBuild
-        ``reused`` is True when nothing had to be computed.
+        ``reused`` is True when nothing had to be computed. A reused build's shards and
+        IQEM checkpoint are checked against their recorded SHA-256 first; damaged ones are
+        rebuilt (logged as one line each).
 
     Raises
     ------
@@ -382,6 +448,8 @@ def build_surrogates(config: SiteConfig, progress: bool = True, report: Progress
     select_device(config.device)  # a bad device is an error even when the cache has everything
     plan = _plan(config)
     meter = ProgressMeter(report, config.site)
+    if plan.cache.complete:  # trusted only once its files match what was recorded when they were written
+        _repair(config, plan)
     stored_quality = plan.cache.read_quality()
     if plan.cache.complete and stored_quality and stored_quality["settings"] == config.quality.model_dump(mode="json"):
         meter.stage(Stage.CACHED)

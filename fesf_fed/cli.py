@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fesf_fed.audit.report import figure_cells, verdict_label
@@ -16,7 +17,8 @@ from fesf_fed.audit.result import ATTACKS, AuditReport
 from fesf_fed.audit.run import run_audit
 from fesf_fed.build import SiteBuild, build_surrogates, site_cache
 from fesf_fed.config import DUPLICATE_DISTANCE, DataConfig, SiteConfig, load_config, parse_assignments
-from fesf_fed.data import ImageSet, SkippedFile, load_dataset
+from fesf_fed.data import ImageSet, SkippedFile, check_source
+from fesf_fed.data.decode import MIN_SIDE
 from fesf_fed.data.duplicates import group_labels, group_members, near_duplicate_pairs
 from fesf_fed.deployment.diagnose import predict_folder, write_predictions
 from fesf_fed.errors import ConfigError, DataError, FesfError, run_command
@@ -59,13 +61,14 @@ def _site_config(args: argparse.Namespace) -> SiteConfig:
     return load_config(args.config, command_line=_command_line(args))
 
 
-def _skipped_table(title: str, skipped: list[dict[str, str]] | list[SkippedFile]) -> Table:
+def _skipped_table(title: str, skipped: list[dict[str, str]] | list[SkippedFile], column: str = "reason") -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("file")
-    table.add_column("reason")
+    table.add_column(column)
     for entry in skipped:
         path, reason = (entry["path"], entry["reason"]) if isinstance(entry, dict) else (entry.path, entry.reason)
-        table.add_row(path, reason)
+        # File names are data, not markup: "[x].png" must print as it is.
+        table.add_row(escape(path), escape(reason))
     return table
 
 
@@ -236,7 +239,7 @@ _LISTED_GROUPS, _LISTED_FILES = 5, 4
 
 def _group_classes(data: ImageSet, members: list[int]) -> str:
     counts = np.bincount(data.labels[members], minlength=len(data.classes))
-    return ", ".join(f"{data.classes[label]}: {count}" for label, count in enumerate(counts) if count)
+    return escape(", ".join(f"{data.classes[label]}: {count}" for label, count in enumerate(counts) if count))
 
 
 def _print_duplicates(data: ImageSet, distance: int) -> None:
@@ -259,30 +262,42 @@ def _print_duplicates(data: ImageSet, distance: int) -> None:
     for number, members in enumerate(groups[:_LISTED_GROUPS], start=1):
         names = [data.ids[index] for index in members[:_LISTED_FILES]]
         more = f", … {len(members) - _LISTED_FILES} more" if len(members) > _LISTED_FILES else ""
-        table.add_row(str(number), str(len(members)), _group_classes(data, members.tolist()), ", ".join(names) + more)
+        files = escape(", ".join(names) + more)
+        table.add_row(str(number), str(len(members)), _group_classes(data, members.tolist()), files)
     console.print(table)
 
 
 def _run_data_check(args: argparse.Namespace) -> None:
-    data: ImageSet = load_dataset(_data_config(args), progress=not args.quiet)
-    console.print(f"{args.path}: {len(data)} usable images, {data.images.shape[1]} channel(s)")
+    """The whole report (counts, skipped files, warnings, groups), then status 2 if a build would refuse the data."""
+    check = check_source(_data_config(args), progress=not args.quiet)
+    data = check.data
+    channels = "" if data is None else f", {data.images.shape[1]} channel(s)"
+    console.print(escape(f"{args.path}: {sum(check.counts.values())} usable images{channels}"))
     table = Table()
     table.add_column("class")
     table.add_column("images", justify="right")
-    for name, count in data.class_counts().items():
-        table.add_row(name, str(count))
+    for name, count in check.counts.items():
+        table.add_row(escape(name), str(count) if count else "[red]0: no usable image[/red]")
     console.print(table)
-    if data.skipped:
-        console.print(_skipped_table(f"Bad or skipped files ({len(data.skipped)})", data.skipped))
+    if check.skipped:
+        console.print(_skipped_table(f"Bad or skipped files ({len(check.skipped)})", check.skipped))
     else:
         console.print("no bad files")
-    if data.groups is not None:
+    if check.warnings:
+        title = f"Warnings ({len(check.warnings)}): these images load, but check that they are what you meant"
+        console.print(_skipped_table(title, check.warnings, column="warning"))
+    else:
+        console.print(f"no warnings (no image under {MIN_SIDE} px a side, none 16-bit, palette or with transparency)")
+    if data is not None and data.groups is not None:
         named = group_members(data.groups)
         console.print(
             f"named groups (the manifest's group column): {len(named)} of 2+ images hold "
             f"{sum(len(members) for members in named)} images"
         )
-    _print_duplicates(data, args.duplicate_distance)
+    if data is not None:
+        _print_duplicates(data, args.duplicate_distance)
+    if check.problem is not None:
+        raise DataError(f"{args.path}: {check.problem} (the report above lists every problem)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -492,6 +492,33 @@ def read_yaml(path: Path, missing: str) -> Any:
         raise ConfigError(f"{path}: not valid YAML{line}; fix the syntax") from None
 
 
+#: What a config file's top level is called in an error, by the YAML type it parsed to.
+_YAML_KINDS = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _require_sections(raw: Any, path: Path) -> None:
+    """Refuse a config file that is empty (or only comments) or whose top level is not a mapping of sections.
+
+    Without this an empty file would run silently as the built-in demo.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and saying what to write instead.
+    """
+    if raw is None:
+        raise ConfigError(
+            f"{path}: empty config file; write the sections to set (e.g. data: {{source: folder, path: ...}}), "
+            "or leave out --config for the built-in demo"
+        )
+    if not isinstance(raw, Mapping):
+        kind = _YAML_KINDS.get(type(raw), f"a {type(raw).__name__}")
+        raise ConfigError(
+            f"{path}: the top level is {kind}, not a mapping of sections "
+            "(expected a mapping such as data: {image_size: 64}; see docs/configuration.md)"
+        )
+
+
 def load_config(
     path: str | Path | None = None,
     *,
@@ -506,7 +533,7 @@ def load_config(
     Raises
     ------
     ConfigError
-        If the file is missing, is not YAML, or a field is invalid.
+        If the file is missing, is not YAML, is empty or not a mapping of sections, or a field is invalid.
     """
     raw, source, base_dir = None, "config", None
     if path is not None:
@@ -516,6 +543,7 @@ def load_config(
             str(path),
             path.parent,
         )
+        _require_sections(raw, path)
     return parse_config(
         raw, source=source, base_dir=base_dir, run_config=run_config, command_line=command_line, assigned=assigned
     )

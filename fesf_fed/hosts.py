@@ -23,7 +23,7 @@ from fesf_fed.data.decode import IMAGE_SUFFIXES, UnreadableImage, to_channels
 from fesf_fed.data.duplicates import near_duplicate_pairs
 from fesf_fed.data.imageset import ImageSet, SkippedFile
 from fesf_fed.data.phantom import phantom_hosts
-from fesf_fed.data.sources import decode_files, file_digest, image_files, source_fingerprint
+from fesf_fed.data.sources import decode_files, file_digest, image_files, no_usable_image, source_fingerprint
 from fesf_fed.errors import DataError
 from fesf_fed.home import fesf_home, private_folder
 
@@ -34,6 +34,7 @@ MIN_KEY_BYTES = 16
 # Domain separation: the fingerprint hashes the key under a prefix of its own, apart from its HMAC use.
 _FINGERPRINT_DOMAIN = b"fesf-fed/host-key-fingerprint/v1\x00"
 _PHANTOM_SEED_DOMAIN = b"fesf-fed/phantom-host-seed/v1\x00"
+_WHAT_TO_PUT = f"put non-patient images of the same modality there ({', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
 @dataclass
@@ -47,7 +48,7 @@ class HostBank:
     ids : list of str
         One id per host: its path relative to the bank folder, or ``"phantom-host/003"``.
     skipped : list of SkippedFile
-        Files of the folder that could not be decoded, with the reason.
+        Files of the folder that could not be used, by their path relative to it, with the reason.
     """
 
     images: np.ndarray
@@ -59,28 +60,34 @@ class HostBank:
 
 
 def folder_bank_fingerprint(path: Path) -> str:
-    """Identify a host bank folder by its files' ids and bytes, without decoding them.
+    """Identify a host bank folder by its usable files' ids and bytes, without decoding them.
+
+    Files :func:`~fesf_fed.data.sources.image_files` skips (a name that is not valid
+    UTF-8, a broken link) are not part of the bank, so they do not count.
 
     Raises
     ------
     DataError
-        If the folder is missing or holds no image file.
+        If the folder is missing or holds no usable image file.
     """
     digest = hashlib.sha256(b"folder\x00")
-    for file in _bank_files(path):
+    files, _ = _bank_files(path)
+    for file in files:
         # The separator keeps "a" + "bc" and "ab" + "c" apart.
         digest.update(file.relative_to(path).as_posix().encode() + b"\x00" + file_digest(file))
     return digest.hexdigest()
 
 
-def _bank_files(path: Path) -> list[Path]:
-    what_to_put = f"put non-patient images of the same modality there ({', '.join(sorted(IMAGE_SUFFIXES))})"
+def _bank_files(path: Path) -> tuple[list[Path], list[SkippedFile]]:
+    """The bank folder's image files, and those skipped with the reason (ids relative to ``path``)."""
     if not path.is_dir():
-        raise DataError(f"{path}: host bank folder not found; create it and {what_to_put}")
-    files = image_files(path)
+        raise DataError(f"{path}: host bank folder not found; create it and {_WHAT_TO_PUT}")
+    files, skipped = image_files(path)
+    if not files and not skipped:
+        raise DataError(f"{path}: no host image files; {_WHAT_TO_PUT}")
     if not files:
-        raise DataError(f"{path}: no host image files; {what_to_put}")
-    return files
+        raise no_usable_image(path, skipped)
+    return files, skipped
 
 
 def load_host_bank(path: Path, size: int, channels: int) -> HostBank:
@@ -98,7 +105,9 @@ def load_host_bank(path: Path, size: int, channels: int) -> HostBank:
     Returns
     -------
     HostBank
-        The decoded hosts; files that could not be decoded are listed in ``skipped``.
+        The decoded hosts; files that could not be used (undecodable, a name that is not
+        valid UTF-8, a broken link...) are listed in ``skipped`` by their path relative
+        to ``path``, with the reason.
 
     Raises
     ------
@@ -108,20 +117,18 @@ def load_host_bank(path: Path, size: int, channels: int) -> HostBank:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     path = Path(path)
-    files = _bank_files(path)
-    images, ids, skipped = [], [], []
+    files, skipped = _bank_files(path)
+    images, ids = [], []
     for file, result in zip(files, decode_files(files, size, progress=False)):
+        host_id = file.relative_to(path).as_posix()
         if isinstance(result, UnreadableImage):
-            skipped.append(SkippedFile(path=str(file), reason=result.reason))
+            skipped.append(SkippedFile(path=host_id, reason=result.reason))
         else:
             images.append(to_channels(result, channels))
-            ids.append(file.relative_to(path).as_posix())
+            ids.append(host_id)
     if not images:
-        raise DataError(
-            f"{path}: no usable host image ({len(skipped)} unreadable file(s) skipped); "
-            "put readable non-patient images of the same modality there"
-        )
-    return HostBank(images=np.stack(images), ids=ids, skipped=skipped)
+        raise no_usable_image(path, skipped)
+    return HostBank(images=np.stack(images), ids=ids, skipped=sorted(skipped, key=lambda entry: entry.path))
 
 
 def dataset_host_bank(public: ImageSet, channels: int) -> HostBank:

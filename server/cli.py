@@ -13,7 +13,11 @@ sets from the date and time unless ``--run-config`` gives one (or ``resume``); i
 key was registered as, and refuses a node that claims another site's name.
 
 ``fesf-server check`` validates run settings as the ServerApp will, before anything
-starts (``make federate`` runs it first). ``fesf-server stop-local`` stops the SuperLink
+starts (``make federate`` runs it first). ``fesf-server runs`` lists the runs in
+``$FESF_HOME/runs`` with how each stands (a run whose server died shows as stopped
+unexpectedly, with its resume command); ``fesf-server status [RUN]`` says it of one run,
+by default the one written to last, and exits 0 only if it finished with every site
+(``make federate`` runs it after ``flwr run``, which does not report how a run ended). ``fesf-server stop-local`` stops the SuperLink
 that ``flwr run .`` started for a local simulation and left running (``make stop``),
 found by its Flower home, never by name.
 """
@@ -21,8 +25,10 @@ found by its Flower home, never by name.
 import argparse
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -33,11 +39,13 @@ from fesf_fed.deployment.pki import check_site_name, make_consortium_keys
 from fesf_fed.deployment.processes import FlowerProcess, flower_env, flower_executable, split_address, wait_for_port
 from fesf_fed.errors import INTERRUPTED, ConfigError, FesfError, run_command
 from fesf_fed.federation.run_summary import SUMMARY_FILE, RunSummary
+from fesf_fed.federation.settings import RUN_NAME
 from fesf_fed.home import fesf_home, private_folder
 
+from .liveness import HEARTBEAT_SECONDS, STALE_SECONDS, resume_hint
 from .local_superlink import local_superlink_log, stop_local_superlink
 from .run_config import check_run_config
-from .run_store import run_exists, runs_folder
+from .run_store import describe_run, mark_stopped, newest_run, run_exists, runs_folder, stored_runs
 
 #: Names the operator's own commands use to reach the SuperLink on its host.
 LOCAL_HOSTS = ("localhost", "127.0.0.1")
@@ -187,7 +195,7 @@ def _run_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         signal_name = signal.Signals(stopping[0]).name if stopping else "SIGINT"
         if run_exists(run_name):
-            print(f"stopped ({signal_name}); the run can be resumed with --run-config \"resume='{run_name}'\"")
+            print(f"stopped ({signal_name}); {resume_hint(run_name)}")
         else:
             print(f"stopped ({signal_name}) before the run {run_name} began")
         return INTERRUPTED
@@ -197,6 +205,11 @@ def _run_run(args: argparse.Namespace) -> int:
             signal.signal(signum, signal.SIG_IGN)
         for child in reversed(children):
             child.stop()
+        if stopping and run_exists(run_name):
+            try:
+                mark_stopped(run_name)  # its ServerApp went with the SuperLink, maybe before it could say so
+            except sqlite3.Error as exc:
+                print(f"warning: run {run_name} could not be recorded as stopped: its store is damaged ({exc})")
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
@@ -244,7 +257,8 @@ def _submit(
     if summary.status == "finished" and summary.final is not None:
         print(f"Run finished ({summary.status}): {summary.final.headline()}; run folder {path.parent}")
         return 0
-    print(f"Run ended ({summary.status}): {summary.error or 'see the output above'}; run folder {path.parent}")
+    figures = f"; test {summary.final.headline()}" if summary.final else ""
+    print(f"Run ended: {describe_run(path.parent)[1]}{figures}; run folder {path.parent}")
     return 1
 
 
@@ -252,6 +266,39 @@ def _run_check(args: argparse.Namespace) -> int:
     settings = check_run_config(_app_folder(args.app), [args.run_config] if args.run_config else [])
     print(f"Run settings are valid: mode {settings.mode}, model {settings.model}, strategy {settings.strategy}")
     return 0
+
+
+def _run_runs(args: argparse.Namespace) -> int:
+    folder = runs_folder()
+    runs = stored_runs(folder)
+    if not runs:
+        print(f"No runs in {folder}")
+    for path in runs:
+        print(describe_run(path)[1])
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    folder = runs_folder()
+    if args.name is None:
+        path = newest_run(folder)
+        if path is None or (args.since is not None and (path / "store.sqlite").stat().st_mtime < args.since):
+            print(f"no run was written to {folder} since the run was started: it did not begin; see the output above")
+            return 1
+    else:
+        if not (RUN_NAME.fullmatch(args.name) and run_exists(args.name)):
+            raise ConfigError(f"run {args.name!r}: not in {folder}; fesf-server runs lists them")
+        path = folder / args.name
+    state, line = describe_run(path)
+    if args.since is not None:
+        # The command that ran it has returned: a run still live by its store has lost its server,
+        # which its heartbeat shows within STALE_SECONDS.
+        deadline = time.monotonic() + STALE_SECONDS + HEARTBEAT_SECONDS
+        while state.live and time.monotonic() < deadline:
+            time.sleep(1.0)
+            state, line = describe_run(path)
+    print(line)
+    return 0 if state.status == "finished" else 1
 
 
 def _run_stop_local(args: argparse.Namespace) -> int:
@@ -303,6 +350,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--app", type=Path, help="the FESF-Fed Flower app folder (default: this installation's checkout)"
     )
     check.set_defaults(run=_run_check)
+
+    runs = commands.add_parser("runs", help="list the runs in $FESF_HOME/runs, one line each, with how each stands")
+    runs.set_defaults(run=_run_runs)
+
+    status = commands.add_parser(
+        "status", help="one run in one line; exit 0 only if it finished with every site (make federate runs it)"
+    )
+    status.add_argument("name", nargs="?", metavar="RUN", help="the run's name (default: the run written to last)")
+    status.add_argument(
+        "--since",
+        type=float,
+        metavar="EPOCH",
+        help="for scripts, right after the flwr run they started at EPOCH (seconds): the run written to last must "
+        "be newer, and one still running by its store is given the heartbeat's 20 s to show it stopped",
+    )
+    status.set_defaults(run=_run_status)
 
     stop_local = commands.add_parser(
         "stop-local", help="stop the local SuperLink that `flwr run` left running for this FLWR_HOME (make stop)"

@@ -16,6 +16,7 @@ this loop is the one copy of the sequence, and the place to check on a Flower up
 
 import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from logging import ERROR, INFO, WARNING
@@ -60,6 +61,8 @@ from fesf_fed.progress import SiteProgress, Stage, read_progress, remove_progres
 from fesf_fed.task import Evaluation, classification_figures, evaluate, one_class_answer
 from fesf_fed.training_data import SiteData, load_site_data
 
+from .liveness import Heartbeat, absence_note, resume_hint
+from .participation import PhaseReplies, TooFewSites, gather
 from .run_store import GLOBAL, RunFolder, StoredRun
 from .sites import SiteGrid, check_minimums, discover_sites
 from .strategies import build_strategy, restore_strategy_state, strategy_state
@@ -75,6 +78,8 @@ _FIXED_ON_RESUME = (
     "partition",
     "dirichlet-alpha",
     "partition-seed",
+    # The seed of the initial model and of every round's local training.
+    "seed",
     # The training recipe: a resumed run trains on as it began. (Added rounds stretch a cosine
     # schedule over the new total, so the rate rises again: docs/federation.md says so.)
     "learning-rate",
@@ -95,6 +100,10 @@ _FIXED_ON_RESUME = (
     "dp-aggregate-noise-multiplier",
     "dp-aggregate-clipping-norm",
 )
+
+
+#: Settings that only shape a run's start (its name, initial weights): a resume neither needs nor records them.
+_START_ONLY = ("run-name", "resume", "pretrained-weights")
 
 
 def _errors(replies: list[Message]) -> list[str]:
@@ -183,6 +192,32 @@ def _prepare_sites(grid: SiteGrid, run: RunFolder, run_id: str, timeout: float) 
     return list(agreed.classes), agreed.channels, agreed.image_size
 
 
+def _gather(
+    grid: SiteGrid, messages: Iterable[Message], settings: RunSettings, phase: str, server_round: int
+) -> PhaseReplies:
+    """One phase's replies by the participation policy (:mod:`.participation`); a warning names the missing sites."""
+    setting = "min-train-nodes" if phase == "train" else "min-evaluate-nodes"
+    replies = gather(
+        grid,
+        list(messages),
+        minimum=getattr(settings, setting.replace("-", "_")),
+        timeout=settings.round_timeout,
+        phase=phase,
+        server_round=server_round,
+        setting=setting,
+    )
+    for site, reason in replies.missing.items():
+        log(
+            WARNING,
+            "Round %d: site %s sent no %s reply (%s); the round goes on without it",
+            server_round,
+            site,
+            phase,
+            reason,
+        )
+    return replies
+
+
 def _scalars(metrics: MetricRecord | None) -> dict[str, float]:
     """A strategy's aggregated metrics (None: there were none); Flower's strategies average scalars."""
     scalars: dict[str, float] = {}
@@ -203,9 +238,9 @@ def _aggregable(replies: list[Message]) -> list[Message]:
     """
 
     def metrics(reply: Message) -> MetricRecord:
-        return MetricRecord() if reply.has_error() else reply.content.metric_records.get(METRICS, MetricRecord())
+        return reply.content.metric_records.get(METRICS, MetricRecord())
 
-    sent = [AUROC in metrics(reply) for reply in replies if not reply.has_error()]
+    sent = [AUROC in metrics(reply) for reply in replies]
     if all(sent) or not any(sent):
         return replies
     aggregable = []
@@ -219,14 +254,9 @@ def _aggregable(replies: list[Message]) -> list[Message]:
 
 
 def _record_sites(run: RunFolder, server_round: int, phase: str, replies: list[Message]) -> None:
+    """Store each replying site's figures of ``phase``; the replies are the good ones (:func:`_gather`)."""
     for reply in replies:
-        if not reply.has_error():
-            run.record(
-                server_round,
-                phase,
-                site_of(reply.content),
-                metrics_of(reply.content),
-            )
+        run.record(server_round, phase, site_of(reply.content), metrics_of(reply.content))
 
 
 def _record_confusion(run: RunFolder, server_round: int, replies: list[Message], num_classes: int) -> float | None:
@@ -239,7 +269,7 @@ def _record_confusion(run: RunFolder, server_round: int, replies: list[Message],
     """
     total = np.zeros((num_classes, num_classes), dtype=np.int64)
     for reply in replies:
-        if reply.has_error() or (matrix := confusion_of(reply.content, num_classes)) is None:
+        if (matrix := confusion_of(reply.content, num_classes)) is None:
             continue
         run.record_confusion(server_round, "evaluate", site_of(reply.content), matrix.tolist())
         total += matrix
@@ -263,7 +293,7 @@ def _record_auroc(run: RunFolder, server_round: int, replies: list[Message]) -> 
     weighted = [
         (float(metrics[NUM_EXAMPLES]), float(metrics[AUROC]))
         for reply in replies
-        if not reply.has_error() and AUROC in (metrics := metrics_of(reply.content))
+        if AUROC in (metrics := metrics_of(reply.content))
     ]
     examples = sum(weight for weight, _ in weighted)
     if not examples:
@@ -296,7 +326,7 @@ def _validation(replies: list[Message], num_classes: int) -> dict[str, np.ndarra
     """Each site's confusion matrix on its validation images, by site name (a site without any sends none)."""
     matrices = {}
     for reply in replies:
-        if not reply.has_error() and (matrix := confusion_of(reply.content, num_classes, VAL_CONFUSION)) is not None:
+        if (matrix := confusion_of(reply.content, num_classes, VAL_CONFUSION)) is not None:
             matrices[site_of(reply.content)] = matrix
     return matrices
 
@@ -587,123 +617,145 @@ def run_federation(grid: Grid, settings: RunSettings, site_defaults: dict[str, A
                 started=datetime.now(UTC).isoformat(),
                 split_version=SPLIT_VERSION,
             )
-        run.set_info(
-            status="preparing",
-            flower_run=flower_run,
-            # A resumed run may add rounds.
-            rounds=settings.num_server_rounds,
-            # A resumed run that failed before: its error no longer holds.
-            error=None,
-        )
-        if settings.resume:
-            run.set_preparation([])  # the stages of the attempt before
-        if settings.dp_sgd_noise_multiplier:  # before the sites spend their time preparing
-            dp_sgd.check_model(build_model(settings.model, 2), settings.model)
-        sites = discover_sites(grid, settings, site_defaults, settings.round_timeout)
-        check_minimums(settings, sites)
-        strategy = build_strategy(settings, len(sites))
-        site_grid = SiteGrid(grid, sites)
-        log(INFO, "Sites: %s", ", ".join(site.name for site in sites))
-        began = time.perf_counter()
-        classes, channels, size = _prepare_sites(site_grid, run, flower_run, settings.round_timeout)
-        log(
-            INFO,
-            "Sites prepared their %s data in %.1f s; classes: %s",
-            settings.mode,
-            time.perf_counter() - began,
-            classes,
-        )
-        weights = Path(settings.pretrained_weights) if settings.pretrained_weights else None
-        # The run's seed fixes the initial weights, so a run can be repeated exactly.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)
-            model = build_model(settings.model, len(classes), channels, weights=weights, image_size=size)
-        start, arrays = _start(run, settings, strategy, ArrayRecord(model.state_dict()))
-        if not settings.resume:
-            run.set_info(classes=classes)
-        # The diagnosis service builds the model for this input.
-        run.set_info(status="running", input=ModelInput(channels=channels, image_size=size).to_json())
-        central = _CentralEvaluation(settings, site_defaults, classes) if settings.central_eval else None
-        # The sites whose validation every round's pooled figure must include to count.
-        validating = {name for name, details in run.sites().items() if details.get(VAL_EXAMPLES, 0) > 0}
-        for server_round in range(start, settings.num_server_rounds + 1):
+        else:
+            # What governs the rounds from here (rounds, round-timeout, minimums...) as this attempt was given it;
+            # what only shaped the start stays as the run began.
+            given = settings.model_dump(by_alias=True)
+            run.set_info(config={**run.info()["config"], **{k: v for k, v in given.items() if k not in _START_ONLY}})
+        with Heartbeat(run.directory):
+            run.set_info(
+                status="preparing",
+                flower_run=flower_run,
+                # A resumed run may add rounds.
+                rounds=settings.num_server_rounds,
+                # A resumed run that failed before: its error no longer holds.
+                error=None,
+            )
+            if settings.resume:
+                run.set_preparation([])  # the stages of the attempt before
+            if settings.dp_sgd_noise_multiplier:  # before the sites spend their time preparing
+                dp_sgd.check_model(build_model(settings.model, 2), settings.model)
+            sites = discover_sites(grid, settings, site_defaults, settings.round_timeout)
+            check_minimums(settings, sites)
+            strategy = build_strategy(settings, len(sites))
+            site_grid = SiteGrid(grid, sites)
+            log(INFO, "Sites: %s", ", ".join(site.name for site in sites))
             began = time.perf_counter()
-            train_replies = list(
-                site_grid.send_and_receive(
+            classes, channels, size = _prepare_sites(site_grid, run, flower_run, settings.round_timeout)
+            log(
+                INFO,
+                "Sites prepared their %s data in %.1f s; classes: %s",
+                settings.mode,
+                time.perf_counter() - began,
+                classes,
+            )
+            weights = Path(settings.pretrained_weights) if settings.pretrained_weights else None
+            # The run's seed fixes the initial weights, so a run can be repeated exactly.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(settings.seed)
+                model = build_model(settings.model, len(classes), channels, weights=weights, image_size=size)
+            start, arrays = _start(run, settings, strategy, ArrayRecord(model.state_dict()))
+            if not settings.resume:
+                run.set_info(classes=classes)
+            # The diagnosis service builds the model for this input.
+            run.set_info(status="running", input=ModelInput(channels=channels, image_size=size).to_json())
+            central = _CentralEvaluation(settings, site_defaults, classes) if settings.central_eval else None
+            # The sites whose validation every round's pooled figure must include to count.
+            validating = {name for name, details in run.sites().items() if details.get(VAL_EXAMPLES, 0) > 0}
+            for server_round in range(start, settings.num_server_rounds + 1):
+                began = time.perf_counter()
+                train = _gather(
+                    site_grid,
                     strategy.configure_train(server_round, arrays, ConfigRecord(), site_grid),
-                    timeout=settings.round_timeout,
+                    settings,
+                    "train",
+                    server_round,
                 )
-            )
-            new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
-            if new_arrays is None:
-                raise FesfError(f"round {server_round}: no site returned a model: " + "; ".join(_errors(train_replies)))
-            arrays = new_arrays
-            evaluate_replies = list(
-                site_grid.send_and_receive(
+                train_replies = train.replies
+                new_arrays, train_metrics = strategy.aggregate_train(server_round, train_replies)
+                if new_arrays is None:
+                    raise FesfError(
+                        f"round {server_round}: no site was sampled to train (fraction-train, min-train-nodes)"
+                    )
+                arrays = new_arrays
+                evaluation = _gather(
+                    site_grid,
                     strategy.configure_evaluate(server_round, arrays, ConfigRecord(), site_grid),
-                    timeout=settings.round_timeout,
-                )
-            )
-            evaluate_metrics = strategy.aggregate_evaluate(server_round, _aggregable(evaluate_replies))
-            central_metrics = central(arrays) if central else None
-            seconds = time.perf_counter() - began
-            run.save_checkpoint(
-                server_round,
-                {
-                    "arrays": arrays.to_torch_state_dict(),
-                    "strategy": strategy_state(strategy),
-                },
-                settings.keep_checkpoints,
-            )
-            _record_sites(run, server_round, "train", train_replies)
-            _record_sites(run, server_round, "evaluate", evaluate_replies)
-            run.record(server_round, "train", GLOBAL, _scalars(train_metrics))
-            run.record(server_round, "evaluate", GLOBAL, _scalars(evaluate_metrics))
-            balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
-            auroc = _record_auroc(run, server_round, evaluate_replies)
-            epsilon = _record_epsilon(run, server_round)
-            validation_f1 = _record_validation(
-                run, server_round, _validation(evaluate_replies, len(classes)), validating
-            )
-            if central_metrics:
-                run.record(server_round, "central", GLOBAL, central_metrics.scalars())
-                run.record_confusion(server_round, "central", GLOBAL, central_metrics.confusion)
-            run.record(server_round, "timing", GLOBAL, {"seconds": seconds})
-            # After the round's metrics, so that best.pt never holds a round the store lacks
-            # (an interruption in between is mended on resume, by _start).
-            best = selected_round(run.rounds())
-            if validation_f1 is not None and best == server_round:
-                run.save_best(server_round, arrays.to_torch_state_dict())
-            run.write_summary(final=None)
-            _log_round(server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, auroc, seconds)
-            if epsilon is not None:
-                log(
-                    INFO,
-                    "Round %d/%d: DP-SGD epsilon %.2f at delta %g (the sites' largest so far)",
+                    settings,
+                    "evaluate",
                     server_round,
-                    settings.num_server_rounds,
-                    epsilon,
-                    settings.dp_sgd_delta,
                 )
-            if validation_f1 is not None:
-                log(
-                    INFO,
-                    "Round %d/%d: validation macro-F1 %.3f (best: round %s)",
+                evaluate_replies = evaluation.replies
+                evaluate_metrics = strategy.aggregate_evaluate(server_round, _aggregable(evaluate_replies))
+                central_metrics = central(arrays) if central else None
+                seconds = time.perf_counter() - began
+                run.save_checkpoint(
                     server_round,
-                    settings.num_server_rounds,
-                    validation_f1,
-                    best,
+                    {
+                        "arrays": arrays.to_torch_state_dict(),
+                        "strategy": strategy_state(strategy),
+                    },
+                    settings.keep_checkpoints,
                 )
-        final = _final_metrics(run)
-        _warn_if_one_class(final, classes)
-        run.set_info(status="finished", finished=datetime.now(UTC).isoformat())
-        summary = run.write_summary(final)
-        _log_result(run, final)
-        return RunOutcome(run.directory, summary)
+                run.record_absences(server_round, "train", train.missing)
+                run.record_absences(server_round, "evaluate", evaluation.missing)
+                _record_sites(run, server_round, "train", train_replies)
+                _record_sites(run, server_round, "evaluate", evaluate_replies)
+                run.record(server_round, "train", GLOBAL, _scalars(train_metrics))
+                run.record(server_round, "evaluate", GLOBAL, _scalars(evaluate_metrics))
+                balanced_accuracy = _record_confusion(run, server_round, evaluate_replies, len(classes))
+                auroc = _record_auroc(run, server_round, evaluate_replies)
+                epsilon = _record_epsilon(run, server_round)
+                validation_f1 = _record_validation(
+                    run, server_round, _validation(evaluate_replies, len(classes)), validating
+                )
+                if central_metrics:
+                    run.record(server_round, "central", GLOBAL, central_metrics.scalars())
+                    run.record_confusion(server_round, "central", GLOBAL, central_metrics.confusion)
+                run.record(server_round, "timing", GLOBAL, {"seconds": seconds})
+                # After the round's metrics, so that best.pt never holds a round the store lacks
+                # (an interruption in between is mended on resume, by _start).
+                best = selected_round(run.rounds())
+                if validation_f1 is not None and best == server_round:
+                    run.save_best(server_round, arrays.to_torch_state_dict())
+                run.write_summary(final=None)
+                _log_round(
+                    server_round, settings.num_server_rounds, evaluate_metrics, balanced_accuracy, auroc, seconds
+                )
+                if epsilon is not None:
+                    log(
+                        INFO,
+                        "Round %d/%d: DP-SGD epsilon %.2f at delta %g (the sites' largest so far)",
+                        server_round,
+                        settings.num_server_rounds,
+                        epsilon,
+                        settings.dp_sgd_delta,
+                    )
+                if validation_f1 is not None:
+                    log(
+                        INFO,
+                        "Round %d/%d: validation macro-F1 %.3f (best: round %s)",
+                        server_round,
+                        settings.num_server_rounds,
+                        validation_f1,
+                        best,
+                    )
+            final = _final_metrics(run)
+            _warn_if_one_class(final, classes)
+            # A round that went without a sampled site leaves the run degraded, whatever its figures.
+            absences = run.absences()
+            status = "degraded" if absences else "finished"
+            run.set_info(status=status, finished=datetime.now(UTC).isoformat())
+            summary = run.write_summary(final)
+            _log_result(run, final)
+            if absences:
+                log(WARNING, "Run %s is degraded: %s", run.name, absence_note(absences))
+            return RunOutcome(run.directory, summary)
     except FesfError as exc:
         # Flower adds a traceback after this line; the line says what to fix.
-        log(ERROR, "error: %s", exc)
-        run.set_info(status="failed", error=str(exc))
+        error = f"{exc}; {resume_hint(run.name)}" if isinstance(exc, TooFewSites) else str(exc)
+        log(ERROR, "error: %s", error)
+        run.set_info(status="failed", error=error)
         run.write_summary(final=None)
         raise
     except BaseException:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from flwr.supercore.utils import get_flwr_home
 
+from fesf_fed.deployment.processes import process_alive, process_tree, signal_group
+
 
 def local_superlink_log(flwr_home: Path | None = None) -> Path:
     """Where Flower's managed local SuperLink logs (``flwr.cli.local_superlink``'s path)."""
@@ -58,14 +60,6 @@ def local_superlink_pids(flwr_home: Path | None = None) -> list[int]:
     return sorted(found)
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie waiting for its parent does not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _signal(pid: int, signum: int) -> None:
     """Signal ``pid``'s process group when it leads one (as Flower starts it), else ``pid`` alone."""
     try:
@@ -77,20 +71,36 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+def _process_groups(roots: list[int]) -> set[int]:
+    """The process groups of ``roots`` and of every process descended from them."""
+    groups = set()
+    for pid in process_tree(roots):
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:  # gone meanwhile
+            continue
+    return groups
+
+
 def stop_local_superlink(flwr_home: Path | None = None, grace: float = 15.0) -> list[int]:
     """Stop the local SuperLink of ``flwr_home`` and its simulation processes; return the PIDs stopped.
 
-    Flower starts the SuperLink as a session leader, so its ``flwr-simulation`` and Ray
-    processes share its process group: SIGTERM the group, then SIGKILL what is left after
-    ``grace`` seconds.
+    Flower starts the SuperLink as a session leader, and its SuperExec in a session of its own
+    that holds ``flwr-simulation`` and Ray's processes. Ray's agents outlive a simulation that
+    was stopped, so every process group below the SuperLink is found first: SIGTERM the
+    SuperLink's group, then SIGKILL every group that is left after ``grace`` seconds.
     """
     pids = local_superlink_pids(flwr_home)
+    groups = _process_groups(pids) - {os.getpgrp()}  # never the caller's own
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for pid in pids:
-        if _alive(pid):
-            _signal(pid, signal.SIGKILL)
+    # The SuperLink's helpers follow it within a moment; what has not by then is killed.
+    deadline = time.monotonic() + min(grace, 5.0)
+    while any(signal_group(group, 0) for group in groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for group in groups:
+        signal_group(group, signal.SIGKILL)
     return pids

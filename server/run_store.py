@@ -42,6 +42,8 @@ from fesf_fed.federation.settings import RUN_NAME
 from fesf_fed.home import fesf_home, private_folder
 from fesf_fed.progress import SiteProgress
 
+from .liveness import LIVE_STATUSES, RunState, run_state
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, details TEXT NOT NULL);
@@ -52,6 +54,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     name TEXT NOT NULL,
     value REAL NOT NULL,
     PRIMARY KEY (round, phase, scope, name)
+);
+CREATE TABLE IF NOT EXISTS absences (
+    round INTEGER NOT NULL,
+    phase TEXT NOT NULL,   -- train or evaluate
+    site TEXT NOT NULL,    -- a site the strategy sampled that sent no usable reply
+    reason TEXT NOT NULL,
+    PRIMARY KEY (round, phase, site)
 );
 CREATE TABLE IF NOT EXISTS confusion (
     round INTEGER NOT NULL,
@@ -144,6 +153,26 @@ class _Store:
         """Every stored round's metrics, in round order."""
         return [RoundMetrics.from_json(entry) for entry in self.history()]
 
+    def absences(self) -> dict[int, dict[str, dict[str, str]]]:
+        """The sites a round sampled that sent no usable reply: by round, phase, site, the reason."""
+        # A store written before absences were recorded has no such table, and a read-only reader cannot add it.
+        if not self.store.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'absences'").fetchone():
+            return {}
+        absences: dict[int, dict[str, dict[str, str]]] = {}
+        for server_round, phase, site, reason in self.store.execute(
+            "SELECT round, phase, site, reason FROM absences ORDER BY round, phase, site"
+        ):
+            absences.setdefault(server_round, {}).setdefault(phase, {})[site] = reason
+        return absences
+
+    def last_round(self) -> int:
+        """The last stored round (0 before the first)."""
+        return int(self.store.execute("SELECT COALESCE(MAX(round), 0) FROM metrics").fetchone()[0])
+
+    def state(self, now: float | None = None) -> RunState:
+        """How the run stands: its stored status, or ``stopped unexpectedly`` when its server stopped beating."""
+        return run_state(self.name, self.directory, self.info(), self.last_round(), self.absences(), now)
+
     def confusion(self, phase: str, server_round: int, scope: str = GLOBAL) -> list[list[int]] | None:
         """Round ``server_round``'s confusion matrix of ``phase`` and ``scope`` (rows: true class), or None."""
         row = self.store.execute(
@@ -224,10 +253,6 @@ class StoredRun(_Store):
         finally:
             self.store.rollback()
 
-    def changed(self) -> int:
-        """A number that changes whenever the federation commits to this run's store (its mtime)."""
-        return (self.directory / "store.sqlite").stat().st_mtime_ns
-
 
 def stored_runs(folder: Path) -> list[Path]:
     """The run folders (those holding a store) directly under ``folder``, by name."""
@@ -236,6 +261,44 @@ def stored_runs(folder: Path) -> list[Path]:
     return sorted(
         path for path in folder.iterdir() if RUN_NAME.fullmatch(path.name) and (path / "store.sqlite").is_file()
     )
+
+
+def newest_run(folder: Path) -> Path | None:
+    """The run folder under ``folder`` whose store was written last (a resumed run counts as new), or None."""
+    runs = stored_runs(folder)
+    return max(runs, key=lambda path: (path / "store.sqlite").stat().st_mtime_ns) if runs else None
+
+
+def describe_run(directory: Path, now: float | None = None) -> tuple[RunState, str]:
+    """How the run in ``directory`` stands, and that in one line (a damaged store is said to be so)."""
+    try:
+        run = StoredRun(directory)
+        try:
+            with run.snapshot():
+                state = run.state(now)
+                info, done = run.info(), run.last_round()
+        finally:
+            run.close()
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        state = RunState(
+            "unreadable", f"its store cannot be read ({str(exc).splitlines()[0]}); the folder may be damaged"
+        )
+        return state, f"run {directory.name}: {state.note}"
+    return state, state.line(directory.name, done, int(info.get("rounds", done)))
+
+
+def mark_stopped(name: str) -> None:
+    """Record that run ``name``'s server was stopped (by its operator), unless the run had ended already.
+
+    For a wrapper that stopped the processes of a run that could not say so itself.
+    """
+    run = RunFolder(name, must_exist=True)
+    try:
+        if run.info().get("status") in LIVE_STATUSES:
+            run.set_info(status="stopped")
+            run.write_summary(final=None)
+    finally:
+        run.close()
 
 
 class RunFolder(_Store):
@@ -301,10 +364,18 @@ class RunFolder(_Store):
                 (server_round, phase, scope, json.dumps(counts)),
             )
 
+    def record_absences(self, server_round: int, phase: str, missing: dict[str, str]) -> None:
+        """Store the sites of ``phase`` in round ``server_round`` that sent no usable reply, with the reason."""
+        with self.store:
+            self.store.executemany(
+                "INSERT OR REPLACE INTO absences VALUES (?, ?, ?, ?)",
+                [(server_round, phase, site, reason) for site, reason in missing.items()],
+            )
+
     def drop_rounds_after(self, server_round: int) -> None:
         with self.store:
-            self.store.execute("DELETE FROM metrics WHERE round > ?", (server_round,))
-            self.store.execute("DELETE FROM confusion WHERE round > ?", (server_round,))
+            for table in ("metrics", "confusion", "absences"):
+                self.store.execute(f"DELETE FROM {table} WHERE round > ?", (server_round,))  # a fixed table name
 
     def save_checkpoint(self, server_round: int, state: dict[str, Any], keep: int) -> Path:
         """Write the state after ``server_round`` atomically; keep the newest ``keep`` checkpoints."""
@@ -323,7 +394,19 @@ class RunFolder(_Store):
 
     def summary(self, final: FinalMetrics | None = None) -> RunSummary:
         """The run as the store holds it now, with ``final`` once the run has its final metrics."""
-        stored = {"run": self.name, **self.info(), "sites": self.sites(), "history": self.history(), "final": final}
+        stored = {
+            "run": self.name,
+            **self.info(),
+            "sites": self.sites(),
+            "history": self.history(),
+            "absences": [
+                {"round": server_round, "phase": phase, "site": site, "reason": reason}
+                for server_round, phases in self.absences().items()
+                for phase, sites in phases.items()
+                for site, reason in sites.items()
+            ],
+            "final": final,
+        }
         return RunSummary.from_json(stored)
 
     def write_summary(self, final: FinalMetrics | None) -> RunSummary:

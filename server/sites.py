@@ -140,6 +140,8 @@ class SiteGrid(Grid):
     def __init__(self, grid: Grid, sites: list[Site]) -> None:
         self.grid = grid
         self.sites = {site.site_id: site for site in sites}
+        # The site id of every message sent, by message id: a reply names the message it answers.
+        self._sent: dict[str, int] = {}
 
     def set_run(self, run: Run) -> None:
         """Set the wrapped grid's run."""
@@ -182,10 +184,18 @@ class SiteGrid(Grid):
         """Each message as forwarded to its site's node, with the site id it was addressed to."""
         return [(self._forward(message), message.metadata.dst_node_id) for message in messages]
 
-    @staticmethod
-    def _sites_by_id(forwarded: list[tuple[Message, int]]) -> dict[str, int]:
+    def _sites_by_id(self, forwarded: list[tuple[Message, int]]) -> dict[str, int]:
         # The grid assigns each message its id when it sends it.
-        return {sent.metadata.message_id: site_id for sent, site_id in forwarded}
+        sites = {sent.metadata.message_id: site_id for sent, site_id in forwarded}
+        self._sent.update(sites)
+        return sites
+
+    def site_of_reply(self, reply: Message) -> int:
+        """The id of the site that ``reply`` (to a message sent through this grid) comes from, or is about.
+
+        Asked once per reply: the message it answers is forgotten then, so a long run does not hoard ids.
+        """
+        return self._sent.pop(reply.metadata.reply_to_message_id)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Send ``messages`` and return the replies in site order.

@@ -43,6 +43,51 @@ TINY_BUILD = {
 }
 
 
+def last_stored_round(folder: Path) -> int:
+    """The last round the run in ``folder`` has stored: 0 before its first, or before its store exists.
+
+    For tests that watch a run in another process.
+    """
+    from server.run_store import StoredRun  # imported here: it imports torch
+
+    try:
+        run = StoredRun(folder)
+    except FileNotFoundError:
+        return 0
+    try:
+        return run.last_round()
+    finally:
+        run.close()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What a command run by a test gave: its exit status and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def fesf_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """``fesf ARGS --quiet`` in this process (argument parsing to exit status), with tables 200 columns wide.
+
+    The same code as the command, without a process and its torch import for each call.
+    """
+    import fesf_fed.cli as cli_module  # imported here: it imports torch
+
+    monkeypatch.setattr(cli_module.console, "width", 200)
+    capsys.readouterr()
+
+    def run(*args: str) -> CommandResult:
+        returncode = cli_module.main([*args, "--quiet"])
+        captured = capsys.readouterr()
+        return CommandResult(returncode, captured.out, captured.err)
+
+    return run
+
+
 @pytest.fixture
 def tiny_build() -> dict[str, object]:
     """The overrides of TINY_BUILD, for tests that build surrogates."""

@@ -16,7 +16,7 @@ from server.run_config import app_run_config
 from server.simulation import Handler, simulate
 from tests.conftest import TINY_BUILD
 
-__all__ = ["REPO", "TINY_RUN", "Delay", "Handler", "ValidationScores", "run_config", "simulate"]
+__all__ = ["REPO", "TINY_RUN", "Delay", "Handler", "SiteDown", "ValidationScores", "run_config", "simulate"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,3 +90,28 @@ class ValidationScores:
 
     def __call__(self, handler: Handler) -> Handler:
         return functools.partial(_scored, handler, self.best_round)
+
+
+def _down(handler: Handler, site_index: int, server_round: int, message: Message, context: Context) -> Message:
+    config = message.content.config_records["config"]
+    if (
+        message.metadata.message_type == "train"
+        and config.get("site-index") == site_index
+        and config.get("server-round") == server_round
+    ):
+        raise RuntimeError(f"site {site_index + 1} is down (a test's fault)")
+    return handler(message, context)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteDown:
+    """A ``simulate`` instrument under which simulated site ``site_index`` fails to train in round ``server_round``.
+
+    Its ClientApp raises, so Flower sends the server an error reply instead of a model.
+    """
+
+    site_index: int
+    server_round: int
+
+    def __call__(self, handler: Handler) -> Handler:
+        return functools.partial(_down, handler, self.site_index, self.server_round)

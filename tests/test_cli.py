@@ -6,14 +6,12 @@ process (the same code from argument parsing to exit status), which saves a torc
 
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-import fesf_fed.cli as cli_module
 from tests.conftest import TINY_BUILD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,27 +28,6 @@ def fesf(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
         cwd=REPO,
         timeout=300,
     )
-
-
-@dataclass(frozen=True)
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-@pytest.fixture
-def fesf_main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
-    """``fesf ARGS --quiet`` in this process, in the test's FESF_HOME, with wide tables."""
-    monkeypatch.setattr(cli_module.console, "width", 160)
-    capsys.readouterr()
-
-    def run(*args: str) -> Result:
-        returncode = cli_module.main([*args, "--quiet"])
-        captured = capsys.readouterr()
-        return Result(returncode, captured.out, captured.err)
-
-    return run
 
 
 def test_surrogates_prints_counts_and_quality_then_reuses_the_cache(fesf_home: Path, fesf_main) -> None:

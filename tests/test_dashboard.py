@@ -9,6 +9,7 @@ PID (process group) before the test ends.
 import csv
 import io
 import json
+import os
 import shutil
 import sqlite3
 import sys
@@ -35,6 +36,7 @@ from server.dashboard.diagnosis import DiagnosisService
 from server.dashboard.figures import global_figure
 from server.dashboard.pages import compare_page, run_page, runs_page
 from server.dashboard.runs import RunDetails, final_metrics, list_runs, run_details
+from server.liveness import HEARTBEAT_FILE, STALE_SECONDS
 from server.run_store import RunFolder, StoredRun, runs_folder
 from tests.browser import CHROMIUM, Browser, chromium, dashboard
 from tests.conftest import TINY_BUILD, FinishedRun
@@ -279,6 +281,40 @@ def test_a_run_whose_model_answers_one_class_is_badged_on_every_page_and_old_run
     assert "of round 1's model (last round; no site validates)" in headline.children
 
 
+def test_a_round_missing_a_site_is_marked_and_a_run_whose_server_died_says_so_with_its_resume_command():
+    degraded = RunFolder("degraded")
+    degraded.set_info(config={"mode": "x_su_prime"}, classes=["a", "b"], status="degraded", rounds=2)
+    for site in ("A", "B"):
+        degraded.set_site(site, {"classes": ["a", "b"], "channels": 1, "image-size": 16, "train-examples": 8})
+    for server_round in (1, 2):
+        for site in ("A", "B") if server_round == 1 else ("B",):
+            degraded.record(server_round, "train", site, {"train-loss": 0.5})
+    degraded.record_absences(2, "train", {"A": "the SuperNode is offline"})
+    degraded.close()
+    details = _stored_details("degraded")
+    (cell,) = [c for c in _components(run_page(details)) if getattr(c, "className", None) == "missing"]
+    assert cell.title == "train: the SuperNode is offline"
+    (note,) = [c for c in _components(run_page(details)) if getattr(c, "id", None) == "run-note"]
+    assert note.children == "finished without every site: site A missing from round 2 (the SuperNode is offline)"
+
+    # A live run whose heartbeat stopped: killed outright, it could not say so itself.
+    dead = RunFolder("dead")
+    dead.set_info(config={"mode": "x_su_prime"}, status="running", rounds=30)
+    dead.record(4, "train", "global", {"train-loss": 0.5})
+    dead.close()
+    beat = runs_folder() / "dead" / HEARTBEAT_FILE
+    beat.touch()
+    (listed,) = [row for row in list_runs(runs_folder()) if row.name == "dead"]
+    assert listed.status == "running"  # beating: alive
+    os.utime(beat, (time.time() - STALE_SECONDS - 1,) * 2)
+    (listed,) = [row for row in list_runs(runs_folder()) if row.name == "dead"]
+    assert listed.status == "stopped unexpectedly"
+    assert listed.note is not None and listed.note.startswith("its server stopped unexpectedly after round 4 of 30")
+    assert listed.note.endswith("resume it with --run-config \"resume='dead'\" (flwr run . or fesf-server run)")
+    client = create_app(runs_folder()).server.test_client()
+    assert client.get("/api/runs/dead").get_json()["note"] == listed.note
+
+
 def test_a_preparing_run_shows_its_settings_and_each_sites_stage():
     run = RunFolder("preparing")
     run.set_info(config={"mode": "x_su", "model": "smallcnn", "strategy": "fedprox"}, status="preparing", rounds=3)
@@ -316,8 +352,8 @@ def test_a_run_refused_for_a_bad_setting_is_listed_failed_with_its_one_line_erro
         server.app.main(None, context)  # type: ignore[arg-type]  # refused before any grid use
     (listed,) = list_runs(runs_folder())
     assert (listed.name, listed.status) == ("77", "failed")
-    (error,) = [c for c in _components(run_page(_stored_details("77"))) if getattr(c, "id", None) == "run-error"]
-    assert error.children.startswith("error: run config mode: Input should be") and "(got 'nonsense')" in error.children
+    (error,) = [c for c in _components(run_page(_stored_details("77"))) if getattr(c, "id", None) == "run-note"]
+    assert error.children.startswith("run config mode: Input should be") and "(got 'nonsense')" in error.children
 
 
 @pytest.mark.parametrize("name", ["nope", "..", "%2E%2E%2Fetc", "a b"])

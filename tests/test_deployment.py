@@ -4,11 +4,14 @@ Servers bind to 127.0.0.1 on free ports with a temporary FLWR_HOME, and every pr
 a test starts is stopped by its PID (process group) before the test ends.
 """
 
+import contextlib
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,12 +24,15 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from clients.cli import SupernodeFailure, _node_config_argument, build_parser, node_config
 from clients.site import site_config_for
+from fesf_fed.deployment import follow_parent
 from fesf_fed.deployment.pki import key_site, make_consortium_keys, server_hosts
 from fesf_fed.deployment.processes import FlowerProcess, flower_env, flower_executable, free_port, wait_for_port
-from fesf_fed.errors import ConfigError, FesfError
+from fesf_fed.errors import INTERRUPTED, ConfigError, FesfError
 from fesf_fed.federation.settings import parse_run_settings
 from server.cli import _write_connection, register_site, site_keys
 from server.sites import discover_sites
+from tests.conftest import last_stored_round
+from tests.processes import gone, kill_all, started_with
 from tests.simulation import REPO, run_config
 
 BIN = Path(sys.executable).parent
@@ -172,6 +178,33 @@ def test_stopping_a_flower_process_stops_its_helpers_too():
     )  # killed (zombies wait for init)
 
 
+def test_a_flower_process_dies_with_the_process_that_started_it(fesf_home, tmp_path):
+    start = (
+        "from fesf_fed.deployment.processes import FlowerProcess; FlowerProcess(['sleep', '300']); print(flush=True)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", f"{start}; import time; time.sleep(300)"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "\n"
+        assert any("sleep 300" in line for line in started_with(fesf_home).values())  # the launcher, or sleep
+        parent.kill()  # SIGKILL: no clean-up of its own runs
+        parent.wait()
+        assert gone(lambda: started_with(fesf_home), 5) == {}
+    finally:
+        parent.kill()
+        parent.wait()
+        kill_all(started_with(fesf_home))
+    # A parent that died before the launcher asked to follow it: the command never runs.
+    ran = tmp_path / "ran"
+    launcher = Path(follow_parent.__file__)
+    result = subprocess.run([sys.executable, "-I", "-S", str(launcher), "1", "--", "touch", str(ran)], check=False)
+    assert result.returncode == 1 and not ran.exists()
+
+
 def test_supernode_failure_blocks_become_one_line():
     unregistered = SupernodeFailure()
     block = [
@@ -224,17 +257,21 @@ def consortium(tmp_path_factory) -> Iterator[dict]:
     assert not superlink.running()
 
 
-def _fesf_client(consortium: dict, site: str, *extra: str, auth_site: str | None = None) -> subprocess.CompletedProcess:
+def _client_command(consortium: dict, site: str, *extra: str, auth_site: str | None = None) -> list[str]:
     kit = consortium["keys"].site_folder(auth_site or site)
     flags = ["--root-certificates", str(kit / "ca.crt"), "--auth-key", str(kit / "auth.key")]
     if "--root-certificates" in extra:
         flags = flags[2:]
+    return [
+        str(BIN / "fesf-client"),
+        *("--site", site, "--superlink", f"127.0.0.1:{consortium['port']}"),
+        *("--config", str(consortium["config"]), "--quiet", *flags, *extra),
+    ]
+
+
+def _fesf_client(consortium: dict, site: str, *extra: str, auth_site: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [
-            str(BIN / "fesf-client"),
-            *("--site", site, "--superlink", f"127.0.0.1:{consortium['port']}"),
-            *("--config", str(consortium["config"]), "--quiet", *flags, *extra),
-        ],
+        _client_command(consortium, site, *extra, auth_site=auth_site),
         env={**os.environ, **consortium["env"], "FESF_HOME": str(consortium["home"])},
         capture_output=True,
         text=True,
@@ -297,6 +334,140 @@ def test_a_superlink_that_is_down_is_retried_a_bounded_number_of_times(consortiu
     result = _fesf_client(consortium, "A", "--superlink", f"127.0.0.1:{down}", "--retries", "3", "--retry-wait", "0.1")
     assert result.stdout.count(f"SuperLink 127.0.0.1:{down} not reachable") == 2
     assert _error_line(result).startswith(f"error: --superlink 127.0.0.1:{down}: not reachable after 3 tries")
+
+
+# --- A wrapper killed with SIGKILL takes its Flower processes with it ------------------------------
+
+
+def _kill_wrapper_once_running(
+    command: list[str], env: dict[str, str], fesf_home: Path, names: list[str], within: float = 10
+) -> None:
+    """Start ``command``; once a process for each of ``names`` runs, SIGKILL it: all must be gone ``within`` s."""
+    log = fesf_home / "wrapper.log"
+    with log.open("w") as output:
+        wrapper = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not all(any(name in line for line in started_with(fesf_home).values()) for name in names):
+            assert wrapper.poll() is None, f"{command[0]} exited early: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{names} not all running: {log.read_text()[-3000:]}"
+            time.sleep(0.3)
+        running = started_with(fesf_home)
+        os.kill(wrapper.pid, signal.SIGKILL)
+        wrapper.wait()
+        left = gone(lambda: started_with(fesf_home), within)
+        assert left == {}, f"left running after SIGKILL of {command[0]} (were {running}): {left}"
+    finally:
+        kill_all(started_with(fesf_home))
+        try:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wrapper.wait()
+
+
+@pytest.mark.faults
+def test_a_fesf_client_killed_with_sigkill_leaves_no_supernode_running(consortium, fesf_home, tmp_path):
+    env = {**os.environ, **consortium["env"], "FLWR_HOME": str(tmp_path / "flwr")}
+    # SuperExec is the SuperNode's helper, which would run the ClientApps.
+    _kill_wrapper_once_running(
+        _client_command(consortium, "A"), env, fesf_home, ["flower-supernode", "flower-superexec"]
+    )
+
+
+@pytest.mark.faults
+def test_a_fesf_server_killed_with_sigkill_leaves_no_superlink_or_run_running(fesf_home):
+    port = free_port()
+    command = [str(BIN / "fesf-server"), "run", "--insecure", "--address", f"127.0.0.1:{port}"]
+    command += ["--run-config", "num-server-rounds=1 min-available-nodes=1 min-train-nodes=1 min-evaluate-nodes=1"]
+    # flwr-serverapp runs once the run is submitted; it waits for sites, which never come.
+    names = ["flower-superlink", "bin/flwr run", "flower-superexec", "flwr-serverapp"]
+    # The SuperLink and flwr run go within a second; flwr-serverapp follows its SuperExec some 6 s later.
+    _kill_wrapper_once_running(command, flower_env(), fesf_home, names, within=30)
+
+
+@pytest.mark.faults
+def test_a_fesf_server_stopped_with_sigterm_records_its_run_stopped_and_says_how_to_resume(fesf_home):
+    port = free_port()
+    command = [str(BIN / "fesf-server"), "run", "--insecure", "--address", f"127.0.0.1:{port}"]
+    command += ["--run-config", "run-name='term' num-server-rounds=1 min-available-nodes=1"]
+    server = subprocess.Popen(
+        command, env=flower_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        # The ServerApp has opened the run and waits for sites, which never come.
+        store = fesf_home / "runs" / "term" / "store.sqlite"
+        deadline = time.monotonic() + 120
+        while not (store.is_file() and any("flwr-serverapp" in line for line in started_with(fesf_home).values())):
+            assert server.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.3)
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    finally:
+        kill_all(started_with(fesf_home))
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.communicate()
+    assert server.returncode == INTERRUPTED
+    assert output.splitlines()[-1] == (
+        "stopped (SIGTERM); resume it with --run-config \"resume='term'\" (flwr run . or fesf-server run)"
+    )
+    assert json.loads((fesf_home / "runs" / "term" / "summary.json").read_text())["status"] == "stopped"
+    assert gone(lambda: started_with(fesf_home), 30) == {}
+
+
+@pytest.mark.faults
+def test_a_site_killed_mid_run_fails_the_round_short_of_min_train_nodes_in_one_line(tmp_path):
+    port, config = free_port(), tmp_path / "site.yaml"
+    config.write_text(yaml.safe_dump(TINY_SITE))
+    homes = {name: tmp_path / name for name in ("server", "A", "B")}
+    settings = "run-name='cut' num-server-rounds=3 local-epochs=1 round-timeout=20 min-train-nodes=2"
+    server = subprocess.Popen(
+        [str(BIN / "fesf-server"), "run", "--insecure", "--address", f"127.0.0.1:{port}", "--run-config", settings],
+        env=flower_env(FESF_HOME=str(homes["server"])),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    sites = [
+        subprocess.Popen(
+            [
+                *(str(BIN / "fesf-client"), "--site", site, "--insecure", "--superlink", f"127.0.0.1:{port}"),
+                *("--config", str(config), "--quiet", "--once", "--retries", "10"),
+            ],
+            env=flower_env(FESF_HOME=str(homes[site])),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for site in ("A", "B")
+    ]
+    try:
+        store = homes["server"] / "runs" / "cut"
+        deadline = time.monotonic() + 240
+        while not last_stored_round(store):
+            assert server.poll() is None and time.monotonic() < deadline, "round 1 did not finish"
+            time.sleep(0.5)
+        (supernode,) = [pid for pid, line in started_with(homes["A"]).items() if "flower-supernode" in line]
+        os.kill(supernode, signal.SIGKILL)  # site A is gone from round 2 on
+        output, _ = server.communicate(timeout=240)
+    finally:
+        started: list[subprocess.Popen] = [server, *sites]
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for home in homes.values():
+            kill_all(started_with(home))
+    assert server.returncode == 1, output[-3000:]
+    line = output.splitlines()[-1]
+    assert line.startswith(
+        "Run ended: run cut: failed, round 1 of 3: round 2: 1 of 2 sampled sites sent a train reply, 2 needed "
+        "(min-train-nodes); missing A: no reply within round-timeout (20 s); resume it with "
+    ), output[-3000:]
+    summary = json.loads((store / "summary.json").read_text())
+    assert summary["status"] == "failed" and [entry["round"] for entry in summary["history"]] == [1]
 
 
 @pytest.mark.parametrize(

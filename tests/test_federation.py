@@ -168,7 +168,7 @@ def test_a_summary_reads_back_as_written_and_a_malformed_one_is_refused_in_one_l
         ),
         (
             lambda data: data.update(status="paused"),
-            "status: Input should be 'preparing', 'running', 'finished', 'stopped' or 'failed'",
+            "status: Input should be 'preparing', 'running', 'finished', 'degraded', 'stopped' or 'failed'",
         ),
         (lambda data: data["final"].update(one_class="no"), "final.one_class: Input should be a valid boolean"),
         (lambda data: data.update(extra=1), "extra: Extra inputs are not permitted"),
@@ -372,11 +372,18 @@ def test_surrogate_sites_report_quality_and_a_stopped_run_resumes_from_its_check
     assert resumed["flower_run"] != first["flower_run"]
 
 
-def test_resuming_with_a_different_model_is_refused(finished_run):
+@pytest.mark.parametrize(
+    "changed,message",
+    [
+        ({"model": "resnet34"}, "model: run {} used 'smallcnn', not 'resnet34'"),
+        ({"seed": 3}, "seed: run {} used 0, not 3"),
+    ],
+)
+def test_resuming_with_a_different_model_or_seed_is_refused(finished_run, changed, message):
     run = runs_folder() / finished_run.folder.name
     shutil.copytree(finished_run.folder, run)
-    settings, site_defaults = parse_run_settings(run_config(**TINY_RUN, model="resnet34", resume=run.name))
-    with pytest.raises(ConfigError, match=f"run config model: run {run.name} used 'smallcnn', not 'resnet34'"):
+    settings, site_defaults = parse_run_settings(run_config(**TINY_RUN, **changed, resume=run.name))
+    with pytest.raises(ConfigError, match=re.escape("run config " + message.format(run.name))):
         run_federation(None, settings, site_defaults, "ignored")  # type: ignore[arg-type]  # refused before any grid use
     assert _summary(run)["status"] == "finished"
 

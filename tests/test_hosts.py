@@ -1,6 +1,7 @@
 """Host banks from folders and phantoms, the site key, and the keyed host assignment."""
 
 import hashlib
+import os
 import re
 import stat
 from pathlib import Path
@@ -71,6 +72,30 @@ def test_a_corrupt_file_is_skipped_and_listed(bank_folder: Path) -> None:
     assert "corrupt" in bank.skipped[0].reason
 
 
+def test_unusable_entries_are_skipped_and_listed_not_fingerprinted(bank_folder: Path) -> None:
+    before = folder_bank_fingerprint(bank_folder)
+    ramp = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    # A name that is not valid UTF-8 reads back with a surrogate escape: ids are text, so it is skipped.
+    _save(bank_folder / os.fsdecode(b"host-\xff.png"), ramp)
+    (bank_folder / "gone.png").symlink_to(bank_folder / "missing.png")
+    assert folder_bank_fingerprint(bank_folder) == before
+    bank = load_host_bank(bank_folder, 16, channels=1)
+    assert bank.ids == ["a_grey.png", "sub/b_colour.png"]
+    assert [(skipped.path, skipped.reason.split(";")[0]) for skipped in bank.skipped] == [
+        ("gone.png", "broken symbolic link (its target does not exist)"),
+        ("host-\\xff.png", "file name is not valid UTF-8"),
+    ]
+    assert bank.skipped[1].reason == "file name is not valid UTF-8; rename it"
+
+
+def test_a_folder_of_only_unusable_files_names_the_first(tmp_path: Path) -> None:
+    _save(tmp_path / os.fsdecode(b"host-\xff.png"), np.zeros((16, 16), dtype=np.uint8))
+    message = r"none of its 1 image file\(s\) can be used; the first, host-\\xff.png: file name is not"
+    for read in (lambda: folder_bank_fingerprint(tmp_path), lambda: load_host_bank(tmp_path, 16, channels=1)):
+        with pytest.raises(DataError, match=message):
+            read()
+
+
 def test_a_missing_folder_is_an_error_that_says_what_to_do(tmp_path: Path) -> None:
     missing = tmp_path / "no-hosts"
     with pytest.raises(DataError, match=r"no-hosts: host bank folder not found; create it and put non-patient"):
@@ -82,7 +107,7 @@ def test_a_folder_without_usable_images_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no host image files; put non-patient images")):
         load_host_bank(tmp_path, 16, channels=1)
     (tmp_path / "broken.jpg").write_bytes(b"garbage")
-    with pytest.raises(DataError, match=r"no usable host image \(1 unreadable file\(s\) skipped\)"):
+    with pytest.raises(DataError, match=r"none of its 1 image file\(s\) can be used; the first, "):
         load_host_bank(tmp_path, 16, channels=1)
 
 

@@ -248,14 +248,19 @@ def _interrupt_after(monkeypatch: pytest.MonkeyPatch, calls: int) -> None:
     monkeypatch.setattr(training, "discriminator_loss", interrupting)
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_weights(
-    small_data: SmallData, finished: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    checkpoint = tmp_path / "iqem.pt"
+def _half_trained(small_data: SmallData, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``checkpoint`` of a SHORT training interrupted (Ctrl-C) after its fourth step."""
     with monkeypatch.context() as patch:
         _interrupt_after(patch, calls=6)
         with pytest.raises(KeyboardInterrupt):
             train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
+    return checkpoint
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_weights(
+    small_data: SmallData, finished: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = _half_trained(small_data, tmp_path / "iqem.pt", monkeypatch)
     assert torch.load(checkpoint, weights_only=True)["step"] == 4
     resumed = train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
     _assert_same_weights(_weights(resumed), finished[1])
@@ -275,6 +280,30 @@ def test_finished_checkpoint_is_returned_without_training(
     assert not generator.training
     _assert_same_weights(_weights(generator), weights)
     assert os.stat(checkpoint).st_mtime_ns == modified
+
+
+@pytest.mark.parametrize("cut", ["empty", "in its header", "halfway", "in its zip directory"])
+def test_a_damaged_half_trained_checkpoint_is_one_warning_and_trained_again(
+    small_data: SmallData,
+    finished: tuple,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cut: str,
+) -> None:
+    checkpoint = _half_trained(small_data, tmp_path / "iqem.pt", monkeypatch)
+    whole = checkpoint.read_bytes()
+    ends = {"empty": 0, "in its header": 100, "halfway": len(whole) // 2, "in its zip directory": len(whole) - 22}
+    checkpoint.write_bytes(whole[: ends[cut]])
+    with caplog.at_level("WARNING", logger=training.__name__):
+        generator = train_iqem(*small_data, SHORT, CPU, checkpoint, progress=False)
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith(f"{checkpoint}: damaged IQEM checkpoint (not a readable IQEM checkpoint")
+    assert warnings[0].endswith("IQEM is trained again from step 0")
+    # Training from step 0 is deterministic: it ends at the uninterrupted run's weights.
+    _assert_same_weights(_weights(generator), finished[1])
+    assert torch.load(checkpoint, weights_only=True)["step"] == 12
 
 
 def test_checkpoint_of_other_settings_is_refused(small_data: SmallData, finished: tuple) -> None:

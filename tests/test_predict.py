@@ -9,6 +9,7 @@ left the site.
 import csv
 import io
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -273,6 +274,33 @@ def test_a_corrupt_file_is_skipped_and_listed(
     stdout = capsys.readouterr().out
     assert "Skipped files (1)" in stdout and "broken.png" in stdout
     assert len(site.recorder.posts()) == len(scans)
+
+
+def test_unusable_entries_are_skipped_one_line_each_and_never_sent(
+    site: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scans = _write_scans(tmp_path, per_class=1, seed=6)
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(tmp_path / os.fsdecode(b"scan-\xff.png"))
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "report.png").write_text("a text file, not a scan")
+    (tmp_path / "notes.txt").write_text("not an image file: ignored")
+    assert predict(site, images=tmp_path) == 0
+    stdout = capsys.readouterr().out
+    assert "Skipped files (3)" in stdout
+    assert "scan-\\xff.png" in stdout and "not valid UTF-8; rename it" in stdout
+    assert "gone.png" in stdout and "broken symbolic link" in stdout
+    assert "report.png" in stdout and "notes.txt" not in stdout
+    assert len(site.recorder.posts()) == len(scans)
+
+
+def test_a_folder_of_only_unusable_entries_is_one_line(
+    site: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    assert predict(site, images=tmp_path) == 2
+    error = _one_line_error(capsys)
+    assert "none of its 1 image file(s) can be used; the first, gone.png: broken symbolic link" in error
+    assert site.recorder.posts() == []
 
 
 def test_an_empty_folder_is_an_error(site: Federation, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -33,6 +33,23 @@ _HIGH_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 # PIL modes that hold one grey channel (with or without alpha); everything else becomes RGB.
 _GREY_MODES = frozenset({"1", "L", "LA", "La"})
 _CORRUPT_HINT = "the file is corrupt, truncated or not an image; re-export it or remove it"
+#: Images narrower or lower than this many pixels get a warning from :func:`image_notes`.
+MIN_SIDE = 8
+_STRETCHED = "stretched to its own darkest and brightest pixel, so brightness is not comparable between files"
+#: What :func:`image_notes` says about each PIL mode other than 8-bit grey ("L") and RGB.
+_MODE_NOTES = {
+    "1": "1-bit black-and-white image; a scan usually has grey levels",
+    "P": "palette image: converted to RGB, or grey if its palette is grey",
+    "PA": "palette image with transparency: converted to RGB, transparency dropped",
+    "LA": "grey image with transparency: transparency dropped",
+    "La": "grey image with transparency: transparency dropped",
+    "RGBA": "RGB image with transparency: transparency dropped",
+    "RGBa": "RGB image with transparency: transparency dropped",
+    "CMYK": "CMYK (print) image: converted to RGB, colours may shift",
+    "I": f"32-bit integer image: {_STRETCHED}",
+    "F": f"floating-point image: {_STRETCHED}",
+    **{mode: f"16-bit image: {_STRETCHED}" for mode in ("I;16", "I;16B", "I;16L", "I;16N")},
+}
 
 
 class UnreadableImage(DataError):
@@ -209,6 +226,48 @@ def read_image(path: Path, size: int) -> np.ndarray:
         return image_from_pixels(pixels, size)
     except ValueError as exc:
         raise UnreadableImage(path, f"unsupported pixel layout ({exc}); save it as 8-bit grey or RGB") from None
+
+
+def _size_note(width: int, height: int) -> list[str]:
+    if min(width, height) >= MIN_SIDE:
+        return []
+    return [f"tiny image ({width}x{height} px): resized up, it holds almost no detail; check that it is a real scan"]
+
+
+def image_notes(path: Path) -> list[str]:
+    """Warnings about an image file that decodes but may not be what was meant; reads only its header.
+
+    Parameters
+    ----------
+    path : Path
+        A file :func:`read_image` decodes.
+
+    Returns
+    -------
+    list of str
+        Nothing for an 8-bit grey or RGB image of at least :data:`MIN_SIDE` pixels a
+        side; else what is unusual and what loading does about it: a tiny image, 16-bit
+        or float pixels (stretched by the file's own range), a palette, transparency,
+        CMYK, 1-bit, or a palette-colour DICOM. A header that cannot be read gives no
+        note (decoding reports that).
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".dcm":
+            dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            notes = _size_note(int(dataset.get("Columns", MIN_SIDE)), int(dataset.get("Rows", MIN_SIDE)))
+            if str(dataset.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+                notes.append("palette-colour DICOM: converted to RGB through its colour table")
+            return notes
+        with Image.open(path) as opened:
+            mode, (width, height) = opened.mode, opened.size
+    # Header parsers raise many types on bad input; read_image reports the file itself.
+    except Exception:  # noqa: BLE001
+        return []
+    notes = _size_note(width, height)
+    if mode not in ("L", "RGB"):
+        notes.append(_MODE_NOTES.get(mode, f"unusual pixel mode {mode}: converted to RGB"))
+    return notes
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:

@@ -13,7 +13,10 @@ Four sources (``data.source``):
   (``fesf_fed/data/demo/``, CC BY 4.0; see the README there).
 
 Files that cannot be used are listed in ``ImageSet.skipped`` with the reason instead
-of stopping the load; a class left without any usable image is an error.
+of stopping the load (a file name that is not valid UTF-8, a symbolic link loop, a
+broken link or a link to a folder among them); a class left without any usable image is
+an error. :func:`check_source` reports all of it at once, without stopping, for
+``fesf data check``.
 :func:`load_dataset` also finds the groups the split keeps whole (``ImageSet.groups``):
 near-duplicate images, the manifest's ``group`` column and ``data.group_pattern``.
 :func:`source_fingerprint` identifies the same input without decoding it.
@@ -22,11 +25,13 @@ near-duplicate images, the manifest's ``group`` column and ``data.group_pattern`
 import base64
 import binascii
 import csv
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import stat
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +46,7 @@ from fesf_fed.data.decode import (
     IMAGE_SUFFIXES,
     UnreadableImage,
     image_from_pixels,
+    image_notes,
     read_image,
     to_channels,
 )
@@ -82,39 +88,165 @@ class _Listing:
     skipped: list[SkippedFile]
 
 
+#: Why a file or folder whose name is not valid UTF-8 is skipped: image ids are text (they key the hosts).
+_NOT_UTF8_FILE = "file name is not valid UTF-8; rename it"
+_NOT_UTF8_FOLDER = "folder name is not valid UTF-8; rename it"
+_LINK_LOOP = "symbolic link loop; remove the link or point it at an image"
+
+
+@dataclass
+class _Loaded:
+    """A source's usable images and what was left out, before they are checked and stacked."""
+
+    images: list[np.ndarray]
+    labels: np.ndarray
+    ids: list[str]
+    classes: list[str]
+    skipped: list[SkippedFile]
+    #: The source, for messages: its path, or "phantom data".
+    where: Path | str
+    #: The manifest's group of each image (None: no group), for file sources.
+    named_groups: list[str | None] | None = None
+    #: The file of each image, for file sources.
+    files: list[Path] | None = None
+
+
 def _is_hidden(relative: Path) -> bool:
     return any(part.startswith(".") for part in relative.parts)
 
 
-def image_files(root: Path) -> list[Path]:
-    """Every supported image file below ``root`` (recursively), sorted; hidden files and folders left out."""
-    return sorted(
-        file
-        for file in root.rglob("*")
-        if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file() and not _is_hidden(file.relative_to(root))
+def _is_utf8(name: str) -> bool:
+    """Whether a name read from the file system is valid UTF-8 (else it holds surrogate escapes)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(name: str) -> str:
+    """``name`` as text that prints and encodes anywhere: bytes that are not UTF-8 become ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why an entry of a data folder that is not a regular file is not read; None for a folder, which is."""
+    if not path.is_symlink():
+        return None if path.is_dir() else "not a regular file (a pipe, socket or device); remove it"
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return _LINK_LOOP
+        if exc.errno == errno.ENOENT:
+            return "broken symbolic link (its target does not exist); remove it or fix its target"
+        return f"cannot follow the symbolic link ({exc.strerror}); remove it or fix its target"
+    if not stat.S_ISDIR(mode):
+        return "not a regular file (a pipe, socket or device); remove it"
+    if path.parent.resolve().is_relative_to(path.resolve()):
+        return "symbolic link loop (it points to a folder that holds it); remove the link"
+    return "symbolic link to a folder: not followed; move the folder here, or list its images in a CSV manifest"
+
+
+def image_files(root: Path) -> tuple[list[Path], list[SkippedFile]]:
+    """Every supported image file below ``root`` (recursively), sorted, and those that cannot be read.
+
+    Parameters
+    ----------
+    root : Path
+        The folder; hidden files and folders below it, and files of other types, are left out.
+
+    Returns
+    -------
+    files : list of Path
+        The image files (by :data:`IMAGE_SUFFIXES`), sorted by path.
+    skipped : list of SkippedFile
+        Entries with an image suffix that cannot be used, by their path relative to
+        ``root``, with the reason: a name that is not valid UTF-8 (ids are text), a
+        broken link, a link loop, a link to a folder, a pipe or device.
+    """
+    found, skipped = _folder_entries(root, root, IMAGE_SUFFIXES)
+    return sorted(file for _, file in found), skipped
+
+
+def no_usable_image(folder: Path, skipped: list[SkippedFile]) -> DataError:
+    """The one-line error for a folder whose every image file was skipped: how many, and the first with why.
+
+    Parameters
+    ----------
+    folder : Path
+        The folder (a host bank, the scans to diagnose).
+    skipped : list of SkippedFile
+        What :func:`image_files` or decoding skipped; not empty.
+    """
+    first = skipped[0]
+    return DataError(
+        f"{folder}: none of its {len(skipped)} image file(s) can be used; the first, {first.path}: {first.reason}"
     )
+
+
+def _class_files(root: Path, folder: Path) -> tuple[list[tuple[str, Path]], list[SkippedFile]]:
+    """The files below a class folder by id, sorted, and the entries that cannot be read, with the reason."""
+    found, skipped = _folder_entries(root, folder)
+    return sorted(found, key=lambda item: item[0]), skipped
+
+
+def _folder_entries(
+    root: Path, folder: Path, suffixes: frozenset[str] | None = None
+) -> tuple[list[tuple[str, Path]], list[SkippedFile]]:
+    """The usable files below ``folder`` by id (relative to ``root``), and the other entries with the reason.
+
+    Only names ending in one of ``suffixes`` (lower-cased) count, when given; hidden entries never do.
+    """
+    files: list[tuple[str, Path]] = []
+    skipped: list[tuple[str, str]] = []
+    # rglob does not descend into linked folders, so a link loop cannot trap it; _not_a_file reports them.
+    for file in folder.rglob("*"):
+        relative = file.relative_to(root)
+        if _is_hidden(relative) or (suffixes is not None and file.suffix.lower() not in suffixes):
+            continue
+        image_id = relative.as_posix()
+        if not file.is_file():
+            reason = _not_a_file(file)
+            if reason is not None:
+                skipped.append((_printable(image_id), reason))
+        elif not _is_utf8(image_id):
+            skipped.append((_printable(image_id), _NOT_UTF8_FILE if not _is_utf8(file.name) else _NOT_UTF8_FOLDER))
+        else:
+            files.append((image_id, file))
+    return files, [SkippedFile(*entry) for entry in sorted(skipped)]
 
 
 def _list_folder(root: Path) -> _Listing:
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; data source 'folder' needs a folder with one sub-folder per class")
     children = sorted(child for child in root.iterdir() if not child.name.startswith("."))
-    class_folders = [child for child in children if child.is_dir()]
+    class_folders: list[Path] = []
+    skipped: list[SkippedFile] = []
+    for child in children:
+        if child.is_dir():
+            if child.is_symlink() and root.resolve().is_relative_to(child.resolve()):
+                skipped.append(SkippedFile(_printable(child.name), _LINK_LOOP))
+            else:
+                class_folders.append(child)
+        elif child.is_file():
+            skipped.append(SkippedFile(_printable(child.name), "not inside a class sub-folder; move it into one"))
+        elif (reason := _not_a_file(child)) is not None:
+            skipped.append(SkippedFile(_printable(child.name), reason))
     if not class_folders:
         raise DataError(
             f"{root}: no class sub-folders; put each class's images in its own sub-folder, e.g. {root / 'tumor'}"
         )
-    skipped = [
-        SkippedFile(child.name, "not inside a class sub-folder; move it into one")
-        for child in children
-        if child.is_file()
-    ]
     entries: list[_Entry] = []
     for label, folder in enumerate(class_folders):
-        files = (file for file in folder.rglob("*") if file.is_file() and not _is_hidden(file.relative_to(root)))
-        found = sorted((file.relative_to(root).as_posix(), file) for file in files)
+        if not _is_utf8(folder.name):
+            # The class stays, empty: its images have no usable ids until the folder is renamed.
+            skipped.append(SkippedFile(_printable(folder.name) + "/", _NOT_UTF8_FOLDER))
+            continue
+        found, left_out = _class_files(root, folder)
         entries.extend(_Entry(image_id, file, label) for image_id, file in found)
-    return _Listing([folder.name for folder in class_folders], entries, skipped)
+        skipped.extend(left_out)
+    return _Listing([_printable(folder.name) for folder in class_folders], entries, skipped)
 
 
 def _list_manifest(manifest: Path) -> _Listing:
@@ -229,22 +361,19 @@ def _decode_sample(
                 usable[labels[index]] += 1
 
 
-def _load_files(listing: _Listing, config: DataConfig, source: Path, progress: bool) -> ImageSet:
+def _load_files(listing: _Listing, config: DataConfig, source: Path, progress: bool) -> _Loaded:
     decoded, unreadable = _decode_sample(listing, config, progress)
     kept = sorted(decoded)
-    data = _assemble(
+    return _Loaded(
         [decoded[index] for index in kept],
         labels=np.array([listing.entries[index].label for index in kept], dtype=np.int64),
         ids=[listing.entries[index].id for index in kept],
         classes=listing.classes,
         skipped=listing.skipped + unreadable,
-        config=config,
-        source=source,
+        where=source,
+        named_groups=[listing.entries[index].group for index in kept],
+        files=[listing.entries[index].path for index in kept],
     )
-    named = named_group_pairs([listing.entries[index].group for index in kept])
-    if len(named):
-        data.groups = group_labels(len(data), named)
-    return data
 
 
 def _read_medmnist(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -316,7 +445,7 @@ def _read_demo() -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     return pixels, labels, [f"demo/{index}" for index in range(len(labels))], list(record["classes"])
 
 
-def _load_arrays(config: DataConfig, path: Path, progress: bool) -> ImageSet:
+def _load_arrays(config: DataConfig, path: Path, progress: bool) -> _Loaded:
     """A MedMNIST file at ``path`` or the demo set (``DEMO_FILE``): whole arrays of small images, resized here."""
     if config.source == "demo":
         pixels, labels, ids, classes = _read_demo()
@@ -330,52 +459,61 @@ def _load_arrays(config: DataConfig, path: Path, progress: bool) -> ImageSet:
         unit_to_uint8(image_from_pixels(pixels[index], config.image_size))
         for index in tqdm(keep, disable=not progress, desc="resizing", unit="image")
     ]
-    return _assemble(images, labels[keep], [ids[index] for index in keep], classes, [], config, path)
+    return _Loaded(images, labels[keep], [ids[index] for index in keep], classes, [], path)
 
 
-def _load_phantom(config: DataConfig) -> ImageSet:
+def _load_phantom(config: DataConfig) -> _Loaded:
     data = phantom_dataset(config.phantom_per_class, config.image_size, config.seed)
     keep = _sample_indices(data.labels, len(data.classes), config)
-    return _assemble(
+    return _Loaded(
         list(data.images[keep]),
         data.labels[keep],
         [data.ids[i] for i in keep],
         data.classes,
         [],
-        config,
-        None,
+        "phantom data",
     )
 
 
-def _assemble(
-    images: list[np.ndarray],
-    labels: np.ndarray,
-    ids: list[str],
-    classes: list[str],
-    skipped: list[SkippedFile],
-    config: DataConfig,
-    source: Path | None,
-) -> ImageSet:
-    """Check that every class has images, bring them to one channel count and stack them."""
-    where = source or "phantom data"
-    if not images:
-        raise DataError(f"{where}: no usable image ({len(skipped)} file(s) skipped); add images of each class")
-    counts = np.bincount(labels, minlength=len(classes))
-    for name, count in zip(classes, counts):
-        if count == 0:
-            raise DataError(f"{where}: class {name!r} has no usable image; add images of that class or remove it")
+def _unusable(loaded: _Loaded) -> str | None:
+    """Why a build cannot use these images (one line, without the source), or None when it can."""
+    if not loaded.images:
+        return f"no usable image ({len(loaded.skipped)} file(s) skipped); add images of each class"
+    counts = np.bincount(loaded.labels, minlength=len(loaded.classes))
+    empty = [name for name, count in zip(loaded.classes, counts) if count == 0]
+    if len(empty) == 1:
+        return f"class {empty[0]!r} has no usable image; add images of that class or remove it"
+    if empty:
+        names = ", ".join(repr(name) for name in empty)
+        return f"classes {names} have no usable image; add images of those classes or remove them"
+    return None
+
+
+def _stack(loaded: _Loaded, config: DataConfig) -> ImageSet:
+    """Bring at least one image to one channel count and stack them, with the manifest's groups."""
     if config.channels == "auto":
-        channels = 1 if all(image.shape[0] == 1 for image in images) else 3
+        channels = 1 if all(image.shape[0] == 1 for image in loaded.images) else 3
     else:
         channels = config.channels
-    stacked = np.stack([to_channels(image, channels) for image in images])
-    return ImageSet(
-        images=stacked,
-        labels=labels.astype(np.int64),
-        ids=ids,
-        classes=list(classes),
-        skipped=skipped,
+    data = ImageSet(
+        images=np.stack([to_channels(image, channels) for image in loaded.images]),
+        labels=loaded.labels.astype(np.int64),
+        ids=loaded.ids,
+        classes=list(loaded.classes),
+        skipped=loaded.skipped,
     )
+    named = named_group_pairs(loaded.named_groups or [])
+    if len(named):
+        data.groups = group_labels(len(data), named)
+    return data
+
+
+def _assemble(loaded: _Loaded, config: DataConfig) -> ImageSet:
+    """Check that every class has images, bring them to one channel count and stack them."""
+    problem = _unusable(loaded)
+    if problem is not None:
+        raise DataError(f"{loaded.where}: {problem}")
+    return _stack(loaded, config)
 
 
 def data_location(config: DataConfig) -> str:
@@ -448,7 +586,7 @@ def load_dataset_parts(config: DataConfig, progress: bool = False) -> DatasetPar
     DataError
         As :func:`load_dataset`.
     """
-    data = _with_groups(_load_source(config, progress), config)
+    data = _with_groups(_assemble(_load_source(config, progress), config), config)
     public = None
     if config.public_hosts:
         try:
@@ -498,7 +636,7 @@ def _with_groups(data: ImageSet, config: DataConfig) -> ImageSet:
     return data
 
 
-def _load_source(config: DataConfig, progress: bool) -> ImageSet:
+def _load_source(config: DataConfig, progress: bool) -> _Loaded:
     if config.source == "phantom":
         return _load_phantom(config)
     if config.source == "demo":
@@ -508,6 +646,66 @@ def _load_source(config: DataConfig, progress: bool) -> ImageSet:
         return _load_arrays(config, path, progress)
     listing = _list_folder(path) if config.source == "folder" else _list_manifest(path)
     return _load_files(listing, config, path, progress)
+
+
+@dataclass
+class SourceCheck:
+    """Everything ``fesf data check`` reports about a source (:func:`check_source`)."""
+
+    #: Class names, in label order.
+    classes: list[str]
+    #: Usable images per class, in label order; a class without any included.
+    counts: dict[str, int]
+    #: The usable images, grouped as a build groups them; None when there is none.
+    data: ImageSet | None
+    #: Files and links that are left out, with the reason.
+    skipped: list[SkippedFile]
+    #: Usable images worth a look (tiny, 16-bit, palette...), with what is unusual; one row per note.
+    warnings: list[SkippedFile]
+    #: Why a build refuses this source (one line, without the path); None when it can be used.
+    problem: str | None
+
+
+def _file_notes(ids: list[str], files: list[Path]) -> list[SkippedFile]:
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        notes = list(pool.map(image_notes, files))
+    return [SkippedFile(image_id, note) for image_id, found in zip(ids, notes) for note in found]
+
+
+def check_source(config: DataConfig, progress: bool = False) -> SourceCheck:
+    """Load a source as :func:`load_dataset` does, but report what is wrong instead of stopping at it.
+
+    Parameters
+    ----------
+    config : DataConfig
+        The data section to check (``path`` already absolute).
+    progress : bool
+        Show a progress bar over the files.
+
+    Returns
+    -------
+    SourceCheck
+        Per-class counts (empty classes included), every skipped file with its reason,
+        warnings about usable images (:func:`~fesf_fed.data.decode.image_notes`) and
+        ``problem``: the reason :func:`load_dataset` refuses the source, None exactly
+        when it loads it.
+
+    Raises
+    ------
+    DataError
+        If the path is missing or the source is malformed (no class sub-folders, a
+        manifest without its columns, an unreadable .npz): there is nothing to list.
+    """
+    loaded = _load_source(config, progress)
+    counts = np.bincount(loaded.labels, minlength=len(loaded.classes))
+    return SourceCheck(
+        classes=list(loaded.classes),
+        counts={name: int(count) for name, count in zip(loaded.classes, counts)},
+        data=_with_groups(_stack(loaded, config), config) if loaded.images else None,
+        skipped=loaded.skipped,
+        warnings=[] if loaded.files is None else _file_notes(loaded.ids, loaded.files),
+        problem=_unusable(loaded),
+    )
 
 
 def file_digest(path: Path) -> bytes:

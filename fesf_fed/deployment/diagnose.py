@@ -26,7 +26,7 @@ from fesf_fed.atomic import atomic_writer
 from fesf_fed.build import build_surrogates, site_pipeline
 from fesf_fed.config import SURROGATE_KINDS, SiteConfig
 from fesf_fed.data import IMAGE_SUFFIXES, SkippedFile, UnreadableImage, to_channels
-from fesf_fed.data.sources import decode_files, image_files
+from fesf_fed.data.sources import decode_files, image_files, no_usable_image
 from fesf_fed.errors import ConfigError, DataError, FesfError
 from fesf_fed.federation.run_summary import ModelInput
 from fesf_fed.hosts import assign_hosts
@@ -165,7 +165,7 @@ def convert_folder(
     folder : Path
         The folder of the files: a file's path relative to it is its id for the host assignment.
     files : list of Path
-        Image files under ``folder`` (:func:`~fesf_fed.data.sources.image_files`).
+        Usable image files under ``folder`` (:func:`~fesf_fed.data.sources.image_files`).
     channels : int
         Channels of the site's surrogates (those its G was trained on).
     stage : str
@@ -251,16 +251,18 @@ def predict_folder(
         )
     if not folder.is_dir():
         raise DataError(f"{folder}: not a folder; --images names the folder of scans to diagnose")
-    files = image_files(folder)
-    if not files:
+    files, skipped = image_files(folder)
+    if not files and not skipped:
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}); put the scans there")
+    if not files:
+        raise no_usable_image(folder, skipped)
     channels = build_surrogates(config, progress=progress).manifest["image_shape"][0]
     if channels != remote.channels:
         raise ConfigError(
             f"data.channels: site {config.site}'s surrogates have {channels} channel(s) but run {run}'s model "
             f"takes {remote.channels}; use the site config that the site trained the run with"
         )
-    result = Predictions(remote)
+    result = Predictions(remote, skipped=skipped)
     for image_id, surrogate in convert_folder(config, folder, files, channels, remote.mode, result.skipped, progress):
         answer = _request(
             session,
@@ -273,8 +275,7 @@ def predict_folder(
         )
         result.predictions.append(Prediction(image_id, answer["class"], answer["probabilities"], int(answer["round"])))
     if not result.predictions:
-        first = result.skipped[0]
-        raise DataError(f"{folder}: none of its {len(files)} image files can be decoded ({first.path}: {first.reason})")
+        raise no_usable_image(folder, result.skipped)
     return result
 
 

@@ -4,8 +4,11 @@ Flower's SuperLink and SuperNode run as child processes, each in a session of it
 own: a signal meant for them reaches their helpers too (SuperExec, app processes),
 and a Flower error exit cannot take the wrapper down with it. Their output is
 relayed line by line, so the wrapper can turn a known failure into one clear line.
+On Linux each is started through ``follow_parent.py``, so that it is stopped when the
+wrapper dies, even by SIGKILL (elsewhere a killed wrapper leaves it running).
 """
 
+import errno
 import os
 import shutil
 import signal
@@ -19,6 +22,9 @@ from pathlib import Path
 from typing import TextIO
 
 from fesf_fed.errors import ConfigError
+
+#: Runs a command that the kernel stops when its parent dies (Linux only; see the file).
+_FOLLOW_PARENT = Path(__file__).with_name("follow_parent.py")
 
 #: Flower must not phone home, check for updates or install an app's dependencies, nor Ray send usage statistics.
 QUIET_FLOWER_ENV: dict[str, str] = {
@@ -64,6 +70,33 @@ def split_address(address: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (Linux's ``/proc``); a zombie waiting for its parent does not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """``roots`` and every process descended from them that runs now (Linux's ``/proc``), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit():
+                # After the command's ")": state, then the parent's PID.
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(parent, []).append(int(entry.name))
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+    tree, pending = [], list(roots)
+    while pending:
+        pid = pending.pop(0)
+        tree.append(pid)
+        pending += children.get(pid, [])
+    return tree
+
+
 def port_open(host: str, port: int, timeout: float = 2.0) -> str | None:
     """None if a TCP connection to ``host:port`` succeeds, else why it failed."""
     try:
@@ -95,9 +128,17 @@ class FlowerProcess:
         self.failed = threading.Event()
         self._sink = sink
         self._watch = watch
+        env = flower_env() if env is None else env
+        launch = self.command
+        if sys.platform.startswith("linux"):
+            # Not found is Popen's FileNotFoundError still, not the launcher's exit status.
+            if shutil.which(self.command[0], path=env.get("PATH", os.defpath)) is None:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.command[0])
+            # -I -S: the launcher needs nothing but the standard library, and starts faster without site.
+            launch = [sys.executable, "-I", "-S", str(_FOLLOW_PARENT), str(os.getpid()), "--", *self.command]
         self.process = subprocess.Popen(
-            self.command,
-            env=flower_env() if env is None else env,
+            launch,
+            env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -136,23 +177,23 @@ class FlowerProcess:
     def stop(self, grace: float = 20.0) -> int:
         """Stop the process and everything in its session: SIGTERM, then SIGKILL for what is left after ``grace`` s."""
         if self.running():
-            _signal_group(self.pid, signal.SIGTERM)
+            signal_group(self.pid, signal.SIGTERM)
             try:
                 self.process.wait(grace)
             except subprocess.TimeoutExpired:
                 pass
         # Helpers (SuperExec, app processes) get a moment to follow their leader, then are killed.
         deadline = time.monotonic() + min(grace, 5.0)
-        while _signal_group(self.pid, 0) and time.monotonic() < deadline:
+        while signal_group(self.pid, 0) and time.monotonic() < deadline:
             time.sleep(0.1)
-        _signal_group(self.pid, signal.SIGKILL)
+        signal_group(self.pid, signal.SIGKILL)
         self.process.wait()
         self._reader.join(timeout=5)
         return self.process.returncode
 
 
-def _signal_group(pid: int, signum: int) -> bool:
-    """Send ``signum`` to the process group ``pid``; False if the group no longer exists."""
+def signal_group(pid: int, signum: int) -> bool:
+    """Send ``signum`` to the process group ``pid``; False if the group no longer exists (``signum`` 0 only asks)."""
     try:
         os.killpg(pid, signum)
     except ProcessLookupError:

@@ -47,8 +47,9 @@ PHASES: tuple[str, ...] = ("train", "evaluate", "validation", "central", "timing
 #: The phases whose confusion matrices the final metrics keep: the sites' summed one and the central one.
 ConfusionPhase = Literal["evaluate", "central"]
 CONFUSION_PHASES: tuple[str, ...] = get_args(ConfusionPhase)
-#: What a run can be doing; ``failed`` comes with an ``error``.
-RunStatus = Literal["preparing", "running", "finished", "stopped", "failed"]
+#: What a run can be doing; ``failed`` comes with an ``error``; ``degraded``: it finished, but some round
+#: went without a site it had sampled (``absences`` says which and why).
+RunStatus = Literal["preparing", "running", "finished", "degraded", "stopped", "failed"]
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 #: The figures of :meth:`FinalMetrics.headline`, by JSON key, with their names.
 _HEADLINE = {"accuracy": "accuracy", "balanced-accuracy": "balanced accuracy", "f1": "macro-F1", "auroc": "AUROC"}
@@ -250,6 +251,27 @@ class FinalMetrics(_Part):
         return value
 
 
+class Absence(_Part):
+    """A site that a round sampled and that sent no usable reply (an entry of ``absences`` in the summary).
+
+    Attributes
+    ----------
+    round : int
+        The server round.
+    phase : str
+        ``train`` or ``evaluate``.
+    site : str
+        The site's name.
+    reason : str
+        Why, in one line: Flower's error (its SuperNode is offline, its ClientApp failed) or no reply in time.
+    """
+
+    round: StrictInt
+    phase: Literal["train", "evaluate"]
+    site: str
+    reason: str
+
+
 class SiteDetails(_FiguresBeside):
     """What a site reported when it prepared its data (``sites`` in the summary).
 
@@ -300,13 +322,16 @@ class RunSummary(_Part):
     status : str
         One of :data:`RUN_STATUSES`.
     config : Mapping
-        Every run setting, as the run began (``site.`` keys included).
+        Every run setting (``site.`` keys included): as the run began, with those a resume may
+        change (``num-server-rounds``, ``round-timeout``...) as the latest attempt was given them.
     error : str or None
         Why a failed run failed, in one line; None otherwise.
     sites : Mapping
         Each prepared site's :class:`SiteDetails`, by name.
     history : tuple of RoundMetrics
         Every stored round, in order.
+    absences : tuple of Absence
+        The sites missing from rounds they were sampled for (left out of the JSON when none was).
     final : FinalMetrics or None
         The result, once the run has finished.
     started, finished : str or None
@@ -334,6 +359,7 @@ class RunSummary(_Part):
     error: str | None = None
     sites: Mapping[str, SiteDetails]
     history: tuple[RoundMetrics, ...]
+    absences: tuple[Absence, ...] = Field((), exclude_if=_empty)
     final: FinalMetrics | None
     started: str | None = Field(None, exclude_if=_none)
     finished: str | None = Field(None, exclude_if=_none)

@@ -224,17 +224,31 @@ def _build(config: IqemConfig, in_channels: int, disc_layers: int) -> tuple[Gene
     return generator, discriminator
 
 
-def _read_checkpoint(path: Path) -> dict[str, Any]:
+def _checkpoint_state(path: Path) -> dict[str, Any] | str:
+    """A checkpoint's contents, or why the file is damaged (a phrase without the path).
+
+    Raises
+    ------
+    DataError
+        If the file is missing or cannot be opened (permissions): that is no damage.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataError(f"{path}: IQEM checkpoint not found; train IQEM first") from None
-    except Exception as exc:  # noqa: BLE001  torch.load raises many types; re-raised as one line
-        raise DataError(
-            f"{path}: not a readable IQEM checkpoint ({exc.__class__.__name__}); delete it to retrain"
-        ) from None
+    except PermissionError as exc:
+        raise DataError(f"{path}: cannot read the IQEM checkpoint ({exc.strerror}); check its permissions") from None
+    except Exception as exc:  # noqa: BLE001  torch.load raises many types on a truncated or foreign file
+        return f"not a readable IQEM checkpoint ({exc.__class__.__name__})"
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
-        raise DataError(f"{path}: not an IQEM checkpoint; delete it to retrain")
+        return "not an IQEM checkpoint"
+    return state
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    state = _checkpoint_state(path)
+    if isinstance(state, str):
+        raise DataError(f"{path}: {state}; delete it to retrain")
     return state
 
 
@@ -372,7 +386,8 @@ def train_iqem(
     checkpoint : Path
         Written atomically every ``config.checkpoint_every`` steps and at the end, with
         its per-step log beside it (:func:`log_path`). If it exists, training resumes from it, and a
-        finished one is returned at once.
+        finished one is returned at once; a damaged one (truncated, not a checkpoint) is
+        reported in one warning and training starts again from step 0.
     progress : bool
         Show a progress bar with the loss terms.
     meter : ProgressMeter, optional
@@ -388,7 +403,7 @@ def train_iqem(
     Raises
     ------
     DataError
-        For unusable images, or an unreadable checkpoint.
+        For unusable images, or a checkpoint that cannot be opened (permissions).
     ConfigError
         If the checkpoint was made with another config, channel count or image size.
 
@@ -435,8 +450,12 @@ def train_iqem(
     best: dict[str, Any] = {}
     stopped: str | None = None
 
-    if checkpoint.exists():
-        state = _read_checkpoint(checkpoint)
+    state = _checkpoint_state(checkpoint) if checkpoint.exists() else None
+    if isinstance(state, str):
+        # Damaged (truncated by a full disk, a bad copy): nothing in it can be trusted, so training restarts.
+        logger.warning("%s: damaged IQEM checkpoint (%s); IQEM is trained again from step 0", checkpoint, state)
+        state = None
+    if state is not None:
         _check_matches(state, checkpoint, config, in_channels, disc_layers)
         generator.load_state_dict(state["generator"])
         discriminator.load_state_dict(state["discriminator"])

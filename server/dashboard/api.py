@@ -16,15 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .diagnosis import DiagnosisError, DiagnosisService
-from .runs import (
-    UnknownRun,
-    details_json,
-    list_runs,
-    metric_rows,
-    metrics_csv,
-    open_run,
-    run_details,
-)
+from .runs import UnknownRun, UnreadableRun, details_json, list_runs, metric_rows, metrics_csv, read_details
 
 
 def _error(status: int, message: str) -> tuple[Response, int]:
@@ -36,11 +28,7 @@ def api_blueprint(runs: Path, diagnosis: DiagnosisService) -> Blueprint:
     api = Blueprint("api", __name__, url_prefix="/api")
 
     def details(name: str):
-        run = open_run(runs, name)
-        try:
-            return run_details(run)
-        finally:
-            run.close()
+        return read_details(runs, name)
 
     @api.get("/runs")
     def runs_list() -> Response:
@@ -84,8 +72,16 @@ def api_blueprint(runs: Path, diagnosis: DiagnosisService) -> Blueprint:
     def unknown_run(exc: UnknownRun) -> tuple[Response, int]:
         return _error(404, str(exc))
 
+    @api.errorhandler(UnreadableRun)
+    def unreadable_run(exc: UnreadableRun) -> tuple[Response, int]:
+        # One line in the log, no traceback: the run's files are damaged, not the dashboard.
+        current_app.logger.error("%s %s: %s", request.method, request.path, exc)
+        return _error(503, str(exc))
+
     @api.errorhandler(DiagnosisError)
     def refused(exc: DiagnosisError) -> tuple[Response, int]:
+        if exc.status >= 500:
+            current_app.logger.error("%s %s: %s", request.method, request.path, exc.message)
         return _error(exc.status, exc.message)
 
     @api.errorhandler(HTTPException)

@@ -2,6 +2,7 @@
 
 import base64
 import binascii
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -9,16 +10,18 @@ from urllib.parse import parse_qs
 import torch
 from dash import Dash, Input, Output, State, dcc, html
 from dash.exceptions import PreventUpdate
+from flask import current_app
 
 from fesf_fed.audit.result import REPORT_FILE, audits_folder
 
+from ..liveness import heartbeat_stopped
 from ..run_store import stored_runs
-from .access import require_token
+from .access import HostCheck, require_host, require_token, secure_headers
 from .api import api_blueprint
 from .audits import audit_folders, list_audits
 from .diagnosis import DiagnosisError, DiagnosisService
 from .pages import audits_page, compare_page, diagnose_section, message_page, run_page, runs_page, table
-from .runs import UnknownRun, list_runs, open_run, run_details
+from .runs import RunDetails, UnknownRun, UnreadableRun, list_runs, read_details
 
 #: How often an open page checks its runs for new rounds.
 REFRESH_MS = 2000
@@ -42,7 +45,13 @@ class _Pages:
 
     @staticmethod
     def _stamp(files: list[Path]) -> list[Any]:
-        return [[str(path), path.stat().st_mtime_ns if path.is_file() else None] for path in files]
+        # By the run's (or audit's) folder name: the browser keeps this, and must not learn the server's paths.
+        return [[path.parent.name, path.stat().st_mtime_ns if path.is_file() else None] for path in files]
+
+    def _run_stamp(self, names: list[str]) -> list[Any]:
+        # A run whose server died changes no file: its heartbeat going stale must redraw the page too.
+        stamps = self._stamp([self.runs / name / "store.sqlite" for name in names])
+        return [[*stamp, heartbeat_stopped(self.runs / name)] for stamp, name in zip(stamps, names)]
 
     def version(self, pathname: str, search: str | None) -> list[Any]:
         """What the page at this address depends on: the address and its runs' store (or audits' report) times."""
@@ -58,14 +67,10 @@ class _Pages:
             names = _compared(search)
         else:
             names = [path.name for path in stored_runs(self.runs)]
-        return [pathname, search or "", self._stamp([self.runs / name / "store.sqlite" for name in names])]
+        return [pathname, search or "", self._run_stamp(names)]
 
-    def details(self, name: str):
-        run = open_run(self.runs, name)
-        try:
-            return run_details(run)
-        finally:
-            run.close()
+    def details(self, name: str) -> RunDetails:
+        return read_details(self.runs, name)
 
     def build(self, pathname: str, search: str | None) -> list[Any]:
         try:
@@ -75,6 +80,10 @@ class _Pages:
                 return compare_page([self.details(name) for name in _compared(search)])
         except UnknownRun as exc:
             return message_page("Unknown run", f"{exc}. The runs list shows every run there is.")
+        except UnreadableRun as exc:
+            # One line in the log (no traceback): the page is redrawn only when the store changes.
+            current_app.logger.error("page %s: %s", pathname, exc)
+            return message_page(f"Run {exc.name} cannot be read", f"{exc}.")
         if pathname in ("/", ""):
             return runs_page(list_runs(self.runs), str(self.runs))
         if pathname == "/audits":
@@ -104,6 +113,8 @@ def create_app(
     resize: bool = False,
     max_upload: int = 10 * 2**20,
     device: torch.device | None = None,
+    host: str = "127.0.0.1",
+    allowed_hosts: Sequence[str] = (),
 ) -> Dash:
     """Build the dashboard.
 
@@ -121,6 +132,11 @@ def create_app(
         Largest request body in bytes; larger uploads get 413.
     device : torch.device, optional
         Where the diagnosis service runs models (default: the CPU).
+    host : str
+        The address it listens on: requests must name it (or, on loopback, ``localhost``) in
+        their ``Host`` header (see :class:`server.dashboard.access.HostCheck`).
+    allowed_hosts : sequence of str
+        More names requests may give in their ``Host`` header (``--allowed-hosts``).
     """
     pages = _Pages(runs, audits or audits_folder())
     diagnosis = DiagnosisService(runs, resize, device or torch.device("cpu"))
@@ -134,6 +150,8 @@ def create_app(
     )
     app.server.config["MAX_CONTENT_LENGTH"] = max_upload
     app.server.json.sort_keys = False  # probabilities stay in the run's class order
+    # The host check first: a request for another host gets no further, not even to the token check.
+    require_host(app.server, HostCheck(host, allowed_hosts))
     if token:
         require_token(app.server, token)
     app.server.register_blueprint(api_blueprint(runs, diagnosis))
@@ -182,8 +200,8 @@ def create_app(
         if pathname.startswith("/runs/"):
             try:
                 details = pages.details(_run_name(pathname))
-            except UnknownRun:
-                pass
+            except (UnknownRun, UnreadableRun):
+                pass  # the page says why
             else:
                 content = diagnose_section(details)
                 offer = [pathname, details.summary.mode, details.has_model, details.input]
@@ -210,6 +228,10 @@ def create_app(
         except binascii.Error:
             return html.P("The upload could not be read; choose the file again.", className="error")
         except DiagnosisError as exc:
+            if exc.status >= 500:
+                current_app.logger.error("diagnosis upload: %s", exc.message)
             return html.P(exc.message, className="error", id="diagnosis-error")
 
+    # After every callback is defined: the policy allows Dash's inline scripts by their hashes.
+    secure_headers(app.server, app.csp_hashes())
     return app

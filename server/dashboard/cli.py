@@ -1,7 +1,9 @@
 """``fesf-dashboard``: serve the evaluation dashboard and the diagnosis service over a run folder.
 
 It binds 127.0.0.1 unless told otherwise; any other address needs an access token
-(``FESF_DASHBOARD_TOKEN``). The run store and the privacy audits are only ever read.
+(``FESF_DASHBOARD_TOKEN``). It answers only requests whose ``Host`` header names it
+(``--host``, ``localhost`` on loopback, and ``--allowed-hosts``). The run store and the
+privacy audits are only ever read.
 """
 
 import argparse
@@ -17,7 +19,7 @@ from fesf_fed.device import select_device
 from fesf_fed.errors import ConfigError, run_command
 
 from ..run_store import runs_folder
-from .access import check_token
+from .access import check_token, parse_allowed_hosts
 from .app import create_app
 
 
@@ -32,6 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    parser.add_argument(
+        "--allowed-hosts",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="host names requests may address besides --host (and localhost on loopback): the name a proxy "
+        "forwards or users type, e.g. dash.example.org; requests for any other host get 400",
+    )
     parser.add_argument(
         "--resize", action="store_true", help="resize uploads to the model's image size instead of refusing them"
     )
@@ -48,6 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
     token = os.environ.get(TOKEN_VARIABLE) or None
     if problem := check_token(args.host, token):
         raise ConfigError(problem)
+    try:
+        allowed_hosts = [] if args.allowed_hosts is None else parse_allowed_hosts(args.allowed_hosts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port {args.port}: give a port between 1 and 65535")
     if args.max_upload_mb <= 0 or args.threads < 1:
@@ -63,6 +76,8 @@ def _serve(args: argparse.Namespace) -> int:
         resize=args.resize,
         max_upload=int(args.max_upload_mb * 2**20),
         device=select_device(args.device),
+        host=args.host,
+        allowed_hosts=allowed_hosts,
     )
     shown_host = f"[{args.host}]" if ":" in args.host else args.host
     address = f"http://{shown_host}:{args.port}/"

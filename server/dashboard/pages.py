@@ -50,8 +50,9 @@ def _section(title: str, *children: Any, section_id: str) -> html.Section:
     return html.Section([html.H2(title), *flat], id=section_id)
 
 
-def _status(status: str) -> html.Span:
-    return html.Span(status, className=f"status status-{status.split(' ')[0]}")
+def _status(status: str, note: str | None = None) -> html.Span:
+    """A run's status as a badge; ``note`` (why it ended as it did, how to resume) shows on hover."""
+    return html.Span(status, className=f"status status-{status.split(' ')[0]}", title=note)
 
 
 def _one_class_badge(summary: RunRow) -> list[html.Span]:
@@ -76,7 +77,7 @@ def runs_page(summaries: list[RunRow], folder: str) -> list[Any]:
     rows = [
         [
             dcc.Link(summary.name, href=f"/runs/{summary.name}"),
-            _status(summary.status),
+            _status(summary.status, summary.note),
             summary.strategy,
             summary.mode,
             summary.model,
@@ -174,18 +175,34 @@ def _quality(details: RunDetails) -> Any:
     ]
 
 
-def _participation(details: RunDetails) -> html.Table:
+def _taking_part(site: str, trained: list[str], missing: dict[str, dict[str, str]]) -> Any:
+    """A site's cell in the participation table: ✓ (trained), missing with the reason, or – (not sampled)."""
+    reasons = [f"{phase}: {sites[site]}" for phase, sites in missing.items() if site in sites]
+    if reasons:
+        return html.Span("missing", className="missing", title="; ".join(reasons))
+    return "✓" if site in trained else "–"
+
+
+def _participation(details: RunDetails) -> list[Any]:
     sites = sorted(details.sites)
     taking_part = participation(details.history)
     rows = [
         [
             entry["round"],
-            *("✓" if site in taking_part[entry["round"]] else "–" for site in sites),
+            *(
+                _taking_part(site, taking_part[entry["round"]], details.absences.get(entry["round"], {}))
+                for site in sites
+            ),
             _number(entry.get("timing", {}).get(GLOBAL, {}).get("seconds"), 1),
         ]
         for entry in details.history
     ]
-    return table(["round", *sites, "seconds"], rows, "participation-table")
+    note = html.P(
+        "✓ trained in the round; – not sampled; missing: sampled, but no reply came (hover for why). A round "
+        "needs min-train-nodes and min-evaluate-nodes replies, and a run with a missing site ends degraded.",
+        className="note",
+    )
+    return [note, table(["round", *sites, "seconds"], rows, "participation-table")]
 
 
 def _confusion(details: RunDetails) -> Any:
@@ -269,13 +286,13 @@ def run_page(details: RunDetails) -> list[Any]:
     )
     export = f"/api/runs/{quote(summary.name)}/metrics"
     return [
-        html.H1(["Run ", summary.name, " ", _status(summary.status), *_one_class_badge(summary)]),
+        html.H1(["Run ", summary.name, " ", _status(summary.status, summary.note), *_one_class_badge(summary)]),
         html.P(
             f"{summary.mode} · {summary.model} · {summary.strategy} · sites {', '.join(summary.sites) or '–'} · "
             f"round {_rounds(summary)} · {headline}",
             id="run-headline",
         ),
-        *([html.P(f"error: {details.error}", id="run-error", className="run-error")] if details.error else []),
+        *([html.P(summary.note, id="run-note", className="run-note")] if summary.note else []),
         *_preparation(details),
         _section(
             "Global model",

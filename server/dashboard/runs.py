@@ -3,7 +3,7 @@
 import csv
 import io
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from fesf_fed.federation.run_summary import RoundMetrics, selected_round
 from fesf_fed.progress import SiteProgress
 from fesf_fed.task import classification_figures, one_class_answer
 
+from ..liveness import run_state
 from ..run_store import GLOBAL, RUN_NAME, StoredRun, stored_runs
 
 #: The classification figures of every evaluation, in the order pages show them. ``auroc`` is absent
@@ -37,11 +38,30 @@ class UnknownRun(LookupError):
     """A run name that is malformed or has no run store in the dashboard's folder."""
 
 
+class UnreadableRun(Exception):
+    """A run whose store (or model) cannot be read: a damaged or vanished file.
+
+    Its message is one line that names the run, never the server's folders.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"run {name}'s store cannot be read ({reason}); the run folder may be damaged")
+        self.name = name
+
+
+def read_error(exc: BaseException) -> str:
+    """One line on why a file could not be read, without its path (an OSError's text names the file)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class RunRow:
     """One row of the runs list."""
 
     name: str
+    #: The stored status, or ``stopped unexpectedly`` for a live run whose server stopped beating.
     status: str
     strategy: str
     mode: str
@@ -65,6 +85,29 @@ class RunRow:
     #: Whether that evaluation found the run's model answering one class for every test image.
     one_class: bool
     started: str
+    #: One line on a run that did not simply finish: why, and the command that resumes it (else None).
+    note: str | None = None
+
+    @classmethod
+    def unreadable(cls, name: str, reason: str) -> "RunRow":
+        """The row of a run whose store cannot be read: its name and why, nothing else."""
+        return cls(
+            name=name,
+            status=f"unreadable ({reason})",
+            strategy="",
+            mode="",
+            model="",
+            sites=[],
+            rounds_done=0,
+            rounds_total=0,
+            model_round=None,
+            validation_f1=None,
+            f1=None,
+            balanced_accuracy=None,
+            auroc=None,
+            one_class=False,
+            started="",
+        )
 
 
 @dataclass(frozen=True)
@@ -82,8 +125,8 @@ class RunDetails:
     has_model: bool
     #: Each site's latest preparation stage (surrogate build), by site name.
     preparation: list[SiteProgress]
-    #: Why a failed run failed (the one-line error it logged), else None.
-    error: str | None = None
+    #: The sites missing from rounds they were sampled for: by round, phase, site, the reason.
+    absences: dict[int, dict[str, dict[str, str]]] = field(default_factory=dict)
 
 
 def open_run(folder: Path, name: str) -> StoredRun:
@@ -95,7 +138,8 @@ def open_run(folder: Path, name: str) -> StoredRun:
         If ``name`` is not a run folder name (no path tricks) or holds no store.
     """
     if not RUN_NAME.fullmatch(name) or not (folder / name / "store.sqlite").is_file():
-        raise UnknownRun(f"no run {name!r} in {folder}")
+        # The message goes to clients: it names the run, never the server's folder.
+        raise UnknownRun(f"no run {name!r} on this dashboard; /api/runs lists every run")
     return StoredRun(folder / name)
 
 
@@ -119,14 +163,16 @@ def _summary(run: StoredRun, info: dict[str, Any], sites: dict[str, Any], histor
     counts = None if pooled is None else np.asarray(pooled)
     entry = round_entry(history, chosen)
     evaluation = entry.get("evaluate", {}).get(GLOBAL, {})
+    rounds_done = max((entry["round"] for entry in history), default=0)
+    state = run_state(run.name, run.directory, info, rounds_done, run.absences())
     return RunRow(
         name=run.name,
-        status=info.get("status", "starting"),
+        status=state.status,
         strategy=config.get("strategy", ""),
         mode=config.get("mode", ""),
         model=config.get("model", ""),
         sites=sorted(sites),
-        rounds_done=max((entry["round"] for entry in history), default=0),
+        rounds_done=rounds_done,
         rounds_total=int(info.get("rounds", config.get("num-server-rounds", 0))),
         model_round=chosen,
         validation_f1=entry.get("validation", {}).get(GLOBAL, {}).get("f1"),
@@ -135,6 +181,7 @@ def _summary(run: StoredRun, info: dict[str, Any], sites: dict[str, Any], histor
         auroc=evaluation.get("auroc"),
         one_class=counts is not None and one_class_answer(counts) is not None,
         started=info.get("started", ""),
+        note=state.note,
     )
 
 
@@ -150,9 +197,7 @@ def list_runs(folder: Path) -> list[RunRow]:
             finally:
                 run.close()
         except (sqlite3.Error, OSError, ValueError) as exc:
-            summaries.append(
-                RunRow(path.name, f"unreadable ({exc})", "", "", "", [], 0, 0, None, None, None, None, None, False, "")
-            )
+            summaries.append(RunRow.unreadable(path.name, read_error(exc)))
     return sorted(summaries, key=lambda summary: (summary.started, summary.name), reverse=True)
 
 
@@ -174,6 +219,7 @@ def run_details(run: StoredRun) -> RunDetails:
         summary = _summary(run, info, sites, history)
         confusion = _confusion(run, classes, summary.model_round)
         preparation = run.preparation()
+        absences = run.absences()
     return RunDetails(
         summary=summary,
         config=info.get("config", {}),
@@ -184,8 +230,28 @@ def run_details(run: StoredRun) -> RunDetails:
         confusion=confusion,
         has_model=run.model_checkpoint_path() is not None,
         preparation=preparation,
-        error=info.get("error") if info.get("status") == "failed" else None,
+        absences=absences,
     )
+
+
+def read_details(folder: Path, name: str) -> RunDetails:
+    """Everything the run page shows of run ``name`` under ``folder``.
+
+    Raises
+    ------
+    UnknownRun
+        For a name that is not a run's.
+    UnreadableRun
+        For a run whose store cannot be read (overwritten, truncated, unreadable).
+    """
+    try:
+        run = open_run(folder, name)
+        try:
+            return run_details(run)
+        finally:
+            run.close()
+    except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a stored value that is not JSON
+        raise UnreadableRun(name, read_error(exc)) from None
 
 
 def participation(history: list[dict[str, Any]]) -> dict[int, list[str]]:
@@ -249,4 +315,5 @@ def details_json(details: RunDetails) -> dict[str, Any]:
         "confusion": details.confusion,
         "has_model": details.has_model,
         "preparation": [record.to_json() for record in details.preparation],
+        "absences": {str(server_round): phases for server_round, phases in details.absences.items()},
     }
