@@ -21,7 +21,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -324,10 +324,17 @@ class RunFolder(_Store):
             check_new_run_name(name)
         private_folder(self.directory / "checkpoints")
         store = self.directory / "store.sqlite"
-        # Created private before sqlite opens it: metrics and site details derive from patient data.
-        os.close(os.open(store, os.O_CREAT | os.O_RDWR, 0o600))
+        if not store.exists():
+            # Made whole beside it, then moved into place: a reader never finds a store without its tables.
+            # Created private before sqlite opens it: metrics and site details derive from patient data.
+            fresh = store.with_name("store.sqlite.new")
+            fresh.unlink(missing_ok=True)
+            os.close(os.open(fresh, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+            with closing(sqlite3.connect(fresh)) as new:
+                new.executescript(_SCHEMA)
+            os.replace(fresh, store)
         self.store = sqlite3.connect(store)
-        self.store.executescript(_SCHEMA)
+        self.store.executescript(_SCHEMA)  # a store from an older version gets the tables added since
 
     def set_info(self, **values: Any) -> None:
         """Store run-level values (settings, status, times) as JSON, by key."""
