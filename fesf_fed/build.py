@@ -279,7 +279,7 @@ def _convert(
     with tqdm(total=total, desc="surrogates", unit="img", disable=not progress) as bar:
         for split, indices in inputs.splits.items():
             for number, shard in cache.shards(indices):
-                problem = cache.shard_problem(split, number)
+                problem = cache.shard_problem(split, number, len(shard))
                 if problem is None:  # finished before an interruption
                     bar.update(len(shard))
                     meter.advance(len(shard))
@@ -368,15 +368,17 @@ def _checkpoint_problem(config: SiteConfig, plan: _Plan) -> str | None:
     """Why the IQEM checkpoint differs from the one a finished build recorded, or None.
 
     None too when there is nothing to compare: IQEM off, no finished (or readable) build,
-    a build made before checkpoint hashes were recorded, or no checkpoint. The surrogates
-    stand without it (someone may have deleted it for space); only :func:`site_pipeline`
-    needs G, and :func:`load_generator` says so in one line.
+    or a build made before checkpoint hashes were recorded. A missing checkpoint is a
+    problem too: measuring quality again and ``fesf predict`` need G, and only a rebuild
+    makes it again.
     """
     if not config.iqem.steps or not plan.cache.complete or plan.cache.manifest_problem():
         return None
     recorded = plan.cache.manifest().get("iqem_checkpoint_sha256")
-    if not recorded or not plan.checkpoint.is_file():
+    if not recorded:
         return None
+    if not plan.checkpoint.is_file():
+        return "missing"
     if file_sha256(plan.checkpoint) != recorded:
         return f"its SHA-256 differs from the one recorded in {plan.cache.manifest_path}"
     return None
@@ -448,6 +450,8 @@ def build_surrogates(config: SiteConfig, progress: bool = True, report: Progress
     select_device(config.device)  # a bad device is an error even when the cache has everything
     plan = _plan(config)
     meter = ProgressMeter(report, config.site)
+    for path in plan.cache.clear_blocked():
+        _warn_damaged(config, path, "not a file")
     if plan.cache.complete:  # trusted only once its files match what was recorded when they were written
         _repair(config, plan)
     stored_quality = plan.cache.read_quality()

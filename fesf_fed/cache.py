@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,35 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
+def _is_manifest(manifest: Any) -> bool:
+    """Whether ``manifest`` has the shape of a build's description (what loading and reports read of it)."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("site"), str):
+        return False
+    splits, outputs, shape = manifest.get("splits"), manifest.get("outputs"), manifest.get("image_shape")
+    return (
+        isinstance(splits, dict)
+        and all(
+            isinstance(part, dict)
+            and isinstance(part.get("labels"), list)
+            and all(type(label) is int for label in part["labels"])
+            for part in splits.values()
+        )
+        and isinstance(outputs, list)
+        and all(isinstance(kind, str) for kind in outputs)
+        and isinstance(shape, list)
+        and len(shape) == 3
+        and all(type(side) is int for side in shape)
+    )
+
+
+def _remove(path: Path) -> None:
+    """Remove a cache file, or a folder someone made in its place (the cache is FESF-Fed's own)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class SurrogateCache:
     """The folder of one surrogate build: its shards, quality figures and manifest."""
 
@@ -123,7 +153,7 @@ class SurrogateCache:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             return {}, f"not readable JSON: {exc.__class__.__name__}"
-        if not isinstance(manifest, dict) or not {"splits", "outputs", "image_shape"} <= manifest.keys():
+        if not _is_manifest(manifest):
             return {}, "not a surrogate build's manifest"
         return manifest, None
 
@@ -131,19 +161,18 @@ class SurrogateCache:
         """Where shard ``number`` of ``split`` is stored."""
         return self.directory / f"{split}-{number:05d}.npz"
 
-    def has_shard(self, split: str, number: int) -> bool:
-        """True when that shard was written completely and is intact (:meth:`shard_problem`)."""
-        return self.shard_problem(split, number) is None
-
-    def shard_problem(self, split: str, number: int) -> str | None:
+    def shard_problem(self, split: str, number: int, size: int) -> str | None:
         """Why shard ``number`` of ``split`` cannot be trusted (``"missing"`` when absent), or None when it can.
 
         A shard with a recorded SHA-256 must match it; one without (written before hashes were
-        recorded, or interrupted between the shard and its hash) must be readable whole.
+        recorded, interrupted between the shard and its hash, or its hash deleted) must be
+        readable whole and hold ``size`` images in every stage.
         """
         path = self.shard_path(split, number)
-        if not path.is_file():
+        if not path.exists():
             return "missing"
+        if not path.is_file():
+            return "not a file"
         if self._verified.get(path) == _stamp(path):
             return None
         recorded_at = hash_path(path)
@@ -159,10 +188,12 @@ class SurrogateCache:
         else:
             try:
                 with np.load(path, allow_pickle=False) as shard:
-                    for name in shard.files:
-                        shard[name]  # reading a member checks its CRC
+                    # Reading a member checks its CRC.
+                    held = {len(shard[name]) for name in shard.files}
             except Exception as exc:  # noqa: BLE001  numpy and zipfile raise many types; reported as one line
                 return f"cannot be read: {exc.__class__.__name__}"
+            if held != {size}:
+                return f"it holds {', '.join(map(str, sorted(held))) or 'no'} images, not the {size} of the manifest"
         self._verified[path] = _stamp(path)
         return None
 
@@ -176,8 +207,8 @@ class SurrogateCache:
             return [(self.manifest_path, problem)]
         found = []
         for split, part in manifest["splits"].items():
-            for number, _ in self.shards(np.arange(len(part["labels"]))):
-                problem = self.shard_problem(split, number)
+            for number, indices in self.shards(np.arange(len(part["labels"]))):
+                problem = self.shard_problem(split, number, len(indices))
                 if problem:
                     found.append((self.shard_path(split, number), problem))
         return found
@@ -186,16 +217,26 @@ class SurrogateCache:
         """Remove a shard and its recorded hash, so that the next build writes it again."""
         path = self.shard_path(split, number)
         self._verified.pop(path, None)
-        path.unlink(missing_ok=True)
-        hash_path(path).unlink(missing_ok=True)
+        _remove(path)
+        _remove(hash_path(path))
 
     def discard(self) -> None:
         """Remove the whole build (manifest first, then quality figures, shards and hashes), to build it again."""
-        self.manifest_path.unlink(missing_ok=True)
-        self.quality_path.unlink(missing_ok=True)
+        _remove(self.manifest_path)
+        _remove(self.quality_path)
         for path in [*self.directory.glob("*.npz"), *self.directory.glob("*.npz.sha256")]:
-            path.unlink(missing_ok=True)
+            _remove(path)
         self._verified.clear()
+
+    def clear_blocked(self) -> list[Path]:
+        """Remove folders (or other non-files) standing where the manifest or quality figures are written.
+
+        Returns what was removed, for the caller to report: a build could not write over them.
+        """
+        blocked = [path for path in (self.manifest_path, self.quality_path) if path.exists() and not path.is_file()]
+        for path in blocked:
+            _remove(path)
+        return blocked
 
     @staticmethod
     def shards(indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -210,7 +251,7 @@ class SurrogateCache:
         path = self.shard_path(split, number)
         # A stale hash must not outlive the shard it described (an interruption in between
         # leaves a shard without a hash, which is checked by reading it whole).
-        hash_path(path).unlink(missing_ok=True)
+        _remove(hash_path(path))
         with atomic_writer(path) as stream:
             stream.write(buffer.getbuffer())
         with atomic_writer(hash_path(path)) as stream:
@@ -271,15 +312,18 @@ class SurrogateCache:
             )
         labels = np.asarray(manifest["splits"][split]["labels"], dtype=np.int64)
         images = []
-        for number, _ in self.shards(labels):
+        for number, part in self.shards(labels):
             path = self.shard_path(split, number)
-            problem = self.shard_problem(split, number)
+            problem = self.shard_problem(split, number, len(part))
             if problem is None:
                 try:
                     with np.load(path, allow_pickle=False) as shard:
                         images.append(shard[kind])
                 except Exception as exc:  # noqa: BLE001  numpy and zipfile raise many types; reported as one line
                     problem = f"cannot be read: {exc.__class__.__name__}"
+                else:
+                    if len(images[-1]) != len(part):  # labels and images must pair up, whatever the files say
+                        problem = f"it holds {len(images[-1])} images, not the {len(part)} of the manifest"
             if problem == "missing":
                 raise DataError(f"{path}: surrogate shard missing; {REBUILD}")
             if problem:

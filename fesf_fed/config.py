@@ -472,7 +472,7 @@ def parse_assignments(assignments: list[str] | None, example: str) -> dict[str, 
             raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set {example}")
         try:
             parsed[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             raise ConfigError(f"--set {assignment!r}: the value is not valid YAML; quote it") from None
     return parsed
 
@@ -486,6 +486,14 @@ def read_yaml(path: Path, missing: str) -> Any:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: {missing}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; name the YAML file itself") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); name a YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; fix the file") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""

@@ -30,7 +30,8 @@ def run_command(command: Callable[[], int], interrupted: str) -> int:
     """Run a command-line entry point's work and return its exit status.
 
     A :class:`FesfError` prints ``error: <message>`` (status 2) and Ctrl-C prints
-    ``interrupted`` (status 130), both on stderr and without a traceback.
+    ``interrupted`` (status 130), both on stderr and without a traceback; so does a path
+    given by the user that is a symbolic link loop (status 2).
     """
     try:
         return command()
@@ -40,3 +41,13 @@ def run_command(command: Callable[[], int], interrupted: str) -> int:
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return INTERRUPTED
+    except RuntimeError as exc:
+        # Path.resolve() on a path given by the user that is a symbolic link loop (Python 3.11, 3.12).
+        if not str(exc).startswith("Symlink loop from "):
+            raise
+        where = str(exc).removeprefix("Symlink loop from ").strip("'")
+        print(
+            f"error: {where}: a symbolic link loop; remove the link or point it at a real file or folder",
+            file=sys.stderr,
+        )
+        return USER_ERROR

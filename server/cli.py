@@ -282,6 +282,8 @@ def _run_status(args: argparse.Namespace) -> int:
     folder = runs_folder()
     if args.name is None:
         path = newest_run(folder)
+        if path is None and args.since is None:
+            raise ConfigError(f"no runs in {folder}; is FESF_HOME the one the runs were written to?")
         if path is None or (args.since is not None and (path / "store.sqlite").stat().st_mtime < args.since):
             print(f"no run was written to {folder} since the run was started: it did not begin; see the output above")
             return 1

@@ -426,3 +426,10 @@ def test_error_bodies_name_the_run_not_the_runs_folder_or_python_objects(client,
     assert " at 0x" not in error and "<" not in error and "BytesIO" not in error
     page = json.dumps(_render(client, "/runs/nope"))
     assert "no run 'nope'" in page and str(runs_folder()) not in page
+
+
+def test_a_script_path_outside_dashs_packages_is_404_without_a_traceback(client, caplog):
+    response = client.get("/_dash-component-suites/../../../etc/passwd")
+    assert response.status_code == 404 and response.get_json() == {"error": "no such file"}
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "Traceback" not in caplog.text

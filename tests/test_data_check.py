@@ -245,3 +245,13 @@ def test_image_notes_flag_images_under_8_px_a_side_and_say_nothing_of_unreadable
     assert image_notes(save(tmp_path / "small.png", np.zeros((8, 8), np.uint8))) == []
     (tmp_path / "cut.png").write_bytes(b"\x89PNG")
     assert image_notes(tmp_path / "cut.png") == []
+
+
+def test_a_data_path_that_is_a_symbolic_link_loop_is_one_line(tmp_path: Path, fesf_main) -> None:
+    loop = tmp_path / "scans"
+    os.symlink(loop, loop)
+    result = fesf_main("data", "check", str(loop))
+    assert result.returncode == 2
+    assert (
+        result.stderr == f"error: {loop}: a symbolic link loop; remove the link or point it at a real file or folder\n"
+    )

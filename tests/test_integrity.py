@@ -166,15 +166,58 @@ def test_a_build_made_before_hashes_is_reused_and_checked_by_reading_it(
     np.testing.assert_array_equal(SurrogateCache(again.cache.directory).load("val", "x_su_prime")[0], before["val"])
 
 
-def test_a_damaged_manifest_is_rebuilt_and_refused_by_load_in_one_line(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('{"site": "A", "splits": {"tr', "not readable JSON"),
+        ('{"site": "A", "splits": [], "outputs": [], "image_shape": []}', "not a surrogate build's manifest"),
+        ('{"site": "A", "splits": {"train": {"labels": 5}}, "outputs": [], "image_shape": [1, 8, 8]}', "not a"),
+    ],
+)
+def test_a_damaged_manifest_is_rebuilt_and_refused_by_load_in_one_line(
+    text: str, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
     first = build_surrogates(tiny_config(), progress=False)
-    first.cache.manifest_path.write_text('{"site": "A", "splits": {"tr', encoding="utf-8")
-    with pytest.raises(DataError, match=r"manifest\.json: damaged \(not readable JSON.*run `fesf surrogates` again"):
+    first.cache.manifest_path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=rf"manifest\.json: damaged \({problem}.*run `fesf surrogates` again"):
         SurrogateCache(first.cache.directory).load("train", "x_su")
     with caplog.at_level(logging.INFO):
         again = build_surrogates(tiny_config(), progress=False)
     assert not again.reused and len(damage_lines(caplog, "manifest.json")) == 1
     assert again.manifest["splits"] == first.manifest["splits"]
+
+
+def test_a_shard_swapped_for_another_without_its_hash_is_rebuilt_and_never_paired_with_wrong_labels(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = build_surrogates(tiny_config(), progress=False)
+    before = stored(first.cache)
+    train = first.cache.shard_path("train", 0)
+    val = first.cache.shard_path("val", 0)
+    cache_module.hash_path(train).unlink()
+    train.write_bytes(val.read_bytes())  # a valid shard, of another split and size
+    with pytest.raises(DataError, match=r"train-00000\.npz: damaged surrogate shard \(it holds \d+ images, not the 4"):
+        SurrogateCache(first.cache.directory).load("train", "x_su_prime")
+    with caplog.at_level(logging.INFO):
+        again = build_surrogates(tiny_config(), progress=False)
+    assert not again.reused and len(damage_lines(caplog, train.name)) == 1
+    np.testing.assert_array_equal(SurrogateCache(again.cache.directory).load("train", "x_su_prime")[0], before["train"])
+
+
+@pytest.mark.parametrize("name", ["train-00000.npz", "manifest.json", "quality.json"])
+def test_a_folder_where_a_cache_file_belongs_is_cleared_and_the_file_rebuilt(
+    name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = build_surrogates(tiny_config(), progress=False)
+    before = stored(first.cache)
+    path = first.cache.directory / name
+    path.unlink()
+    path.mkdir()
+    (path / "inside").write_text("x")
+    with caplog.at_level(logging.INFO):
+        again = build_surrogates(tiny_config(), progress=False)
+    assert not again.reused and path.is_file() and len(damage_lines(caplog, name)) == 1
+    np.testing.assert_array_equal(stored(SurrogateCache(again.cache.directory))["train"], before["train"])
 
 
 def test_a_damaged_quality_file_is_measured_again(caplog: pytest.LogCaptureFixture) -> None:
@@ -206,13 +249,17 @@ def test_a_damaged_iqem_checkpoint_is_refused_then_retrained(caplog: pytest.LogC
     site_pipeline(config, 1)  # the retrained G matches its record
 
 
-def test_a_deleted_iqem_checkpoint_leaves_the_surrogates_in_use(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_deleted_iqem_checkpoint_is_trained_again_with_its_surrogates(caplog: pytest.LogCaptureFixture) -> None:
     config = tiny_config()
     build_surrogates(config, progress=False)
-    build_module._plan(config).checkpoint.unlink()  # e.g. to save space: the surrogates do not need it
+    checkpoint = build_module._plan(config).checkpoint
+    checkpoint.unlink()  # measuring quality again and fesf predict need G: a rebuild must make it again
     with caplog.at_level(logging.INFO):
         again = build_surrogates(config, progress=False)
-    assert again.reused and not damage_lines(caplog, "checkpoint.pt")
+    assert not again.reused and checkpoint.is_file()
+    (line,) = damage_lines(caplog, "checkpoint.pt")
+    assert "(missing); training IQEM again and rebuilding the surrogates made with it" in line
+    site_pipeline(config, 1)
 
 
 @pytest.mark.parametrize(
@@ -232,6 +279,22 @@ def test_an_empty_or_non_mapping_config_file_is_one_line_naming_it(tmp_path: Pat
         load_config(path)
     message = str(error.value)
     assert message.startswith(f"{path}: {expected}") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("write", "expected"),
+    [
+        (lambda path: path.write_bytes(b"\x00\x01\xff\xfe"), "not a text file (not UTF-8); name a YAML file"),
+        (lambda path: path.mkdir(), "is a folder; name the YAML file itself"),
+        (lambda path: path.write_text("[" * 5000 + "]" * 5000), "nested too deeply to be a config"),
+    ],
+)
+def test_a_config_that_is_not_yaml_text_is_one_line_naming_it(tmp_path: Path, write, expected: str) -> None:
+    path = tmp_path / "site.yaml"
+    write(path)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"{path}: {expected}") and "\n" not in str(error.value)
 
 
 def test_fesf_with_an_empty_config_file_prints_one_line_and_builds_nothing(

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs
 
 import torch
 from dash import Dash, Input, Output, State, dcc, html
-from dash.exceptions import PreventUpdate
-from flask import current_app
+from dash.exceptions import DependencyException, PreventUpdate
+from flask import current_app, jsonify
 
 from fesf_fed.audit.result import REPORT_FILE, audits_folder
 
@@ -155,6 +155,9 @@ def create_app(
     if token:
         require_token(app.server, token)
     app.server.register_blueprint(api_blueprint(runs, diagnosis))
+    # Dash refuses a script path outside its packages (e.g. /_dash-component-suites/../x) with this exception,
+    # which would be a 500 with a traceback in the log: it is a request for nothing, so a 404.
+    app.server.register_error_handler(DependencyException, lambda _exc: (jsonify(error="no such file"), 404))
     app.layout = html.Div(
         [
             dcc.Location(id="url"),

@@ -94,6 +94,10 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             threads=args.threads,
             ident="fesf-dashboard",
+            # Waitress refuses a longer body itself (413), as it arrives or from its Content-Length,
+            # before it buffers it to a temporary file; the app's own check gives the one-line reason.
+            max_request_body_size=int(args.max_upload_mb * 2**20) + 2**20,
+            channel_timeout=60,  # a client that declares a body and sends nothing is dropped
             # Behind a TLS proxy on this machine (deploy/nginx/dashboard.conf), requests are
             # HTTPS: the token cookie is then marked Secure.
             trusted_proxy="127.0.0.1",

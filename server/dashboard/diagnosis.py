@@ -28,6 +28,7 @@ from fesf_fed.federation.run_summary import ModelInput
 from fesf_fed.models import build_model
 from fesf_fed.pixels import to_unit_float
 
+from ..liveness import LIVE_STATUSES
 from .runs import UnknownRun, UnreadableRun, open_run, read_error
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -129,6 +130,15 @@ def _unloadable(name: str, exc: BaseException) -> DiagnosisError:
     )
 
 
+def _no_model(name: str, info: dict[str, Any]) -> DiagnosisError:
+    """The 409 for a run without a global model: not yet (a live run), or its checkpoints are gone."""
+    if info.get("status") in LIVE_STATUSES:
+        return DiagnosisError(409, f"run {name} has no global model yet; wait for its first round")
+    return DiagnosisError(
+        409, f"run {name} has no global model: it ended before its first round, or its checkpoints were removed"
+    )
+
+
 def _too_large(width: int, height: int) -> str:
     """Why an image of ``width`` x ``height`` pixels is refused (413)."""
     return f"the image has {width}x{height} pixels; at most {MAX_PIXELS} (4096x4096)"
@@ -187,7 +197,7 @@ class DiagnosisService:
                     409, f"run {name} was trained on plaintext; diagnose with a run trained on surrogates"
                 )
             if checkpoint is None or "input" not in info:
-                raise DiagnosisError(409, f"run {name} has no global model yet; wait for its first round")
+                raise _no_model(name, info)
             key = (name, checkpoint.name, checkpoint.stat().st_mtime_ns)
             with self._lock:
                 if key in self._models:
@@ -198,7 +208,7 @@ class DiagnosisService:
             except _CHECKPOINT_ERRORS as exc:
                 raise _unloadable(name, exc) from None
             if state is None:  # removed since model_checkpoint_path found it
-                raise DiagnosisError(409, f"run {name} has no global model yet; wait for its first round")
+                raise _no_model(name, info)
         except (sqlite3.Error, OSError, ValueError) as exc:  # ValueError: a stored value that is not JSON
             raise UnreadableRun(name, read_error(exc)) from None
         finally:
