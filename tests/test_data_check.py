@@ -255,3 +255,15 @@ def test_a_data_path_that_is_a_symbolic_link_loop_is_one_line(tmp_path: Path, fe
     assert (
         result.stderr == f"error: {loop}: a symbolic link loop; remove the link or point it at a real file or folder\n"
     )
+
+
+def test_a_class_folder_linked_to_another_class_is_left_empty_with_its_reason(tmp_path: Path, fesf_main) -> None:
+    root = tmp_path / "data"
+    for name in ("lesion", "normal"):
+        for index in range(3):
+            save(root / name / f"{index}.png")
+    os.symlink(root / "lesion", root / "also-lesion")
+    result = fesf_main("data", "check", str(root))
+    assert result.returncode == 2
+    assert "also-lesion/" in result.stdout and "a link to class folder 'lesion'" in result.stdout
+    assert result.stderr.startswith("error: ") and "class 'also-lesion' has no usable image" in result.stderr

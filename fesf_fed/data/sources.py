@@ -238,10 +238,19 @@ def _list_folder(root: Path) -> _Listing:
             f"{root}: no class sub-folders; put each class's images in its own sub-folder, e.g. {root / 'tumor'}"
         )
     entries: list[_Entry] = []
+    # The first class folder (by name, links after real folders) to reach each real folder.
+    owners: dict[Path, str] = {}
+    for folder in sorted(class_folders, key=lambda folder: (folder.is_symlink(), folder.name)):
+        owners.setdefault(folder.resolve(), folder.name)
     for label, folder in enumerate(class_folders):
         if not _is_utf8(folder.name):
             # The class stays, empty: its images have no usable ids until the folder is renamed.
             skipped.append(SkippedFile(_printable(folder.name) + "/", _NOT_UTF8_FOLDER))
+            continue
+        if (owner := owners[folder.resolve()]) != folder.name:
+            # The same images under two labels would teach the model nothing true: the class stays, empty.
+            reason = f"a link to class folder {_printable(owner)!r}: its images would count under two classes"
+            skipped.append(SkippedFile(_printable(folder.name) + "/", f"{reason}; remove the link"))
             continue
         found, left_out = _class_files(root, folder)
         entries.extend(_Entry(image_id, file, label) for image_id, file in found)
