@@ -7,6 +7,7 @@ Layout under ``$FESF_HOME/cache/<site>/``::
     surrogates-<key>/<split>-NNNNN.npz.sha256  each shard's SHA-256, written just after it
     surrogates-<key>/quality.json       Table 2/3 figures and the settings they used
     surrogates-<key>/manifest.json      written last: its presence marks a complete build
+    surrogates-<key>/verified.json      the stamps of the shards last found intact (no need to hash them again)
 
 Each key is the SHA-256 of everything its content depends on (data, split, host bank,
 site key, pipeline and IQEM settings), so a changed input lands in a new folder and an
@@ -197,20 +198,44 @@ class SurrogateCache:
         self._verified[path] = _stamp(path)
         return None
 
+    @property
+    def verified_path(self) -> Path:
+        """Where the stamps of the shards last found intact are kept (``verified.json``)."""
+        return self.directory / "verified.json"
+
+    def _recall_verified(self) -> None:
+        """Trust the shards whose stamp (inode, size, time) is still the one recorded when they were last found intact.
+
+        A deployed site starts a fresh process for every Flower message: without this, each would
+        hash the whole cache again. A shard replaced or written to since gets a new stamp and is hashed.
+        """
+        try:
+            recorded = json.loads(self.verified_path.read_text(encoding="utf-8"))
+            stamps = {self.directory / name: tuple(stamp) for name, stamp in recorded.items()}
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):  # none yet, or damaged
+            return
+        for path, stamp in stamps.items():
+            if path.is_file() and _stamp(path) == stamp:
+                self._verified[path] = _stamp(path)
+
     def damaged(self) -> list[tuple[Path, str]]:
         """The finished build's damaged files, each with what is wrong: the manifest, or shards.
 
-        Reads every shard (hashing it), so it costs a pass over the cache's bytes.
+        Hashes every shard not found intact since it was last written (``verified.json``); when
+        all are intact, records that for the next process.
         """
         manifest, problem = self._parse_manifest()
         if problem:
             return [(self.manifest_path, problem)]
+        self._recall_verified()
         found = []
         for split, part in manifest["splits"].items():
             for number, indices in self.shards(np.arange(len(part["labels"]))):
                 problem = self.shard_problem(split, number, len(indices))
                 if problem:
                     found.append((self.shard_path(split, number), problem))
+        if not found:
+            write_json(self.verified_path, {path.name: list(stamp) for path, stamp in self._verified.items()})
         return found
 
     def discard_shard(self, split: str, number: int) -> None:
@@ -224,6 +249,7 @@ class SurrogateCache:
         """Remove the whole build (manifest first, then quality figures, shards and hashes), to build it again."""
         _remove(self.manifest_path)
         _remove(self.quality_path)
+        _remove(self.verified_path)
         for path in [*self.directory.glob("*.npz"), *self.directory.glob("*.npz.sha256")]:
             _remove(path)
         self._verified.clear()

@@ -220,6 +220,26 @@ def test_a_folder_where_a_cache_file_belongs_is_cleared_and_the_file_rebuilt(
     np.testing.assert_array_equal(stored(SurrogateCache(again.cache.directory))["train"], before["train"])
 
 
+def test_a_new_process_hashes_only_the_shards_changed_since_they_were_last_found_intact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first = build_surrogates(tiny_config(), progress=False)
+    assert SurrogateCache(first.cache.directory).damaged() == []  # records verified.json
+    hashed: list[str] = []
+    real_sha256 = cache_module.file_sha256
+
+    def counting(path: Path) -> str:
+        hashed.append(path.name)
+        return real_sha256(path)
+
+    monkeypatch.setattr(cache_module, "file_sha256", counting)
+    assert SurrogateCache(first.cache.directory).damaged() == []  # as a fresh process: nothing to hash
+    assert hashed == []
+    flip_a_byte(first.cache.shard_path("train", 1))  # rewritten: a new stamp
+    (found,) = SurrogateCache(first.cache.directory).damaged()
+    assert found[0].name == "train-00001.npz" and hashed == ["train-00001.npz"]
+
+
 def test_a_damaged_quality_file_is_measured_again(caplog: pytest.LogCaptureFixture) -> None:
     first = build_surrogates(tiny_config(), progress=False)
     first.cache.quality_path.write_text("[1, 2", encoding="utf-8")
